@@ -1,0 +1,12 @@
+"""effml: efficient vision models from the AutoML line of papers, as specs built by one builder."""
+
+from effml.errors import EffmlError, InputError, SpecError, UnknownModelError, WeightsError
+from effml.models import create_model, get_entry, list_models
+from effml.spec import NetworkSpec, compound_scale
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EffmlError", "InputError", "NetworkSpec", "SpecError", "UnknownModelError", "WeightsError",
+    "compound_scale", "create_model", "get_entry", "list_models",
+]

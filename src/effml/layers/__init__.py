@@ -1,0 +1,16 @@
+"""Layers of the MBConv family: padding, MixConv, SE, drop path, norms, activations, blocks."""
+
+from effml.layers.activations import create_act
+from effml.layers.conv import create_conv2d
+from effml.layers.drop_path import DropPath, drop_path, drop_path_rates
+from effml.layers.mbconv import DepthwiseSeparableConv, MBConv, se_reduced_channels
+from effml.layers.mixconv import MixConv2d, split_channels
+from effml.layers.norm import BatchNormAct2d
+from effml.layers.padding import Conv2dSame, same_output_size, same_pad_1d
+from effml.layers.squeeze_excite import SqueezeExcite
+
+__all__ = [
+    "BatchNormAct2d", "Conv2dSame", "DepthwiseSeparableConv", "DropPath", "MBConv", "MixConv2d",
+    "SqueezeExcite", "create_act", "create_conv2d", "drop_path", "drop_path_rates",
+    "same_output_size", "same_pad_1d", "se_reduced_channels", "split_channels",
+]

@@ -1,0 +1,139 @@
+"""The compact block notation of timm and the TF reference: ``ir_r2_k5_s2_e6_c40_se0.25``.
+
+Tokens after the kind: ``r`` repeats, ``k`` depthwise kernel(s) (``k3.5.7`` = MixConv), ``a`` /
+``p`` expansion / projection 1x1 kernels (``a1.1`` = two groups), ``s`` stride, ``e`` expansion,
+``c`` output channels, ``se`` SE ratio (of the block input), ``n<act>`` activation override,
+``noskip``. See reference/classification.md section 3.1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Any
+
+from effml.errors import SpecError
+from effml.spec.blocks import BlockSpec, NetworkSpec
+
+_ACT_CODES = {"re": "relu", "r6": "relu6", "sw": "swish", "hs": "hard_swish"}
+_ACT_NAMES = {v: k for k, v in _ACT_CODES.items()}
+
+
+def _number(text: str) -> float:
+    return float(text)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def parse_block(text: str) -> BlockSpec:
+    """Parse one block string into a ``BlockSpec``."""
+    tokens = text.strip().split("_")
+    kind, options = tokens[0], tokens[1:]
+    kw: dict[str, Any] = {"kind": kind}
+    try:
+        for tok in options:
+            if tok == "noskip":
+                kw["skip"] = False
+            elif tok == "skip":
+                kw["skip"] = True
+            elif tok.startswith("se"):
+                kw["se_ratio"] = _number(tok[2:])
+            elif tok.startswith("n") and tok[1:] in _ACT_CODES:
+                kw["act"] = _ACT_CODES[tok[1:]]
+            elif tok[:1] == "r":
+                kw["repeats"] = int(tok[1:])
+            elif tok[:1] == "k":
+                kw["kernel_size"] = tuple(int(k) for k in tok[1:].split("."))
+            elif tok[:1] == "a":
+                kw["exp_groups"] = len(tok[1:].split("."))
+            elif tok[:1] == "p":
+                kw["proj_groups"] = len(tok[1:].split("."))
+            elif tok[:1] == "s":
+                kw["stride"] = int(tok[1:])
+            elif tok[:1] == "e":
+                kw["expand_ratio"] = _number(tok[1:])
+            elif tok[:1] == "c":
+                kw["out_channels"] = int(tok[1:])
+            else:
+                raise SpecError(f"unknown token {tok!r}")
+    except ValueError as err:
+        raise SpecError(f"block string {text!r}: bad value in a token ({err})") from None
+    except SpecError as err:
+        raise SpecError(f"block string {text!r}: {err}") from None
+    if "out_channels" not in kw:
+        raise SpecError(f"block string {text!r}: needs the output channels token, e.g. 'c40'")
+    try:
+        return BlockSpec(**kw)
+    except SpecError as err:
+        raise SpecError(f"block string {text!r}: {err}") from None
+
+
+def format_block(block: BlockSpec) -> str:
+    """The canonical block string of a ``BlockSpec`` (``parse_block`` inverts it)."""
+    parts = [block.kind, f"r{block.repeats}", "k" + ".".join(str(k) for k in block.kernel_size)]
+    if block.exp_groups > 1:
+        parts.append("a" + ".".join(["1"] * block.exp_groups))
+    if block.proj_groups > 1:
+        parts.append("p" + ".".join(["1"] * block.proj_groups))
+    parts += [f"s{block.stride}", f"e{_fmt(block.expand_ratio)}", f"c{block.out_channels}"]
+    if block.se_ratio > 0:
+        parts.append(f"se{_fmt(block.se_ratio)}")
+    if block.act is not None:
+        parts.append("n" + _ACT_NAMES[block.act])
+    if not block.skip:
+        parts.append("noskip")
+    return "_".join(parts)
+
+
+def parse_arch(stages: list[list[str]]) -> tuple[tuple[BlockSpec, ...], ...]:
+    """Parse a list of stages, each a list of block strings."""
+    return tuple(tuple(parse_block(s) for s in stage) for stage in stages)
+
+
+def format_arch(stages: tuple[tuple[BlockSpec, ...], ...]) -> list[list[str]]:
+    """The stages of a spec as lists of block strings."""
+    return [[format_block(b) for b in stage] for stage in stages]
+
+
+def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
+    """A JSON-ready dict of a spec; stages are written in block notation."""
+    out = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "stages"}
+    out["stages"] = format_arch(spec.stages)
+    return out
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "spec") -> NetworkSpec:
+    """Rebuild a spec from ``spec_to_dict`` output; unknown or missing keys are errors."""
+    names = {f.name for f in fields(NetworkSpec)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(names)}")
+    for key in ("stages", "stem_channels", "head_channels"):
+        if key not in data:
+            raise SpecError(f"{source}: missing required key {key!r}")
+    if not isinstance(data["stages"], list) or not all(isinstance(s, list) for s in data["stages"]):
+        raise SpecError(f"{source}: 'stages' must be a list of lists of block strings")
+    kw = dict(data)
+    kw["stages"] = parse_arch(data["stages"])
+    try:
+        return NetworkSpec(**kw)
+    except TypeError as err:
+        raise SpecError(f"{source}: {err}") from None
+
+
+def spec_to_json(spec: NetworkSpec) -> str:
+    """The spec as an indented JSON document."""
+    return json.dumps(spec_to_dict(spec), indent=2)
+
+
+def spec_from_json(text: str, source: str = "spec JSON") -> NetworkSpec:
+    """Rebuild a spec from ``spec_to_json`` output."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{source}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a JSON object at the top level")
+    return spec_from_dict(data, source)
