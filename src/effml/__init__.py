@@ -2,11 +2,12 @@
 
 from effml.errors import EffmlError, InputError, SpecError, UnknownModelError, WeightsError
 from effml.models import create_model, get_entry, list_models
+from effml.models.weights import load_weights, save_weights
 from effml.spec import NetworkSpec, compound_scale
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EffmlError", "InputError", "NetworkSpec", "SpecError", "UnknownModelError", "WeightsError",
-    "compound_scale", "create_model", "get_entry", "list_models",
+    "compound_scale", "create_model", "get_entry", "list_models", "load_weights", "save_weights",
 ]

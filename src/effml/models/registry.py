@@ -75,7 +75,7 @@ def get_entry(name: str) -> ModelEntry:
     _ensure_zoo()
     arch, _, tag = name.partition(".")
     if arch not in _REGISTRY:
-        close = difflib.get_close_matches(arch, list(_REGISTRY), n=5, cutoff=0.6)
+        close = _close_names(arch)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}.{hint} Run `effml models` to list all {len(_REGISTRY)} models."
@@ -86,6 +86,11 @@ def get_entry(name: str) -> ModelEntry:
         mean, std = _TAG_PREPROCESS[kind]
         entry = replace(entry, name=name, preprocess=replace(entry.preprocess, mean=mean, std=std))
     return entry
+
+
+def _close_names(name: str, n: int = 5) -> list[str]:
+    scored = [(difflib.SequenceMatcher(None, name, k).ratio(), k) for k in _REGISTRY]
+    return [k for r, k in sorted(scored, key=lambda t: (-t[0], t[1])) if r >= 0.6][:n]
 
 
 def _ensure_zoo() -> None:

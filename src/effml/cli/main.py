@@ -1,0 +1,60 @@
+"""The ``effml`` app: registers the command groups and turns every ``EffmlError`` into one line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from effml.cli.bench import bench
+from effml.cli.export import export
+from effml.cli.models import models
+from effml.cli.predict import predict
+from effml.errors import EffmlError
+
+USER_ERROR_EXIT = 2
+
+
+class _EffmlGroup(TyperGroup):
+    """The one place user errors are reported: ``error: <message>`` on stderr, exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except EffmlError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+app = typer.Typer(
+    name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
+    pretty_exceptions_show_locals=False,
+    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, predict, bench, export.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from effml import __version__
+
+        typer.echo(f"effml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, predict, bench, export."""
+
+
+app.command("models")(models)
+app.command("predict")(predict)
+app.command("bench")(bench)
+app.command("export")(export)
+
+if __name__ == "__main__":
+    app()

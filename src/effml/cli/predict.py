@@ -1,0 +1,82 @@
+"""``effml predict``: top-k classes of images, with the preprocessing the weights expect."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from effml.cli._common import (
+    InputSizeOpt, ModelArg, NumClassesOpt, WeightsOpt, parse_floats3, warn_random_weights,
+)
+from effml.errors import InputError
+
+_CHUNK = 16  # images per forward pass
+
+
+def predict(
+    model: ModelArg,
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    weights: WeightsOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    num_classes: NumClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: Annotated[str | None, typer.Option(help="Override normalisation mean 'R,G,B'.")] = None,
+    std: Annotated[str | None, typer.Option(help="Override normalisation std 'R,G,B'.")] = None,
+) -> None:
+    """Classify images; unreadable files are reported and skipped (exit code 1 if any)."""
+    import torch
+
+    from effml.data import class_names, eval_transform, load_image
+    from effml.models import create_model, get_entry
+
+    preprocess = get_entry(model).preprocess
+    if mean is not None:
+        preprocess = replace(preprocess, mean=parse_floats3(mean, "--mean"))
+    if std is not None:
+        preprocess = replace(preprocess, std=parse_floats3(std, "--std"))
+    transform = eval_transform(preprocess, input_size)
+    net = create_model(model, num_classes=num_classes, weights=weights).eval()
+    if weights is None:
+        warn_random_weights(model)
+    labels = class_names(net.num_classes)
+    k = min(top_k, net.num_classes)
+
+    results: list[dict[str, object]] = [{"image": str(path)} for path in images]
+    failed = 0
+    for start in range(0, len(images), _CHUNK):
+        batch, slots = [], []
+        for i in range(start, min(start + _CHUNK, len(images))):
+            try:
+                batch.append(transform(load_image(images[i])))
+                slots.append(i)
+            except InputError as e:
+                failed += 1
+                typer.echo(f"error: {e}", err=True)
+                results[i]["error"] = str(e)
+        if not batch:
+            continue
+        with torch.inference_mode():
+            top = net(torch.stack(batch)).softmax(dim=-1).topk(k, dim=-1)
+        for i, values, indices in zip(slots, top.values.tolist(), top.indices.tolist()):
+            results[i]["predictions"] = [
+                {"rank": r + 1, "index": c, "label": labels[c] if labels else str(c), "prob": p}
+                for r, (p, c) in enumerate(zip(values, indices))
+            ]
+
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "predictions" not in r:
+                continue
+            typer.echo(r["image"])
+            for p in r["predictions"]:  # type: ignore[union-attr]
+                typer.echo(f"  {p['rank']:>2}  {p['prob']:.4f}  {p['label']} ({p['index']})")
+    if failed:
+        typer.echo(f"error: {failed} of {len(images)} image(s) could not be read", err=True)
+        raise typer.Exit(1)

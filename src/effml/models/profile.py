@@ -1,0 +1,81 @@
+"""Parameter and multiply-accumulate counts; zoo models are profiled on the meta device (no memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from effml.models.factory import create_model
+from effml.models.registry import get_entry
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def count_macs(model: nn.Module, input_size: int | Sequence[int], in_channels: int | None = None) -> int:
+    """Multiply-accumulates of one forward pass on a batch of 1 (``FlopCounterMode`` flops / 2).
+
+    Counts convolutions and matmuls (what papers count as FLOPs); works on meta-device models.
+    """
+    hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if in_channels is None:
+        spec = getattr(model, "spec", None)
+        in_channels = int(spec.in_channels) if spec is not None else _first_conv_channels(model)
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    x = torch.empty(1, in_channels, *hw, device=device) if device.type == "meta" else \
+        torch.zeros(1, in_channels, *hw, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def _first_conv_channels(model: nn.Module) -> int:
+    return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Size and cost of a zoo model at its default resolution."""
+
+    name: str
+    family: str
+    params: int
+    macs: int | None  # None when not counted
+    resolution: int
+    eval_size: int  # the size its weights are evaluated at (preprocess.input_size)
+
+    def as_dict(self) -> dict[str, object]:
+        """The profile as a JSON-ready dict."""
+        return asdict(self)
+
+
+def profile_model(name: str, *, macs: bool = True, resolution: int | None = None) -> ModelProfile:
+    """Params and (optionally) MACs of a registered model, built on the meta device."""
+    entry = get_entry(name)
+    with torch.device("meta"):
+        model = create_model(name, resolution=resolution)
+    res = resolution or entry.spec().resolution
+    return ModelProfile(
+        name=name, family=entry.family, params=count_params(model),
+        macs=count_macs(model, res) if macs else None, resolution=res,
+        eval_size=entry.preprocess.input_size,
+    )

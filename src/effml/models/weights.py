@@ -1,0 +1,360 @@
+"""Weight files: read safely, convert efficientnet-pytorch names, fit to a model, save atomically.
+
+Our modules use timm's state_dict names, so a timm checkpoint needs no mapping; the lukemelas
+``efficientnet_pytorch`` layout goes through ``convert_efficientnet_pytorch``
+(reference/classification.md section 3.2). Reading never unpickles code (``weights_only=True``
+or safetensors), and a checkpoint that does not fit is refused before the model is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import struct
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from effml.errors import WeightsError
+from effml.layers import DepthwiseSeparableConv
+
+Format = Literal["timm", "efficientnet_pytorch"]
+StateDict = dict[str, torch.Tensor]
+
+# Training checkpoints wrap the weights; the first key present wins (EMA first when preferred).
+_WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema")
+_EMA_WRAPPERS = ("state_dict_ema", "model_ema")
+_HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80  # torch.save's legacy (non-zip) format is a protocol-2 pickle
+_SHOWN = 10  # keys listed per category in an error message
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What ``load_weights`` did: where from, which format, how many tensors, what it skipped."""
+
+    source: str
+    format: Format
+    loaded: int
+    ignored: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()  # only with strict=False: kept the model's own values
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _sniff(path: Path) -> Literal["safetensors", "torch"]:
+    """Tell safetensors from a torch.save file by its first bytes, whatever the extension."""
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsError(f"weights file {path} is empty: re-download or re-save it")
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) == 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len <= size - 8 and head[8:9] == b"{":
+            return "safetensors"
+    if head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTO:
+        return "torch"
+    raise WeightsError(
+        f"weights file {path} is neither safetensors nor a torch.save checkpoint "
+        f"(it starts with bytes {head[:8]!r}): check the path, or re-save the weights"
+    )
+
+
+def _unpickler_detail(err: Exception) -> str:
+    """The one informative line of a weights_only refusal (torch wraps it in boilerplate)."""
+    text = str(err)
+    tail = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    return tail.splitlines()[0] if tail else text.splitlines()[0] if text else type(err).__name__
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load`` restricted to tensors and plain containers, with errors that name the file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"refused to load {path}: it holds Python objects or code, not only tensors, and effml "
+            f"never unpickles code ({_unpickler_detail(err)}). If you trust the file, re-save just "
+            f"its state_dict (torch.save(model.state_dict(), ...)) or convert it to safetensors"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsError(
+            f"cannot read {path}: the checkpoint is corrupt or truncated ({reason}); "
+            f"re-download or re-save it"
+        ) from err
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(
+            f"cannot read {path}: the safetensors file is corrupt or truncated ({err}); "
+            f"re-download or re-save it"
+        ) from err
+
+
+def unwrap_state_dict(
+    obj: object, source: str = "<state_dict>", *, prefer_ema: bool = False
+) -> StateDict:
+    """A checkpoint object's tensors: containers unwrapped, ``module.`` stripped, the rest dropped."""
+    for _ in range(3):  # e.g. {'model': {'state_dict': ...}}
+        if not isinstance(obj, Mapping):
+            break
+        order = _EMA_WRAPPERS + _WRAPPERS if prefer_ema else _WRAPPERS
+        inner = next((obj[k] for k in order if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise WeightsError(
+            f"{source} holds a {type(obj).__name__}, not a state_dict: save model.state_dict()"
+        )
+    out: StateDict = {}
+    for key, value in obj.items():
+        if isinstance(key, str) and isinstance(value, torch.Tensor):
+            out[key.removeprefix("module.")] = value  # DDP / DataParallel wrapper
+    if not out:
+        raise WeightsError(
+            f"{source} contains no tensors (keys: {list(obj)[:_SHOWN]}): is it a weights file?"
+        )
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike[str], *, prefer_ema: bool = False) -> StateDict:
+    """The tensors of a .safetensors or torch.save file, read without unpickling any code."""
+    p = Path(path)
+    if not p.exists():
+        raise WeightsError(f"weights file {p} does not exist: check the path")
+    if p.is_dir():
+        raise WeightsError(f"weights path {p} is a directory: pass the checkpoint file inside it")
+    kind = _sniff(p)
+    if kind == "safetensors":
+        return unwrap_state_dict(_read_safetensors(p), str(p))
+    return unwrap_state_dict(_torch_load(p), str(p), prefer_ema=prefer_ema)
+
+
+# ---------------------------------------------------------------- converting
+
+
+def detect_format(state_dict: Mapping[str, torch.Tensor]) -> Format:
+    """Which naming a state_dict uses: timm's (also effml's) or lukemelas efficientnet-pytorch's."""
+    if any(k.startswith(("_conv_stem.", "_blocks.", "_fc.")) for k in state_dict):
+        return "efficientnet_pytorch"
+    return "timm"
+
+
+_LM_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+           "_fc": "classifier"}
+_LM_SE = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
+_LM_MBCONV = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+              "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3", **_LM_SE}
+# The expand-1 block (DepthwiseSeparableConv) has no expansion: its projection is conv_pw + bn2.
+_LM_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
+          **_LM_SE}
+_LM_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(.+)")
+
+
+def convert_efficientnet_pytorch(
+    state_dict: Mapping[str, torch.Tensor], model: nn.Module
+) -> StateDict:
+    """lukemelas efficientnet-pytorch keys renamed to ours, block k -> the k-th block of ``model``.
+
+    Keys that have no counterpart (an extra block, an unknown layer) keep their name, so
+    ``load_weights`` reports them as unexpected.
+    """
+    stages = getattr(model, "blocks", None)
+    if not isinstance(stages, nn.Sequential):
+        raise WeightsError(
+            f"{type(model).__name__} has no 'blocks' stages: efficientnet-pytorch weights only fit "
+            f"EfficientNet models"
+        )
+    flat = [(f"blocks.{s}.{j}", block)
+            for s, stage in enumerate(stages) for j, block in enumerate(stage)]
+    out: StateDict = {}
+    for key, value in state_dict.items():
+        out[_convert_key(key, flat)] = value
+    return out
+
+
+def _convert_key(key: str, flat: list[tuple[str, nn.Module]]) -> str:
+    match = _LM_BLOCK_KEY.fullmatch(key)
+    if match is None:
+        top, _, rest = key.partition(".")
+        return f"{_LM_TOP[top]}.{rest}" if top in _LM_TOP and rest else key
+    k, layer, rest = int(match[1]), match[2], match[3]
+    if k >= len(flat):
+        return key
+    prefix, block = flat[k]
+    names = _LM_DS if isinstance(block, DepthwiseSeparableConv) else _LM_MBCONV
+    return f"{prefix}.{names[layer]}.{rest}" if layer in names else key
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ",".join(str(d) for d in t.shape) + "]"
+
+
+def _listing(title: str, items: list[str]) -> str:
+    more = f" ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
+    return f"  {title} ({len(items)}): " + ", ".join(items[:_SHOWN]) + more
+
+
+def _mismatch_message(
+    source: str, fmt: Format, model: nn.Module, missing: list[str], unexpected: list[str],
+    mismatched: list[tuple[str, torch.Tensor, torch.Tensor]],
+) -> str:
+    lines = [f"weights {source} ({fmt} format) do not fit this {type(model).__name__}:"]
+    if missing:
+        lines.append(_listing("missing from the checkpoint", missing))
+    if unexpected:
+        lines.append(_listing("unexpected in the checkpoint", unexpected))
+    if mismatched:
+        lines.append(_listing("shape mismatch, checkpoint vs model",
+                              [f"{k} {_shape(a)} vs {_shape(b)}" for k, a, b in mismatched]))
+    lines.append("The model was left unchanged.")
+    bad = missing + unexpected + [k for k, _, _ in mismatched]
+    if all(k.startswith("classifier.") for k in bad):
+        lines.append("Only the classifier differs (another number of classes): pass "
+                     "drop_classifier=True (CLI: --drop-classifier) to keep this model's "
+                     "new classifier.")
+    else:
+        lines.append("Check that the model name matches the architecture the checkpoint was "
+                     "trained with (e.g. efficientnet_b0 vs mixnet_s, b0 vs b1).")
+    return "\n".join(lines)
+
+
+def load_weights(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    *,
+    drop_classifier: bool = False,
+    strict: bool = True,
+    prefer_ema: bool = False,
+) -> LoadReport:
+    """Load a timm/effml or efficientnet-pytorch checkpoint into ``model``, all-or-nothing.
+
+    ``drop_classifier`` keeps the model's own classifier; a backbone (no ``conv_head``) ignores
+    the checkpoint's head. With ``strict=False`` missing keys keep the model's values and
+    unexpected keys are ignored; a shape mismatch is always an error.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        source = "<state_dict>"
+        state = unwrap_state_dict(path_or_state_dict, source, prefer_ema=prefer_ema)
+    else:
+        source = str(path_or_state_dict)
+        state = read_checkpoint(path_or_state_dict, prefer_ema=prefer_ema)
+    fmt = detect_format(state)
+    if fmt == "efficientnet_pytorch":
+        state = convert_efficientnet_pytorch(state, model)
+
+    target = model.state_dict()
+    ignored: list[str] = []
+    if drop_classifier:
+        ignored += [k for k in state if k.startswith("classifier.")]
+    if not any(k.startswith("conv_head.") for k in target):  # a backbone: the head is not ours
+        ignored += [k for k in state if k.startswith(_HEAD_PREFIXES) and k not in target]
+    skip = set(ignored)
+    state = {k: v for k, v in state.items() if k not in skip}
+
+    # num_batches_tracked is bookkeeping, absent from some exports; never worth refusing over.
+    missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")
+               and not (drop_classifier and k.startswith("classifier."))]
+    unexpected = [k for k in state if k not in target]
+    mismatched = [(k, v, target[k]) for k, v in state.items()
+                  if k in target and v.shape != target[k].shape]
+    if mismatched or (strict and (missing or unexpected)):
+        raise WeightsError(_mismatch_message(source, fmt, model, missing, unexpected, mismatched))
+
+    merged = dict(target)
+    merged.update((k, v) for k, v in state.items() if k in target)
+    model.load_state_dict(merged, strict=True)
+    loaded = sum(1 for k in state if k in target)
+    if not strict:
+        ignored += unexpected
+    return LoadReport(source=source, format=fmt, loaded=loaded, ignored=tuple(ignored),
+                      missing=tuple(missing) if not strict else ())
+
+
+# ---------------------------------------------------------------- saving
+
+
+def _tensors_for_safetensors(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Detached, contiguous CPU tensors; one that shares storage with an earlier one is copied."""
+    seen: set[int] = set()
+    out: StateDict = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise WeightsError(f"cannot save {key!r}: it is a {type(value).__name__}, not a tensor")
+        t = value.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen or t.untyped_storage().nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # tied or sliced weights: safetensors stores each tensor on its own
+        seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    return out
+
+
+def save_weights(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write weights as safetensors, atomically: the file at ``path`` is either old or complete."""
+    state = (model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module)
+             else model_or_state_dict)
+    meta = {"format": "pt", **(metadata or {})}
+    bad = [k for k, v in meta.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad:
+        raise WeightsError(f"safetensors metadata must map str to str; not so for {bad}")
+    tensors = _tensors_for_safetensors(state)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
+        with tmp.open("rb+") as f:
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, Exception):
+            raise WeightsError(f"could not write weights to {target} ({err}); "
+                               f"any previous file there is unchanged") from err
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable; not every platform lets a directory be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

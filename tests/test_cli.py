@@ -1,0 +1,174 @@
+"""The installed ``effml`` command, run in a subprocess as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import effml
+
+EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
+CLASS = 7  # the class the test checkpoint is rigged to predict
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert EFFML, "the effml console script is not installed (pip install -e .)"
+    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def _write_checkpoint(path: Path, name: str) -> None:
+    """A timm-keyed state_dict, as a user would have from timm, whose top-1 is always CLASS."""
+    torch.manual_seed(0)
+    state = effml.create_model(name).state_dict()
+    state["classifier.bias"] = torch.zeros(1000)
+    state["classifier.bias"][CLASS] = 50.0
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    out = {
+        "gray": d / "gray.png", "rgba": d / "rgba.png", "odd": d / "odd size.jpg",
+        "text": d / "notes.jpg", "weights": d / "b0.safetensors",
+    }
+    Image.fromarray(rng.integers(0, 256, (50, 70), dtype=np.uint8), "L").save(out["gray"])
+    Image.fromarray(rng.integers(0, 256, (33, 41, 4), dtype=np.uint8), "RGBA").save(out["rgba"])
+    Image.fromarray(rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)).save(out["odd"])
+    out["text"].write_text("this is a text file, not a JPEG\n")
+    _write_checkpoint(out["weights"], "efficientnet_b0")
+    return out
+
+
+def _no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_models_pattern_table():
+    proc = run("models", "mixnet_*", "--no-macs")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("mixnet_s", "mixnet_m", "mixnet_l"):
+        assert name in proc.stdout
+    assert "efficientnet_b0" not in proc.stdout and "tf_mixnet_s" not in proc.stdout
+    assert "params (M)" in proc.stdout and "MACs" not in proc.stdout
+
+
+def test_models_json_counts_params_and_macs():
+    proc = run("models", "efficientnet_b0", "--json")  # no wildcard: a substring
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert set(rows) == {"efficientnet_b0", "tf_efficientnet_b0"}
+    b0 = rows["efficientnet_b0"]
+    assert b0["family"] == "efficientnet" and b0["resolution"] == 224
+    assert abs(b0["params"] - 5.3e6) < 0.05e6  # paper Table 2: 5.3M
+    assert abs(b0["macs"] - 0.39e9) < 0.02e9  # paper Table 2: 0.39B FLOPs (multiply-adds)
+
+
+def test_models_no_match():
+    proc = run("models", "resnet*")
+    assert proc.returncode != 0 and "resnet" in proc.stderr
+    _no_traceback(proc)
+
+
+# ---------------------------------------------------------------- predict
+
+
+def test_predict_reports_bad_file_and_predicts_the_rest(files):
+    images = [files["gray"], files["text"], files["rgba"], files["odd"]]
+    proc = run("predict", "efficientnet_b0", *images, "--weights", files["weights"],
+               "--top-k", "3", "--json")
+    assert proc.returncode != 0
+    assert "notes.jpg" in proc.stderr and "RANDOM" not in proc.stderr
+    _no_traceback(proc)
+    results = json.loads(proc.stdout)
+    assert [Path(r["image"]).name for r in results] == [p.name for p in images]
+    assert "error" in results[1] and "predictions" not in results[1]
+    from torchvision.models import EfficientNet_B0_Weights
+
+    label = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"][CLASS]
+    for r in (results[0], results[2], results[3]):
+        preds = r["predictions"]
+        assert len(preds) == 3 and [p["rank"] for p in preds] == [1, 2, 3]
+        assert preds[0]["index"] == CLASS and preds[0]["label"] == label
+        assert preds[0]["prob"] > 0.99 and preds[0]["prob"] >= preds[1]["prob"] >= preds[2]["prob"]
+
+
+def test_predict_without_weights_warns(files):
+    proc = run("predict", "mixnet_s", files["odd"], "--top-k", "2", "--input-size", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM" in proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].endswith("odd size.jpg") and len(lines) == 3
+
+
+def test_predict_missing_weights_is_a_user_error(files, tmp_path):
+    proc = run("predict", "efficientnet_b0", files["gray"], "--weights", tmp_path / "nope.safetensors")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    assert "nope.safetensors" in proc.stderr
+    _no_traceback(proc)
+
+
+# ---------------------------------------------------------------- bench, export
+
+
+def test_bench_tiny():
+    proc = run("bench", "mixnet_s", "--iters", "2", "--warmup", "1", "--input-size", "64",
+               "--batch-sizes", "1,2", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("p50 (ms)", "p90 (ms)", "images/s", "eager", "channels_last", "onnxruntime"):
+        assert text in proc.stdout
+    rows = [ln for ln in proc.stdout.splitlines()
+            if any(rt in ln for rt in ("eager", "channels_last", "onnx"))]
+    assert len(rows) == 6  # 3 runtimes x 2 batch sizes
+
+
+def test_export_then_onnxruntime_matches_pytorch(tmp_path):
+    weights = tmp_path / "lite0.safetensors"
+    _write_checkpoint(weights, "tf_efficientnet_lite0")
+    out = tmp_path / "onnx" / "lite0.onnx"
+    proc = run("export", "tf_efficientnet_lite0", "--onnx", out, "--weights", weights,
+               "--input-size", "64")
+    assert proc.returncode == 0, proc.stderr
+    assert "max abs diff" in proc.stdout and str(out) in proc.stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["lite0.onnx"]
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 64, 64)
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    model = effml.create_model("tf_efficientnet_lite0", weights=weights).eval()
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(("command", "suggested"), [
+    (["predict", "efficientnet_b9", "x.png"], "efficientnet_b0"),
+    (["bench", "efficentnet_b0"], "efficientnet_b0"),
+    (["export", "mixnet_x", "--onnx", "m.onnx"], "mixnet_s"),
+])
+def test_unknown_model_is_one_line_with_suggestions(command, suggested, tmp_path):
+    proc = run(*command, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown model")
+    assert "Did you mean" in proc.stderr and suggested in proc.stderr
+    _no_traceback(proc)
+    assert list(tmp_path.iterdir()) == []
