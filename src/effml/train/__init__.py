@@ -1,0 +1,1 @@
+"""Training: one engine, recipes as objectives (label smoothing, AdvProp, distillation)."""
