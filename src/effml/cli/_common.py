@@ -48,7 +48,8 @@ def warn_random_weights(model: str) -> None:
 
 # Options shared by several commands.
 ModelArg = Annotated[str, typer.Argument(
-    help="Model name, e.g. efficientnet_b0, or with a weight tag: tf_efficientnet_b0.ap_in1k.")]
+    help="Model name (efficientnet_b0; with a weight tag: tf_efficientnet_b0.ap_in1k) "
+         "or a run directory written by `effml train`.")]
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", "-w", help="Checkpoint: timm or effml safetensors / state_dict.")]
 InputSizeOpt = Annotated[int | None, typer.Option(

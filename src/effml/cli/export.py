@@ -27,10 +27,16 @@ def export(
     from effml.deploy import export_onnx
     from effml.models import create_model, get_entry
 
-    size = input_size or get_entry(model).preprocess.input_size
-    net = create_model(model, num_classes=num_classes, weights=weights)
-    if weights is None:
-        warn_random_weights(model)
+    from effml.train.run_dir import is_run_dir, load_run
+
+    if is_run_dir(model) and weights is None:
+        trained = load_run(model)
+        net, size = trained.model, input_size or trained.preprocess.input_size
+    else:
+        size = input_size or get_entry(model).preprocess.input_size
+        net = create_model(model, num_classes=num_classes, weights=weights)
+        if weights is None:
+            warn_random_weights(model)
     report = export_onnx(net, onnx, input_size=size, batch_size=batch_size,
                          dynamic_batch=dynamic_batch, opset=opset, atol=atol)
     batch = "N" if report.dynamic_batch else str(report.input_shape[0])

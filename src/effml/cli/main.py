@@ -12,6 +12,7 @@ from effml.cli.bench import bench
 from effml.cli.export import export
 from effml.cli.models import models
 from effml.cli.predict import predict
+from effml.cli.train import evaluate_run, train
 from effml.errors import EffmlError
 
 USER_ERROR_EXIT = 2
@@ -31,7 +32,7 @@ class _EffmlGroup(TyperGroup):
 app = typer.Typer(
     name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
     pretty_exceptions_show_locals=False,
-    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, predict, bench, export.",
+    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, train, eval, predict, bench, export.",
 )
 
 
@@ -48,13 +49,15 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, predict, bench, export."""
+    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, train, eval, predict, bench, export."""
 
 
 app.command("models")(models)
 app.command("predict")(predict)
 app.command("bench")(bench)
 app.command("export")(export)
+app.command("train")(train)
+app.command("eval")(evaluate_run)
 
 if __name__ == "__main__":
     app()

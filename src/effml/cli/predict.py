@@ -34,16 +34,22 @@ def predict(
     from effml.data import class_names, eval_transform, load_image
     from effml.models import create_model, get_entry
 
-    preprocess = get_entry(model).preprocess
+    from effml.train.run_dir import is_run_dir, load_run
+
+    trained = load_run(model) if is_run_dir(model) and weights is None else None
+    preprocess = trained.preprocess if trained else get_entry(model).preprocess
     if mean is not None:
         preprocess = replace(preprocess, mean=parse_floats3(mean, "--mean"))
     if std is not None:
         preprocess = replace(preprocess, std=parse_floats3(std, "--std"))
     transform = eval_transform(preprocess, input_size)
-    net = create_model(model, num_classes=num_classes, weights=weights).eval()
-    if weights is None:
-        warn_random_weights(model)
-    labels = class_names(net.num_classes)
+    if trained:
+        net, labels = trained.model, trained.classes
+    else:
+        net = create_model(model, num_classes=num_classes, weights=weights).eval()
+        if weights is None:
+            warn_random_weights(model)
+        labels = class_names(net.num_classes)
     k = min(top_k, net.num_classes)
 
     results: list[dict[str, object]] = [{"image": str(path)} for path in images]

@@ -1,6 +1,7 @@
 """Layers of the MBConv family: padding, MixConv, SE, drop path, norms, activations, blocks."""
 
 from effml.layers.activations import create_act
+from effml.layers.aux_bn import DualBatchNormAct2d, convert_to_advprop, strip_aux_bn, use_aux_bn
 from effml.layers.conv import create_conv2d
 from effml.layers.drop_path import DropPath, drop_path, drop_path_rates
 from effml.layers.mbconv import DepthwiseSeparableConv, MBConv, se_reduced_channels
@@ -13,4 +14,5 @@ __all__ = [
     "BatchNormAct2d", "Conv2dSame", "DepthwiseSeparableConv", "DropPath", "MBConv", "MixConv2d",
     "SqueezeExcite", "create_act", "create_conv2d", "drop_path", "drop_path_rates",
     "same_output_size", "same_pad_1d", "se_reduced_channels", "split_channels",
+    "DualBatchNormAct2d", "convert_to_advprop", "strip_aux_bn", "use_aux_bn",
 ]

@@ -1,0 +1,146 @@
+"""Training and validation data sets that return (image, label, index), with reproducible
+per-sample augmentation and counted skipping of corrupt images."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.transforms import InterpolationMode, v2
+
+from effml.data.digits import DIGITS_CLASSES, load_digits_split
+from effml.data.transforms import load_image
+from effml.errors import InputError
+
+Sample = tuple[torch.Tensor, int, int]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The RNG seed of one sample's augmentation: the same on any process, worker or resume."""
+    return (seed * 1_000_003 + epoch * 10_007 + index) % (2**63 - 1)
+
+
+class AugmentedDataset(Dataset):
+    """Base: a list of samples; ``transform`` runs under a per-(seed, epoch, index) RNG."""
+
+    classes: tuple[str, ...]
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> None:
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch, so that augmentation differs between epochs but not between runs."""
+        self.epoch = epoch
+
+    def _augment(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            return self.transform(image)
+
+
+class DigitsDataset(AugmentedDataset):
+    """The embedded digits data set (train or val split) at ``image_size``."""
+
+    def __init__(self, split: str, image_size: int, transform: Callable, seed: int = 0,
+                 limit: int | None = None) -> None:
+        super().__init__(transform, seed)
+        xtr, ytr, xva, yva = load_digits_split(image_size)
+        self.images, self.labels = (xtr, ytr) if split == "train" else (xva, yva)
+        if limit is not None:
+            self.images, self.labels = self.images[:limit], self.labels[:limit]
+        self.classes = DIGITS_CLASSES
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._augment(self.images[index], index), int(self.labels[index]), index
+
+
+class FolderDataset(AugmentedDataset):
+    """``root/<class>/<image>`` (torchvision's ImageFolder layout); corrupt images are skipped
+    (``__getitem__`` returns None, the collate function counts them) or raise, by ``on_corrupt``."""
+
+    def __init__(self, root: str | Path, transform: Callable, seed: int = 0,
+                 on_corrupt: str = "skip", limit: int | None = None) -> None:
+        super().__init__(transform, seed)
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(f"dataset folder {root} does not exist; expected {root}/<class>/<image files>")
+        try:
+            classes, class_to_idx = find_classes(str(root))
+            samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+        except (FileNotFoundError, OSError) as e:
+            raise InputError(f"dataset folder {root}: {e}") from None
+        if not samples:
+            raise InputError(f"dataset folder {root} has class folders but no images "
+                             f"(extensions {', '.join(IMG_EXTENSIONS)})")
+        self.samples = samples[:limit] if limit is not None else samples
+        self.classes = tuple(classes)
+        self.on_corrupt = on_corrupt
+        self._to_tensor = v2.PILToTensor()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample | None:
+        path, label = self.samples[index]
+        try:
+            image = self._to_tensor(load_image(path))
+        except InputError as e:
+            if self.on_corrupt == "error":
+                raise InputError(f"{e} (set data.on_corrupt=skip to skip unreadable images)") from None
+            warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
+            return None
+        return self._augment(image, index), label, index
+
+
+def collate_samples(samples: Sequence[Sample | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Stack a batch, dropping skipped samples: (images, labels, indices, number skipped)."""
+    kept = [s for s in samples if s is not None]
+    skipped = len(samples) - len(kept)
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
+    images = torch.stack([s[0] for s in kept])
+    labels = torch.tensor([s[1] for s in kept], dtype=torch.long)
+    indices = torch.tensor([s[2] for s in kept], dtype=torch.long)
+    return images, labels, indices, skipped
+
+
+def train_transform(kind: str, size: int, mean: Sequence[float], std: Sequence[float],
+                    natural_images: bool = True, ra_ops: int = 2, ra_magnitude: int = 9) -> v2.Compose:
+    """uint8 CHW tensor -> normalised float tensor, with the chosen augmentation.
+
+    Natural images get a random resized crop and a horizontal flip; digits (whose meaning a flip
+    changes) a small random affine instead.
+    """
+    if natural_images:
+        geometric = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        geometric = [v2.Resize((size, size), antialias=True),
+                     v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))]
+    policy: list[v2.Transform] = []
+    if kind == "randaugment":
+        policy = [v2.RandAugment(num_ops=ra_ops, magnitude=ra_magnitude,
+                                 interpolation=InterpolationMode.BILINEAR)]
+    elif kind == "autoaugment":
+        policy = [v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]
+    if kind == "none":
+        geometric = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if natural_images \
+            else [v2.Resize((size, size), antialias=True)]
+    return v2.Compose([*geometric, *policy, v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(list(mean), list(std))])
+
+
+def eval_tensor_transform(size: int, mean: Sequence[float], std: Sequence[float],
+                          crop_pct: float = 0.875, natural_images: bool = True) -> v2.Compose:
+    """uint8 CHW tensor -> normalised float tensor for evaluation (resize, center crop)."""
+    resize = [v2.Resize(int(size / crop_pct), antialias=True), v2.CenterCrop(size)] if natural_images \
+        else [v2.Resize((size, size), antialias=True)]
+    return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

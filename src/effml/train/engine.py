@@ -1,0 +1,329 @@
+"""The one training loop: every recipe (plain, AdvProp, distillation) and every model runs here.
+
+A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (a row per log interval and
+per epoch), ``checkpoints/last.pt`` (model, optimizer, scheduler, EMA, RNG and the position in
+the epoch), and at the end ``model.json``, ``run.json`` and the weights as safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from effml.errors import EffmlError
+from effml.models.factory import resolve_spec
+from effml.models.network import EfficientNet
+from effml.models.registry import Preprocess, get_entry
+from effml.spec import NetworkSpec, spec_from_json, spec_to_json
+from effml.train import distributed
+from effml.train.checkpoint import (
+    CHECKPOINT_NAME, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
+)
+from effml.train.config import Config, config_to_dict, config_to_yaml
+from effml.train.data import build_datasets, epoch_indices, eval_loader, train_loader
+from effml.train.ema import create_ema
+from effml.train.evaluate import evaluate
+from effml.train.objective import Batch, CrossEntropyObjective, Objective
+from effml.train.optim import build_optimizer, build_scheduler
+
+
+class TrainingDiverged(EffmlError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_dir: Path
+    global_step: int
+    epochs_done: int
+    val: dict[str, float]
+    ema_val: dict[str, float] | None
+    skipped_images: int
+
+
+def model_spec(cfg: Config, num_classes: int) -> tuple[NetworkSpec, Preprocess]:
+    """The network spec to train (a zoo name or a spec JSON file) and its input normalisation."""
+    m = cfg.model
+    if m.name.endswith(".json"):
+        path = Path(m.name)
+        if not path.is_file():
+            raise EffmlError(f"model.name {m.name!r} looks like a spec file, but it does not exist")
+        spec = spec_from_json(path.read_text(), source=str(path))
+        preprocess = Preprocess(cfg.data.image_size, 0.875)
+    else:
+        spec, preprocess = get_entry(m.name).spec(), get_entry(m.name).preprocess
+    spec = resolve_spec(spec, num_classes=num_classes, dropout=m.dropout, drop_path=m.drop_path,
+                        bn_momentum=m.bn_momentum, bn_eps=m.bn_eps, resolution=cfg.data.image_size)
+    return spec, preprocess
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _objective(cfg: Config, model: nn.Module, preprocess: Preprocess, num_classes: int,
+               num_train: int, device: torch.device) -> Objective:
+    if cfg.advprop.enabled and cfg.distill.teacher:
+        raise EffmlError("advprop.enabled and distill.teacher cannot be combined yet; choose one")
+    if cfg.advprop.enabled:
+        from effml.train.advprop import AdvPropObjective, PGDAttacker
+
+        a = cfg.advprop
+        attacker = PGDAttacker(epsilon=a.epsilon, step_size=a.step_size, steps=a.steps)
+        return AdvPropObjective(attacker, preprocess.mean, preprocess.std, cfg.train.label_smoothing)
+    if cfg.distill.teacher:
+        from effml.models.factory import create_model
+        from effml.train.distill import DistillationObjective, TeacherLogitCache
+
+        d = cfg.distill
+        teacher = create_model(d.teacher if not d.teacher.endswith(".json") else
+                               spec_from_json(Path(d.teacher).read_text(), source=d.teacher),
+                               num_classes=num_classes, weights=d.teacher_weights).to(device)
+        cache = TeacherLogitCache(num_train, num_classes) if d.cache else None
+        return DistillationObjective(teacher, temperature=d.temperature, alpha=d.alpha,
+                                     label_smoothing=cfg.train.label_smoothing, cache=cache)
+    return CrossEntropyObjective(cfg.train.label_smoothing)
+
+
+def _mixer(cfg: Config, num_classes: int) -> v2.Transform | None:
+    d = cfg.data
+    mixers = []
+    if d.mixup > 0:
+        mixers.append(v2.MixUp(alpha=d.mixup, num_classes=num_classes))
+    if d.cutmix > 0:
+        mixers.append(v2.CutMix(alpha=d.cutmix, num_classes=num_classes))
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+class _Log:
+    """Metrics rows (JSON lines) and progress lines, written by the main process only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, quiet: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.quiet = quiet or not enabled
+
+    def truncate_after(self, global_step: int) -> None:
+        """Drop rows written after the checkpoint a run resumes from."""
+        if not (self.enabled and self.path.exists()):
+            return
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("global_step", 0) <= global_step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+    def row(self, **fields: Any) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(fields) + "\n")
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+
+def fit(cfg: Config, *, resume: bool = False, objective: Objective | None = None,
+        quiet: bool = False) -> RunResult:
+    """Train as ``cfg`` says; with ``resume``, continue the run in ``cfg.run.dir`` exactly."""
+    ctx = distributed.setup(cfg.train.device)
+    try:
+        return _fit(cfg, ctx, resume, objective, quiet)
+    finally:
+        distributed.teardown()
+
+
+def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Objective | None,
+         quiet: bool) -> RunResult:
+    run_dir = Path(cfg.run.dir)
+    ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path) if resume else None
+    if not resume and ckpt_path.exists():
+        raise EffmlError(f"{run_dir} already holds a run; continue it with `effml train --resume "
+                         f"{run_dir}` or choose another run.dir")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.train.seed)
+    log = _Log(run_dir, ctx.is_main, quiet)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+
+    # -- data and model --------------------------------------------------------------------
+    bundle = build_datasets(cfg, model_spec(cfg, 1)[1])
+    num_classes = cfg.model.num_classes or len(bundle.classes)
+    spec, preprocess = model_spec(cfg, num_classes)
+    model = EfficientNet(spec)
+    if cfg.model.weights:
+        from effml.models.weights import load_weights
+
+        load_weights(model, cfg.model.weights, drop_classifier=cfg.model.drop_classifier)
+    if cfg.advprop.enabled:
+        from effml.layers.aux_bn import convert_to_advprop
+
+        model = convert_to_advprop(model)
+    model = model.to(ctx.device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = create_ema(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+    net = distributed.wrap(model, ctx, cfg.train.sync_bn)
+    optimizer = build_optimizer(model, cfg.optim)
+    bs = cfg.data.batch_size
+    steps_per_epoch = len(epoch_indices(bundle.train, 0, cfg.train.seed, ctx.rank, ctx.world)) // bs
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, total_steps)
+    objective = objective or _objective(cfg, net, preprocess, num_classes, len(bundle.train), ctx.device)
+    mixer = _mixer(cfg, num_classes)
+    val_batches = eval_loader(bundle.val, cfg.data.eval_batch_size or bs, cfg.data.workers,
+                              ctx.rank, ctx.world)
+
+    epoch, batch_in_epoch, global_step, skipped = 0, 0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        epoch, batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        global_step, skipped = state["global_step"], state["skipped"]
+        log.truncate_after(global_step)
+        set_rng_state(state["rng"])
+        log.say(f"resumed {run_dir} at epoch {epoch + 1}, step {batch_in_epoch} (global step {global_step})")
+
+    def checkpoint(ep: int, batch: int) -> None:
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                "rng": rng_state(), "epoch": ep, "batch_in_epoch": batch, "global_step": global_step,
+                "skipped": skipped, "config": config_to_dict(cfg),
+            })
+        distributed.barrier()
+
+    log.say(f"training {cfg.model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) "
+            f"on {len(bundle.train)} images, {num_classes} classes, {ctx.world} process(es), "
+            f"{steps_per_epoch} steps/epoch, {total_steps} steps")
+    val: dict[str, float] = {}
+    ema_val: dict[str, float] | None = None
+    start = time.perf_counter()
+    steps_this_session = 0
+    done = global_step >= total_steps
+    while epoch < cfg.train.epochs and not done:
+        bundle.train.set_epoch(epoch)
+        indices = epoch_indices(bundle.train, epoch, cfg.train.seed, ctx.rank, ctx.world)
+        loader = train_loader(bundle.train, indices[batch_in_epoch * bs:], bs, cfg.data.workers)
+        _set_train_mode(net, cfg.model.freeze_bn)
+        loss_sum, loss_n, t_interval, images_interval = torch.zeros(()), 0, time.perf_counter(), 0
+        for images, labels, idx, n_skipped in loader:
+            skipped += n_skipped
+            if len(labels) == 0:
+                continue
+            images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = labels
+            if mixer is not None:
+                images, targets = mixer(images, labels)
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16 if ctx.device.type == "cpu"
+                                else torch.float16, enabled=cfg.train.amp):
+                out = objective(net, Batch(images, targets, idx))
+            if not torch.isfinite(out.loss):
+                raise TrainingDiverged(
+                    f"the loss became {out.loss.item()} at epoch {epoch + 1}, step {batch_in_epoch + 1} "
+                    f"(global step {global_step + 1}); training stopped and the last good checkpoint "
+                    f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is kept. Lower optim.lr, set "
+                    f"optim.grad_clip, or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            global_step += 1
+            batch_in_epoch += 1
+            steps_this_session += 1
+            loss_sum += out.loss.detach().float().cpu()
+            loss_n += 1
+            images_interval += len(labels) * ctx.world
+            if global_step % cfg.train.log_interval == 0 or batch_in_epoch == steps_per_epoch:
+                elapsed = time.perf_counter() - t_interval
+                ips = images_interval / max(elapsed, 1e-9)
+                loss_avg = (loss_sum / max(loss_n, 1)).item()
+                left = (total_steps - global_step) * (time.perf_counter() - start) / steps_this_session
+                log.row(kind="step", epoch=epoch + 1, step=batch_in_epoch, global_step=global_step,
+                        loss=loss_avg, lr=scheduler.get_last_lr()[0], images_per_s=ips,
+                        **{k: float(v) for k, v in out.parts.items()})
+                log.say(f"epoch {epoch + 1}/{cfg.train.epochs} step {batch_in_epoch}/{steps_per_epoch} "
+                        f"loss {loss_avg:.4f} lr {scheduler.get_last_lr()[0]:.5f} {ips:.1f} img/s "
+                        f"eta {time.strftime('%H:%M:%S', time.gmtime(left))}")
+                loss_sum, loss_n, t_interval, images_interval = torch.zeros(()), 0, time.perf_counter(), 0
+            done = global_step >= total_steps
+            interval = cfg.train.checkpoint_interval
+            if interval and global_step % interval == 0 and batch_in_epoch < steps_per_epoch and not done:
+                checkpoint(epoch, batch_in_epoch)
+            if done:
+                break
+        epoch_finished = batch_in_epoch >= steps_per_epoch
+        if epoch_finished:
+            epoch, batch_in_epoch = epoch + 1, 0
+        last = done or epoch >= cfg.train.epochs
+        if last or (epoch_finished and epoch % cfg.train.eval_every == 0):
+            val = evaluate(net, val_batches, ctx.device, cfg.train.channels_last)
+            ema_val = evaluate(ema.module, val_batches, ctx.device, cfg.train.channels_last) if ema else None
+            log.row(kind="epoch", epoch=epoch, global_step=global_step, val=val, ema_val=ema_val,
+                    skipped_images=skipped)
+            ema_text = f", EMA top-1 {ema_val['top1']:.2f}%" if ema_val else ""
+            log.say(f"epoch {epoch}: val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%{ema_text}"
+                    + (f" ({skipped} unreadable images skipped)" if skipped else ""))
+        checkpoint(epoch, batch_in_epoch)
+
+    if ctx.is_main:
+        _write_outputs(run_dir, cfg, model, ema, spec, preprocess, bundle.classes, val, ema_val, global_step)
+    distributed.barrier()
+    return RunResult(run_dir, global_step, epoch, val, ema_val, skipped)
+
+
+def _write_outputs(run_dir: Path, cfg: Config, model: nn.Module, ema: Any, spec: NetworkSpec,
+                   preprocess: Preprocess, classes: tuple[str, ...], val: dict, ema_val: dict | None,
+                   global_step: int) -> None:
+    from effml.models.weights import save_weights
+
+    def plain(state: dict) -> dict:
+        if cfg.advprop.enabled:  # evaluation and export use the main BatchNorms only
+            from effml.layers.aux_bn import strip_aux_bn
+
+            return strip_aux_bn(state)
+        return state
+
+    save_weights(plain(model.state_dict()), run_dir / "weights.safetensors")
+    if ema is not None:
+        save_weights(plain(ema.module.state_dict()), run_dir / "weights_ema.safetensors")
+    atomic_write_text(run_dir / "model.json", spec_to_json(spec))
+    info = {
+        "model": cfg.model.name, "classes": list(classes), "global_step": global_step,
+        "input_size": cfg.data.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
+        "crop_pct": preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
+        "val": val, "ema_val": ema_val,
+        "weights": "weights_ema.safetensors" if ema is not None else "weights.safetensors",
+    }
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
