@@ -3,6 +3,8 @@ upsampled to RGB images, with a fixed train/val split. Nothing is downloaded."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,8 +14,10 @@ VAL_FRACTION = 0.2
 SPLIT_SEED = 0  # the split is part of the data set's definition: never change it
 
 
+@lru_cache(maxsize=4)
 def load_digits_split(image_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train images, train labels, val images, val labels); images uint8 [N, 3, S, S].
+    """(train images, train labels, val images, val labels); images uint8 [N, 3, S, S] (cached:
+    treat them as read-only).
 
     Stratified fixed split: 20% of each class, chosen with a fixed seed, is validation.
     """

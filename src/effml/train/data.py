@@ -63,8 +63,10 @@ def epoch_indices(dataset: AugmentedDataset, epoch: int, seed: int, rank: int, w
 
 def train_loader(dataset: AugmentedDataset, indices: list[int], batch_size: int, workers: int) -> DataLoader:
     """Batches over ``indices`` in order; the last partial batch is dropped."""
+    # Its own generator: creating a loader must not draw from the global RNG, whose state a
+    # checkpoint restores mid-epoch (dropout and mixup read it).
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True,
-                      num_workers=workers, collate_fn=collate_samples,
+                      num_workers=workers, collate_fn=collate_samples, generator=torch.Generator(),
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
@@ -72,4 +74,4 @@ def eval_loader(dataset: AugmentedDataset, batch_size: int, workers: int, rank: 
     """This process's exact (unpadded) shard of the validation set."""
     indices = list(range(rank, len(dataset), world))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      collate_fn=collate_samples)
+                      collate_fn=collate_samples, generator=torch.Generator())

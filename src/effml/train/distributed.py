@@ -62,6 +62,18 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def ranks_agree(model: nn.Module) -> bool:
+    """True when every process holds the same parameters (compared by a float64 fingerprint)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    fingerprint = torch.stack([flat.sum(), (flat * flat).sum(), (flat * weights).sum()])
+    gathered = [torch.empty_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 def barrier() -> None:
     """Wait for every process (no-op without a process group)."""
     if dist.is_available() and dist.is_initialized():

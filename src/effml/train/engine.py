@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
 from torchvision.transforms import v2
 
 from effml.errors import EffmlError
@@ -31,7 +34,7 @@ from effml.train.config import Config, config_to_dict, config_to_yaml
 from effml.train.data import build_datasets, epoch_indices, eval_loader, train_loader
 from effml.train.ema import create_ema
 from effml.train.evaluate import evaluate
-from effml.train.objective import Batch, CrossEntropyObjective, Objective
+from effml.train.objective import Batch, CrossEntropyObjective, Objective, StepOutput
 from effml.train.optim import build_optimizer, build_scheduler
 
 
@@ -79,6 +82,9 @@ def _objective(cfg: Config, model: nn.Module, preprocess: Preprocess, num_classe
                num_train: int, device: torch.device) -> Objective:
     if cfg.advprop.enabled and cfg.distill.teacher:
         raise EffmlError("advprop.enabled and distill.teacher cannot be combined yet; choose one")
+    if cfg.advprop.enabled and cfg.train.sync_bn:
+        raise EffmlError("advprop.enabled with train.sync_bn is not supported yet (the auxiliary "
+                         "BatchNorms have no synchronised form); set train.sync_bn=false")
     if cfg.advprop.enabled:
         from effml.train.advprop import AdvPropObjective, PGDAttacker
 
@@ -137,13 +143,37 @@ class _Log:
             print(text, file=sys.stderr, flush=True)
 
 
+def train_step(net: nn.Module, model: nn.Module, batch: Batch, objective: Objective,
+               optimizer: Optimizer, scheduler: LRScheduler, ema: AveragedModel | None,
+               grad_clip: float | None, *, amp: bool = False) -> StepOutput:
+    """One optimizer step of ``net`` (``model`` unwrapped) on ``batch``; raises ``TrainingDiverged``
+    before the backward pass if the loss is not finite."""
+    device_type = batch.images.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16 if device_type == "cpu" else torch.float16,
+                        enabled=amp):
+        out = objective(net, batch)
+    if not torch.isfinite(out.loss):
+        raise TrainingDiverged(f"the loss became {out.loss.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    return out
+
+
 def fit(cfg: Config, *, resume: bool = False, objective: Objective | None = None,
         quiet: bool = False) -> RunResult:
     """Train as ``cfg`` says; with ``resume``, continue the run in ``cfg.run.dir`` exactly."""
     ctx = distributed.setup(cfg.train.device)
+    threads = torch.get_num_threads()
     try:
         return _fit(cfg, ctx, resume, objective, quiet)
     finally:
+        torch.set_num_threads(threads)
         distributed.teardown()
 
 
@@ -164,6 +194,8 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+        for stale in ckpt_path.parent.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # a write a crash cut short
+            stale.unlink()
 
     # -- data and model --------------------------------------------------------------------
     bundle = build_datasets(cfg, model_spec(cfg, 1)[1])
@@ -242,23 +274,15 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
             targets = labels
             if mixer is not None:
                 images, targets = mixer(images, labels)
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16 if ctx.device.type == "cpu"
-                                else torch.float16, enabled=cfg.train.amp):
-                out = objective(net, Batch(images, targets, idx))
-            if not torch.isfinite(out.loss):
+            try:
+                out = train_step(net, model, Batch(images, targets, idx), objective, optimizer,
+                                 scheduler, ema, cfg.optim.grad_clip, amp=cfg.train.amp)
+            except TrainingDiverged as e:
                 raise TrainingDiverged(
-                    f"the loss became {out.loss.item()} at epoch {epoch + 1}, step {batch_in_epoch + 1} "
+                    f"{e} at epoch {epoch + 1}, step {batch_in_epoch + 1} "
                     f"(global step {global_step + 1}); training stopped and the last good checkpoint "
                     f"{ckpt_path if ckpt_path.exists() else '(none yet)'} is kept. Lower optim.lr, set "
-                    f"optim.grad_clip, or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
+                    f"optim.grad_clip, or check the data") from None
             global_step += 1
             batch_in_epoch += 1
             steps_this_session += 1
@@ -297,15 +321,19 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
                     + (f" ({skipped} unreadable images skipped)" if skipped else ""))
         checkpoint(epoch, batch_in_epoch)
 
+    agree = distributed.ranks_agree(model)
     if ctx.is_main:
-        _write_outputs(run_dir, cfg, model, ema, spec, preprocess, bundle.classes, val, ema_val, global_step)
+        _write_outputs(run_dir, cfg, model, ema, spec, preprocess, bundle.classes, val, ema_val,
+                       global_step, ctx.world, agree)
     distributed.barrier()
+    if not agree:
+        raise EffmlError("the DDP processes ended with different weights; report this as a bug")
     return RunResult(run_dir, global_step, epoch, val, ema_val, skipped)
 
 
 def _write_outputs(run_dir: Path, cfg: Config, model: nn.Module, ema: Any, spec: NetworkSpec,
                    preprocess: Preprocess, classes: tuple[str, ...], val: dict, ema_val: dict | None,
-                   global_step: int) -> None:
+                   global_step: int, world: int, ranks_agree: bool) -> None:
     from effml.models.weights import save_weights
 
     def plain(state: dict) -> dict:
@@ -323,7 +351,7 @@ def _write_outputs(run_dir: Path, cfg: Config, model: nn.Module, ema: Any, spec:
         "model": cfg.model.name, "classes": list(classes), "global_step": global_step,
         "input_size": cfg.data.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
         "crop_pct": preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
-        "val": val, "ema_val": ema_val,
+        "val": val, "ema_val": ema_val, "processes": world, "ranks_agree": ranks_agree,
         "weights": "weights_ema.safetensors" if ema is not None else "weights.safetensors",
     }
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
