@@ -82,12 +82,18 @@ class FolderDataset(AugmentedDataset):
             raise InputError(f"dataset folder {root} does not exist; expected {root}/<class>/<image files>")
         try:
             classes, class_to_idx = find_classes(str(root))
+        except FileNotFoundError:
+            raise InputError(f"dataset folder {root} has no class folders; expected "
+                             f"{root}/<class>/<image files>") from None
+        try:
             samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-        except (FileNotFoundError, OSError) as e:
-            raise InputError(f"dataset folder {root}: {e}") from None
-        if not samples:
-            raise InputError(f"dataset folder {root} has class folders but no images "
-                             f"(extensions {', '.join(IMG_EXTENSIONS)})")
+        except FileNotFoundError:
+            samples = []
+        if not samples or len({label for _, label in samples}) < len(classes):
+            found = {classes[label] for _, label in samples}
+            empty = [c for c in classes if c not in found]
+            raise InputError(f"dataset folder {root}: class folder(s) {empty[:5]} hold no images "
+                             f"(extensions {', '.join(IMG_EXTENSIONS)}); add images or remove them")
         self.samples = samples[:limit] if limit is not None else samples
         self.classes = tuple(classes)
         self.on_corrupt = on_corrupt
