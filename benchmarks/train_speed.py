@@ -2,14 +2,19 @@
 
 Both sides train the same recipe on the same random batch: RMSProp the TF way (effml's
 ``RMSpropTF`` via ``build_optimizer``; timm's ``RMSpropTF`` via ``create_optimizer_v2``) with
-lr 0.016 x 32 / 256, decay 0.9, momentum 0.9, eps 1e-3, weight decay 1e-5 off BN and biases;
+lr 0.016 x batch / 256, decay 0.9, momentum 0.9, eps 1e-3, weight decay 1e-5 off BN and biases;
 label-smoothed (0.1) cross-entropy; dropout 0.2 and drop path 0.2; an EMA of weights and BN
 statistics with decay 0.9999 (effml's ``create_ema``; timm's ``ModelEmaV3``); a per-step LR
 schedule. effml runs its engine's real ``train_step``; timm runs the loop of its ``train.py``.
 Each library keeps its own optimizer defaults (timm's RMSpropTF picks its per-tensor path on CPU).
 
-Speed: one process, the same starting weights, contenders alternating step by step in rounds
-(``_timing.interleaved_ms``); prints median ms/step, images/s and the effml/timm ratio.
+Speed: one process, the same starting weights, one step of each contender per round, the order
+alternating between rounds; prints median ms/step and images/s, the ratio of the medians, and the
+median of the per-round ratios (each pair ran seconds apart, so it shrugs off load that other
+jobs put on a shared machine between rounds). The headline ratio is the median of the pairs.
+It also prints process CPU time per step, a measure of work that a busy machine distorts less
+(exact with ``--threads 1``; with more threads it includes OpenMP's spin-waiting), and the
+optimizer update and EMA update timed alone.
 
 Memory: torch's CPU allocations bypass tracemalloc, so the script re-runs itself once per
 contender (``--only effml`` / ``--only timm``), one after the other, and each child reports the
@@ -18,25 +23,35 @@ training steps: model, EMA copy, optimizer state, activations, gradients and tem
 operating system saw them. The child resets its peak (``/proc/self/clear_refs``) and reads
 ``VmHWM`` from ``/proc/self/status``; ``ru_maxrss`` would not do, as Linux carries it across
 fork and exec, so a child would inherit this parent's peak. Both children import the same
-modules and make the same input first, so their baselines match. Linux only.
+modules (timm and effml alike) and make the same input first, so their baselines match.
+Linux only.
 
-Usage: python benchmarks/train_speed.py [--rounds 10 --iters 1 --mem-steps 6 --json F]
+Usage: python benchmarks/train_speed.py [--rounds 16 --mem-steps 6 --json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import RMSpropTF as TimmRMSpropTF
+from timm.optim import create_optimizer_v2
+from timm.scheduler import StepLRScheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved_ms, machine  # noqa: E402
+from _timing import machine  # noqa: E402
 
 import effml  # noqa: E402
 from effml.train.config import OptimConfig, ScheduleConfig  # noqa: E402
@@ -57,8 +72,6 @@ def _lr(batch: int) -> float:
 
 def timm_model() -> nn.Module:
     """timm's EfficientNet-B0 with the recipe's dropout and drop path, in train mode."""
-    import timm
-
     return timm.create_model(MODEL, num_classes=NUM_CLASSES, drop_rate=0.2, drop_path_rate=0.2).train()
 
 
@@ -67,8 +80,17 @@ def effml_model() -> nn.Module:
     return effml.create_model(MODEL, num_classes=NUM_CLASSES, dropout=0.2, drop_path=0.2).train()
 
 
-def effml_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
-    """A closure running one step of effml's engine (``train_step``) on ``(x, y)``."""
+@dataclass
+class Contender:
+    """One training loop: a whole step, and its optimizer update and EMA update alone."""
+
+    step: Callable[[], object]
+    optimizer_step: Callable[[], object]
+    ema_update: Callable[[], object]
+
+
+def effml_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Contender:
+    """effml's engine step (``train_step``) on ``(x, y)``, and its parts."""
     optimizer = build_optimizer(model, OptimConfig(name="rmsprop_tf", lr=_lr(len(x)), momentum=0.9,
                                                    decay=0.9, eps=1e-3, weight_decay=1e-5))
     assert isinstance(optimizer, RMSpropTF)
@@ -81,17 +103,11 @@ def effml_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[
     def step() -> object:
         return train_step(model, model, batch, objective, optimizer, scheduler, ema, None)
 
-    return step
+    return Contender(step, optimizer.step, lambda: ema.update_parameters(model))
 
 
-def timm_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
-    """A closure running one iteration of timm's ``train.py`` loop on ``(x, y)``."""
-    from timm.loss import LabelSmoothingCrossEntropy
-    from timm.optim import RMSpropTF as TimmRMSpropTF
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import StepLRScheduler
-    from timm.utils import ModelEmaV3
-
+def timm_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Contender:
+    """One iteration of timm's ``train.py`` loop on ``(x, y)``, and its parts."""
     optimizer = create_optimizer_v2(model, "rmsproptf", lr=_lr(len(x)), weight_decay=1e-5,
                                     momentum=0.9, alpha=0.9, eps=1e-3)
     assert isinstance(optimizer, TimmRMSpropTF)
@@ -112,7 +128,26 @@ def timm_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
         scheduler.step_update(num_updates=num_updates)
         return loss
 
-    return step
+    return Contender(step, optimizer.step, lambda: ema.update(model, step=num_updates))
+
+
+def paired_ms(contenders: dict[str, Callable[[], object]], rounds: int,
+              warmup: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and process-CPU milliseconds of each call, one call per contender per round, the
+    order alternating by round."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t, c = time.perf_counter(), time.process_time()
+            contenders[name]()
+            wall[name].append((time.perf_counter() - t) * 1e3)
+            cpu[name].append((time.process_time() - c) * 1e3)
+    return wall, cpu
 
 
 def _inputs(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,9 +174,9 @@ def measure_memory(which: str, batch: int, size: int, steps: int) -> dict[str, f
     x, y = _inputs(batch, size)
     _reset_peak_rss()
     before = _proc_status_mib("VmRSS")
-    step = effml_step(effml_model(), x, y) if which == "effml" else timm_step(timm_model(), x, y)
+    contender = effml_step(effml_model(), x, y) if which == "effml" else timm_step(timm_model(), x, y)
     for _ in range(steps):
-        step()
+        contender.step()
     peak = _proc_status_mib("VmHWM")
     return {"peak_rss_mib": peak, "baseline_mib": before, "growth_mib": peak - before}
 
@@ -163,8 +198,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--iters", type=int, default=1, help="steps per contender per round")
+    ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--mem-steps", type=int, default=6, help="steps per memory child")
     ap.add_argument("--threads", type=int, default=None)
@@ -184,19 +218,32 @@ def main() -> None:
     ours = effml_model()
     ours.load_state_dict(ref.state_dict())
     x, y = _inputs(args.batch, args.size)
-    steps = {"timm": timm_step(ref, x, y), "effml": effml_step(ours, x, y)}
-    ms = interleaved_ms(steps, rounds=args.rounds, iters=args.iters, warmup=args.warmup)
-    speed_ratio = ms["timm"] / ms["effml"]
+    contenders = {"timm": timm_step(ref, x, y), "effml": effml_step(ours, x, y)}
+    samples, cpu_samples = paired_ms({k: c.step for k, c in contenders.items()}, rounds=args.rounds,
+                                     warmup=args.warmup)
+    ms = {k: statistics.median(v) for k, v in samples.items()}
+    cpu_ms = {k: statistics.median(v) for k, v in cpu_samples.items()}
+    speed_ratio = statistics.median(t / e for t, e in zip(samples["timm"], samples["effml"]))
+    cpu_ratio = statistics.median(t / e for t, e in zip(cpu_samples["timm"], cpu_samples["effml"]))
+    # the gradients of the last step stay in place, so the parts can be timed on their own
+    parts = {part: {k: statistics.median(v) for k, v in paired_ms(
+        {k: getattr(c, part) for k, c in contenders.items()}, rounds=30, warmup=2)[0].items()}
+        for part in ("optimizer_step", "ema_update")}
 
     print(f"machine: {machine()}")
-    print(f"\n{MODEL} training step, batch {args.batch}, {args.size}px "
-          f"({args.rounds} rounds x {args.iters} steps per contender)")
-    print(f"  {'contender':10s} {'ms/step':>9s} {'img/s':>8s}")
+    print(f"\n{MODEL} training step, batch {args.batch}, {args.size}px ({args.rounds} rounds, "
+          f"one step of each per round)")
+    print(f"  {'contender':10s} {'ms/step':>9s} {'img/s':>8s} {'CPU ms/step':>12s}")
     for k in ("timm", "effml"):
-        print(f"  {k:10s} {ms[k]:9.1f} {args.batch * 1e3 / ms[k]:8.1f}")
-    print(f"  ratio speed effml/timm (img/s): {speed_ratio:.3f}  (target >= 1.0)")
+        print(f"  {k:10s} {ms[k]:9.1f} {args.batch * 1e3 / ms[k]:8.1f} {cpu_ms[k]:12.1f}")
+    print(f"  ratio speed effml/timm (img/s), median of rounds: {speed_ratio:.3f}  (target >= 1.0)")
+    print(f"  ratio speed effml/timm (img/s), of the medians:   {ms['timm'] / ms['effml']:.3f}")
+    print(f"  ratio CPU time timm/effml, median of rounds:      {cpu_ratio:.3f}")
+    for part, t in parts.items():
+        print(f"  of which {part:15s} timm {t['timm']:7.1f} ms  effml {t['effml']:7.1f} ms")
     result = {"machine": machine(), "model": MODEL, "batch": args.batch, "size": args.size,
-              "ms_per_step": ms, "speed_ratio": speed_ratio}
+              "ms_per_step": ms, "cpu_ms_per_step": cpu_ms, "speed_ratio": speed_ratio,
+              "cpu_ratio": cpu_ratio, "samples_ms": samples, "parts_ms": parts}
     if not args.no_memory:
         mem = memory_in_subprocesses(args)
         mem_ratio = mem["effml"]["growth_mib"] / mem["timm"]["growth_mib"]
