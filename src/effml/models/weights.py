@@ -342,11 +342,11 @@ def save_weights(
             raise WeightsError(f"could not write weights to {target} ({err}); "
                                f"any previous file there is unchanged") from err
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return target
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename durable; not every platform lets a directory be opened."""
     try:
         fd = os.open(folder, os.O_RDONLY)

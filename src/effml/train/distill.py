@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import EffmlError
+from effml.models.weights import fsync_dir
 from effml.train.objective import Batch, StepOutput, classification_loss
 
 DEFAULT_TEMPERATURE = 4.0
@@ -160,7 +161,7 @@ class TeacherLogitCache:
                 raise EffmlError(f"could not write the teacher-logit cache to {target} ({err}); "
                                  f"any previous file there is unchanged") from err
             raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
 
     @classmethod
@@ -201,20 +202,6 @@ class TeacherLogitCache:
         if Path(path).is_file():
             return cls.load(path, num_samples, num_classes, device=device)
         return cls(num_samples, num_classes, dtype=dtype, device=device)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform lets a directory be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class DistillationObjective:
