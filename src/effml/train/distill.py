@@ -15,7 +15,6 @@ are not verified (``reference/automl.md`` section 9); pass them explicitly once 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import safetensors
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.models.weights import fsync_dir
+from effml.models.weights import save_weights
 from effml.train.objective import Batch, StepOutput, classification_loss
 
 DEFAULT_TEMPERATURE = 4.0
@@ -147,22 +146,7 @@ class TeacherLogitCache:
                    "filled": self.filled.detach().cpu().contiguous()}
         meta = {"format": _CACHE_FORMAT, "num_samples": str(self.num_samples),
                 "num_classes": str(self.num_classes)}
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
-            with tmp.open("rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException as err:
-            tmp.unlink(missing_ok=True)
-            if isinstance(err, Exception):
-                raise EffmlError(f"could not write the teacher-logit cache to {target} ({err}); "
-                                 f"any previous file there is unchanged") from err
-            raise
-        fsync_dir(target.parent)
-        return target
+        return save_weights(tensors, target, metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], num_samples: int | None = None,
