@@ -60,3 +60,23 @@ class Conv2dSame(nn.Conv2d):
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
         x = F.pad(x, pads)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MaxPool2dSame(nn.MaxPool2d):
+    """Max pooling with TF 'SAME' padding (pads with -inf, so padding never wins the max)."""
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__(kernel_size, stride, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = same_pad_1d(x.shape[-2], self.kernel_size, self.stride)
+        left, right = same_pad_1d(x.shape[-1], self.kernel_size, self.stride)
+        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+def create_max_pool2d(kernel_size: int, stride: int, padding: str = "") -> nn.Module:
+    """Max pooling in the padding flavour of the network (TF 'SAME' or PyTorch symmetric)."""
+    if padding == "same":
+        return MaxPool2dSame(kernel_size, stride)
+    return nn.MaxPool2d(kernel_size, stride, padding=symmetric_padding(kernel_size, stride))

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
+from effml.errors import SpecError
 from effml.models.network import EfficientNet, EfficientNetFeatures
 from effml.models.registry import get_entry
 from effml.spec import NetworkSpec
 
 
-def resolve_spec(model: str | NetworkSpec, **overrides) -> NetworkSpec:
-    """The spec of a registered name (or the spec itself) with field overrides applied."""
-    spec = model if isinstance(model, NetworkSpec) else get_entry(model).spec()
+def resolve_spec(model: str | NetworkSpec | Any, **overrides) -> Any:
+    """The spec of a registered name (or the spec itself) with field overrides applied.
+
+    For a detector, ``resolution`` sets its input size and ``dropout``/``drop_path``/``in_channels``
+    apply to its backbone.
+    """
+    spec = get_entry(model).spec() if isinstance(model, str) else model
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return spec.replace(**changes) if changes else spec
+    if not changes:
+        return spec
+    if isinstance(spec, NetworkSpec):
+        return spec.replace(**changes)
+    if "resolution" in changes:
+        changes["image_size"] = changes.pop("resolution")
+    backbone = {k: changes.pop(k) for k in ("dropout", "drop_path", "in_channels") if k in changes}
+    if backbone:
+        changes["backbone"] = spec.backbone.replace(**backbone)
+    return spec.replace(**changes)
 
 
 def create_model(
@@ -32,18 +47,34 @@ def create_model(
     resolution: int | None = None,
     in_channels: int | None = None,
 ) -> nn.Module:
-    """Build a zoo model by its timm name (``efficientnet_b0``, ``tf_mixnet_s``, ...) or a spec.
+    """Build a zoo model by its timm/effdet name (``efficientnet_b0``, ``tf_efficientdet_d0``, ...) or a spec.
 
     ``weights`` loads a checkpoint (timm, efficientnet-pytorch or effml safetensors);
     ``drop_classifier=True`` keeps this model's fresh classifier when the checkpoint has another
     number of classes. ``features_only`` returns a backbone whose forward gives the maps at
-    ``out_indices`` (1..4 = strides 4, 8, 16, 32).
+    ``out_indices`` (1..4 = strides 4, 8, 16, 32). A detector's ``num_classes`` sizes its class
+    head and ``resolution`` its input size.
     """
     spec = resolve_spec(model, num_classes=num_classes, dropout=dropout, drop_path=drop_path,
                         resolution=resolution, in_channels=in_channels)
-    net = EfficientNetFeatures(spec, out_indices) if features_only else EfficientNet(spec)
+    if not isinstance(spec, NetworkSpec):
+        net = _build_detector(spec, features_only)
+    else:
+        net = EfficientNetFeatures(spec, out_indices) if features_only else EfficientNet(spec)
     if weights is not None:
         from effml.models.weights import load_weights
 
         load_weights(net, weights, drop_classifier=drop_classifier)
     return net
+
+
+def _build_detector(spec: Any, features_only: bool) -> nn.Module:
+    # Detection builds on the models layer; imported here so classification never loads it.
+    from effml.detection.efficientdet import EfficientDet
+    from effml.detection.spec import EfficientDetSpec
+
+    if features_only:
+        raise SpecError("features_only applies to classification backbones, not to detectors")
+    if isinstance(spec, EfficientDetSpec):
+        return EfficientDet(spec)
+    raise SpecError(f"no builder for spec type {type(spec).__name__}")

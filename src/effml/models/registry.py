@@ -6,9 +6,9 @@ import difflib
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from effml.errors import UnknownModelError
-from effml.spec import NetworkSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,15 +38,19 @@ def tf_crop_pct(size: int) -> float:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its name, family, spec function and preprocessing."""
+    """A registered model: its name, family, spec function, preprocessing and task.
+
+    ``task`` is "classify" (the spec is a ``NetworkSpec``) or "detect" (a detector spec).
+    """
 
     name: str
     family: str
-    spec_fn: Callable[[], NetworkSpec]
+    spec_fn: Callable[[], Any]
     preprocess: Preprocess
+    task: str = "classify"
 
-    def spec(self) -> NetworkSpec:
-        """The network spec of this model."""
+    def spec(self) -> Any:
+        """The spec of this model (``NetworkSpec`` or a detector spec)."""
         return self.spec_fn()
 
 
@@ -96,3 +100,4 @@ def _close_names(name: str, n: int = 5) -> list[str]:
 def _ensure_zoo() -> None:
     # The zoo modules register themselves on import; importing here avoids an import cycle.
     from effml.models import efficientnet, mixnet  # noqa: F401
+    from effml.detection import efficientdet  # noqa: F401

@@ -231,7 +231,7 @@ def _mismatch_message(
                               [f"{k} {_shape(a)} vs {_shape(b)}" for k, a, b in mismatched]))
     lines.append("The model was left unchanged.")
     bad = missing + unexpected + [k for k, _, _ in mismatched]
-    if all(k.startswith("classifier.") for k in bad):
+    if all(k.startswith(_classifier_prefixes(model)) for k in bad):
         lines.append("Only the classifier differs (another number of classes): pass "
                      "drop_classifier=True (CLI: --drop-classifier) to keep this model's "
                      "new classifier.")
@@ -239,6 +239,11 @@ def _mismatch_message(
         lines.append("Check that the model name matches the architecture the checkpoint was "
                      "trained with (e.g. efficientnet_b0 vs mixnet_s, b0 vs b1).")
     return "\n".join(lines)
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """State-dict prefixes of the layer that depends on the number of classes."""
+    return tuple(getattr(model, "classifier_prefixes", ("classifier.",)))
 
 
 def load_weights(
@@ -266,9 +271,10 @@ def load_weights(
         state = convert_efficientnet_pytorch(state, model)
 
     target = model.state_dict()
+    head = _classifier_prefixes(model)
     ignored: list[str] = []
     if drop_classifier:
-        ignored += [k for k in state if k.startswith("classifier.")]
+        ignored += [k for k in state if k.startswith(head)]
     if not any(k.startswith("conv_head.") for k in target):  # a backbone: the head is not ours
         ignored += [k for k in state if k.startswith(_HEAD_PREFIXES) and k not in target]
     skip = set(ignored)
@@ -276,7 +282,7 @@ def load_weights(
 
     # num_batches_tracked is bookkeeping, absent from some exports; never worth refusing over.
     missing = [k for k in target if k not in state and not k.endswith("num_batches_tracked")
-               and not (drop_classifier and k.startswith("classifier."))]
+               and not (drop_classifier and k.startswith(head))]
     unexpected = [k for k in state if k not in target]
     mismatched = [(k, v, target[k]) for k, v in state.items()
                   if k in target and v.shape != target[k].shape]
