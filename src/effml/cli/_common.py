@@ -1,11 +1,19 @@
-"""Small helpers shared by the command modules: list parsing, stderr output."""
+"""Small helpers shared by the command modules: list parsing, stderr output, MODEL arguments."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from effml.errors import EffmlError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from effml.models.registry import Preprocess
 
 
 def parse_ints(value: str, what: str) -> list[int]:
@@ -55,4 +63,85 @@ WeightsOpt = Annotated[Path | None, typer.Option(
 InputSizeOpt = Annotated[int | None, typer.Option(
     min=8, help="Image size (default: the size the model's weights are evaluated at).")]
 NumClassesOpt = Annotated[int | None, typer.Option(
-    help="Classifier size of the checkpoint (default: the model's, 1000).")]
+    help="Classes of the checkpoint (default: the model's: 1000 for ImageNet classifiers, "
+         "90 for COCO detectors).")]
+
+
+@dataclass
+class ResolvedModel:
+    """What a MODEL argument names, built: the network, its preprocessing and where it came from."""
+
+    net: nn.Module
+    preprocess: Preprocess
+    task: str  # "classify" or "detect"
+    source: str  # "run" (a run directory), "spec" (a spec JSON file) or "zoo" (a registered name)
+    classes: tuple[str, ...] = ()  # run directories only
+    category_ids: tuple[int, ...] = ()  # detection run directories only
+    run_dir: Path | None = None
+
+
+def resolve_model(model: str, *, weights: Path | None = None, num_classes: int | None = None,
+                  input_size: int | None = None, task: str | None = None) -> ResolvedModel:
+    """Build a MODEL argument: a run directory (its weights unless ``weights`` is given), a spec
+    JSON file (``*.json``, as ``effml train`` takes) or a registered model name.
+
+    A detector is built at ``input_size`` (its spec's image size otherwise); a classifier keeps its
+    spec and is only fed images of that size. Random weights get the loud warning. ``task``
+    ("classify" / "detect") refuses a model of the other task, before building it.
+    """
+    from effml.models import create_model, get_entry
+    from effml.models.registry import Preprocess
+    from effml.train.run_dir import is_run_dir, load_run
+
+    if is_run_dir(model) and weights is None:
+        trained = load_run(model)
+        _check_task(model, trained.task, task)
+        preprocess = trained.preprocess
+        if input_size:
+            preprocess = replace(preprocess, input_size=input_size)
+        return ResolvedModel(trained.model, preprocess, trained.task, "run", trained.classes,
+                             trained.category_ids, Path(model))
+    if model.endswith(".json"):
+        from effml.train.tasks import spec_from_model_json, task_for
+
+        path = Path(model)
+        if not path.is_file():
+            raise EffmlError(f"{model!r} looks like a spec file, but it does not exist")
+        spec = spec_from_model_json(path.read_text(), source=str(path))
+        kind = task_for(spec).name
+        # Spec files carry no preprocessing: ImageNet mean/std, as `effml train` uses for them.
+        preprocess = Preprocess(input_size or spec.resolution, 1.0 if kind == "detect" else 0.875,
+                                interpolation="bilinear")
+        source, name = "spec", model
+    else:
+        entry = get_entry(model)
+        spec, kind, source, name = entry.spec(), entry.task, "zoo", model
+        preprocess = entry.preprocess if not input_size else replace(entry.preprocess, input_size=input_size)
+    _check_task(model, kind, task)
+    resolution = input_size if kind == "detect" else None
+    net = create_model(spec if source == "spec" else name, num_classes=num_classes, weights=weights,
+                       resolution=resolution).eval()
+    if weights is None:
+        warn_random_weights(name)
+    return ResolvedModel(net, preprocess, kind, source)
+
+
+def _check_task(model: str, kind: str, wanted: str | None) -> None:
+    if wanted is None or kind == wanted:
+        return
+    if kind == "classify":
+        raise EffmlError(f"{model} is a classification model; `effml detect` takes detection models "
+                         f"(`effml models --task detect` lists them). Classify images with "
+                         f"`effml predict {model} IMAGE...`")
+    raise EffmlError(f"{model} is a detection model; `effml predict` takes classification models. "
+                     f"Detect objects with `effml detect {model} IMAGE...`")
+
+
+def check_detector_input_size(net: nn.Module, size: int) -> None:
+    """A detector's input must divide by its coarsest stride (2**max_level), as in effdet."""
+    stride = 2 ** net.spec.anchors.max_level  # type: ignore[union-attr]
+    if size % stride:
+        lower = max(stride, size // stride * stride)
+        raise EffmlError(f"input size {size} is not a multiple of {stride}, the stride of this "
+                         f"detector's coarsest level (P{net.spec.anchors.max_level}); "  # type: ignore[union-attr]
+                         f"use e.g. --input-size {lower} or {lower + stride}")

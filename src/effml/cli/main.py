@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from effml.cli.bench import bench
+from effml.cli.detect import detect
 from effml.cli.export import export
 from effml.cli.models import models
 from effml.cli.predict import predict
@@ -32,7 +33,7 @@ class _EffmlGroup(TyperGroup):
 app = typer.Typer(
     name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
     pretty_exceptions_show_locals=False,
-    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, train, eval, predict, bench, export.",
+    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export.",
 )
 
 
@@ -49,11 +50,12 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet): list, train, eval, predict, bench, export."""
+    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export."""
 
 
 app.command("models")(models)
 app.command("predict")(predict)
+app.command("detect")(detect)
 app.command("bench")(bench)
 app.command("export")(export)
 app.command("train")(train)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from effml.train.config import Config
+    from effml.train.run_dir import TrainedModel
 
 
 def train(
@@ -46,22 +51,21 @@ def train(
     else:
         cfg = load_config(config_file, args)
     result = fit(cfg, resume=resume is not None, quiet=quiet)
-    line = f"done: {result.global_step} steps, val top-1 {result.val.get('top1', float('nan')):.2f}%"
-    if result.ema_val:
-        line += f", EMA top-1 {result.ema_val['top1']:.2f}%"
-    typer.echo(f"{line}; run directory {result.run_dir}")
+    typer.echo(f"done: {result.global_step} steps, {result.summary}; run directory {result.run_dir}")
 
 
 def evaluate_run(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `effml train`.")],
     weights: Annotated[str, typer.Option(help="best (EMA if kept), ema or raw.")] = "best",
     pgd_epsilon: Annotated[float | None, typer.Option(
-        help="Also report accuracy under an L-inf PGD attack of this radius (0-255 pixel units).")] = None,
+        help="Classification: also report accuracy under an L-inf PGD attack of this radius "
+             "(0-255 pixel units).")] = None,
     pgd_steps: Annotated[int | None, typer.Option(help="PGD iterations (default: epsilon + 1).")] = None,
     pgd_step_size: Annotated[float, typer.Option(help="PGD step in pixel units.")] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Evaluate a trained run on its validation set (top-1/top-5; optionally under PGD)."""
+    """Evaluate a trained run on its validation set: top-1/top-5 (optionally under PGD) for a
+    classifier, COCO AP/AR for a detector."""
     import torch
 
     from effml.train.config import load_config
@@ -70,9 +74,17 @@ def evaluate_run(
     from effml.train.run_dir import load_run
 
     trained = load_run(run_dir, weights)
+    if trained.task == "detect" and pgd_epsilon is not None:
+        from effml.errors import EffmlError
+
+        raise EffmlError(f"--pgd-epsilon evaluates classifiers under attack; {run_dir} is a detection "
+                         f"run. Drop --pgd-epsilon to get its COCO AP")
     cfg = load_config(run_dir / "config.yaml")
     bundle = build_datasets(cfg, trained.preprocess)
     loader = eval_loader(bundle.val, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.workers, 0, 1)
+    if trained.task == "detect":
+        _evaluate_detection_run(run_dir, trained, cfg, loader, bundle.val, as_json)
+        return
     result: dict[str, object] = {"weights": str(trained.weights_path),
                                  "clean": evaluate(trained.model, loader, torch.device("cpu"))}
     if pgd_epsilon is not None:
@@ -90,3 +102,37 @@ def evaluate_run(
                f"top-5 {clean['top5']:.2f}% on {clean['count']} images")  # type: ignore[index]
     if "pgd" in result:
         typer.echo(f"under PGD: {json.dumps(result['pgd'])}")
+
+
+# The COCO summary rows `effml eval` prints for a detection run (the JSON has all twelve).
+_DETECTION_ROWS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def _evaluate_detection_run(run_dir: Path, trained: TrainedModel, cfg: Config, loader: Iterable,
+                            dataset: Any, as_json: bool) -> None:
+    """COCO AP/AR of a detection run on its val set, with the NMS settings it was trained with."""
+    import math
+    import sys
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from effml.train.tasks import task_for
+
+    metrics = task_for(trained.spec).evaluate(cfg, trained.model, loader, torch.device("cpu"), dataset)
+    # NaN where COCO has no ground truth in an area range: JSON gets null, the table "n/a".
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+    if as_json:
+        typer.echo(json.dumps({"weights": str(trained.weights_path), "task": "detect", "coco": clean},
+                              indent=2))
+        return
+    typer.echo(f"{run_dir} ({trained.weights_path.name}): COCO box metrics on "
+               f"{int(metrics.get('count', 0))} val images")
+    table = Table(header_style="bold")
+    table.add_column("metric", no_wrap=True)
+    table.add_column("value", justify="right")
+    for key in _DETECTION_ROWS:
+        value = clean.get(key)
+        table.add_row(key, "n/a" if value is None else f"{value:.3f}")
+    Console(file=sys.stdout, width=120).print(table)

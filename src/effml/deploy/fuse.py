@@ -12,7 +12,9 @@ import warnings
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
+from effml.detection.heads import LevelNorm
 from effml.layers import BatchNormAct2d, DepthwiseSeparableConv, MBConv, MixConv2d
+from effml.layers.separable import ConvNormAct, SeparableConv2d
 from effml.models.network import EfficientNet, EfficientNetFeatures
 
 # (conv attribute, BN attribute) in forward order; module names as in layers/mbconv.py and
@@ -22,7 +24,12 @@ FUSE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     EfficientNetFeatures: (("conv_stem", "bn1"),),
     MBConv: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
     DepthwiseSeparableConv: (("conv_dw", "bn1"), ("conv_pw", "bn2")),
+    ConvNormAct: (("conv", "bn"),),
+    SeparableConv2d: (("conv_pw", "bn"),),
 }
+# BatchNorms that follow a conv shared by several inputs (EfficientDet's heads: one conv, one BN
+# per pyramid level) cannot fold into it; they stay, by design.
+SHARED_CONV_NORMS = (LevelNorm,)
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:
@@ -38,7 +45,8 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
             act = bn.act if isinstance(bn, BatchNormAct2d) else nn.Identity()
             setattr(module, bn_name, act)
             count += 1
-    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    shared = {id(m.bn) for m in fused.modules() if isinstance(m, SHARED_CONV_NORMS)}
+    left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in shared for m in fused.modules())
     if left:
         warnings.warn(f"fuse_for_inference folded {count} BatchNorms but left {left} it does not "
                       f"know the conv of; they still run as BatchNorm", stacklevel=2)

@@ -69,11 +69,39 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _outputs(out: object) -> list[torch.Tensor]:
+    """The model's outputs in ONNX order: a tensor, a list of tensors, or nested lists (a
+    detector's ``(class_outputs, box_outputs)``) flattened depth-first, as the exporter does."""
     if isinstance(out, torch.Tensor):
         return [out]
-    if isinstance(out, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in out):
-        return list(out)
-    raise ExportError(f"model output must be a tensor or a list of tensors, got {type(out).__name__}")
+    if isinstance(out, (list, tuple)) and out:
+        flat = []
+        for item in out:
+            if isinstance(item, torch.Tensor):
+                flat.append(item)
+            elif isinstance(item, (list, tuple)) and item and all(isinstance(t, torch.Tensor) for t in item):
+                flat.extend(item)
+            else:
+                break
+        else:
+            return flat
+    raise ExportError(f"model output must be a tensor, a list of tensors or a tuple of such lists, "
+                      f"got {type(out).__name__}")
+
+
+def default_output_names(model: nn.Module, out: object) -> list[str]:
+    """ONNX output names: 'logits' for one tensor; ``class_p3..``, ``box_p3..`` for a detector
+    (forward -> (per-level class outputs, per-level box outputs), lowest level first, as
+    EfficientDet); else ``features_0..``."""
+    flat = _outputs(out)
+    if len(flat) == 1:
+        return ["logits"]
+    anchors = getattr(getattr(model, "spec", None), "anchors", None)
+    if (anchors is not None and isinstance(out, (list, tuple)) and len(out) == 2
+            and all(isinstance(o, (list, tuple)) for o in out)):
+        levels = range(anchors.min_level, anchors.max_level + 1)
+        if len(out[0]) == len(out[1]) == len(levels):
+            return [f"class_p{lvl}" for lvl in levels] + [f"box_p{lvl}" for lvl in levels]
+    return [f"features_{i}" for i in range(len(flat))]
 
 
 def onnx_session(path: str | Path, threads: int | None = None):
@@ -138,8 +166,7 @@ def export_onnx(
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         with torch.inference_mode():
-            n_out = len(_outputs(model(example[:1])))
-        names = ["logits"] if n_out == 1 else [f"features_{i}" for i in range(n_out)]
+            names = default_output_names(model, model(example[:1]))
         program = _export(model, example, names, dynamic_batch, opset)
         tmp = tmpdir / final.name
         program.save(tmp, external_data=False)  # switches to external data above 2 GB by itself

@@ -29,6 +29,7 @@ def resolve_spec(model: str | NetworkSpec | Any, **overrides) -> Any:
     if "resolution" in changes:
         changes["image_size"] = changes.pop("resolution")
     backbone = {k: changes.pop(k) for k in ("dropout", "drop_path", "in_channels") if k in changes}
+    backbone.update({k: changes[k] for k in ("bn_eps", "bn_momentum") if k in changes})  # neck and backbone
     if backbone:
         changes["backbone"] = spec.backbone.replace(**backbone)
     return spec.replace(**changes)

@@ -43,8 +43,14 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented."""
 
-    dataset: Literal["digits", "folder"] = "digits"  # digits: scikit-learn's 8x8 digits, embedded
-    root: str | None = None  # folder: a directory with train/ and val/ class sub-folders
+    # digits: scikit-learn's 8x8 digits (embedded); folder: ImageFolder classes; detection:
+    # shapes (embedded synthetic COCO-format set, generated once and cached) or coco (COCO json)
+    dataset: Literal["digits", "folder", "shapes", "coco"] = "digits"
+    root: str | None = None  # folder: root/train, root/val class sub-folders; coco: see train_split
+    # coco: images in root/<split>/, annotations in root/<split>/annotations.json or
+    # root/annotations/instances_<split>.json (the COCO 2017 layout: train2017, val2017)
+    train_split: str = "train"
+    val_split: str = "val"
     image_size: int = 64  # training and evaluation input size (px)
     batch_size: int = 64  # per process; the global batch is this x world size
     eval_batch_size: int | None = None  # default: batch_size
@@ -127,6 +133,30 @@ class DistillConfig:
 
 
 @dataclass
+class DetectConfig:
+    """Detection recipe (EfficientDet, reference/detection.md 1.4-1.7); used by detection models."""
+
+    scale_range: tuple[float, float] = (0.1, 2.0)  # training scale jitter of the long side
+    hflip: float = 0.5  # horizontal flip probability
+    fill: Literal["mean", "black"] = "mean"  # padding colour; automl pads with the mean (0 after normalising)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 1.5
+    huber_delta: float = 0.1
+    box_loss_weight: float = 50.0
+    label_smoothing: float = 0.0  # on the focal loss targets
+    match_threshold: float = 0.5  # anchor IoU for a positive (every box also gets its best anchor)
+    max_candidates: int = 5000  # (anchor, class) pairs kept before NMS
+    iou_threshold: float = 0.5  # class-aware NMS
+    soft_nms_sigma: float | None = None  # gaussian soft-NMS instead of hard NMS (automl eval: 0.5)
+    max_detections: int = 100  # per image
+    eval_backend: Literal["pycocotools", "faster-coco-eval"] = "pycocotools"
+    shapes_train: int = 512  # data.dataset=shapes: number of generated training images
+    shapes_val: int = 128
+    shapes_classes: int = 3  # 1..4 of circle, square, triangle, star
+    shapes_size: int = 192  # long side of the generated images (px)
+
+
+@dataclass
 class RunConfig:
     """Where the run lives."""
 
@@ -145,6 +175,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     advprop: AdvPropConfig = field(default_factory=AdvPropConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

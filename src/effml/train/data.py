@@ -8,6 +8,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from effml.data.coco import CocoDetection, collate_detection
+from effml.data.det_transforms import detection_eval_transform, detection_train_transform
+from effml.data.shapes import make_shapes_dataset
 from effml.data.datasets import (
     AugmentedDataset, DigitsDataset, FolderDataset, collate_samples, eval_tensor_transform,
     train_transform,
@@ -26,9 +29,14 @@ class DataBundle:
     classes: tuple[str, ...]
 
 
+DETECTION_DATASETS = ("shapes", "coco")
+
+
 def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     """Train and val data sets of ``cfg.data``, normalised as the model's weights expect."""
     d = cfg.data
+    if d.dataset in DETECTION_DATASETS:
+        return _detection_datasets(cfg, preprocess)
     mean, std = preprocess.mean, preprocess.std
     natural = d.dataset == "folder"
     train_tf = train_transform(d.augment, d.image_size, mean, std, natural_images=natural,
@@ -53,6 +61,52 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     return DataBundle(train, val, train.classes)
 
 
+def _detection_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
+    d, det = cfg.data, cfg.detect
+    fill = 0 if det.fill == "black" else "mean"
+    train_tf = detection_train_transform(d.image_size, preprocess.mean, preprocess.std, det.scale_range,
+                                         det.hflip, fill)
+    val_tf = detection_eval_transform(d.image_size, preprocess.mean, preprocess.std, fill)
+    if d.dataset == "shapes":
+        root = make_shapes_dataset(Path(d.root) if d.root else None, det.shapes_train, det.shapes_val,
+                                   det.shapes_size, seed=0, num_classes=det.shapes_classes)
+        splits = [(root / s, root / s / "annotations.json") for s in ("train", "val")]
+    else:
+        if not d.root:
+            raise InputError("data.dataset=coco needs data.root: a folder with <split>/ images and "
+                             "<split>/annotations.json (or annotations/instances_<split>.json)")
+        splits = [_coco_split(Path(d.root), s) for s in (d.train_split, d.val_split)]
+    on_missing = "skip" if d.on_corrupt == "skip" else "error"
+    seed = cfg.train.seed
+    train = CocoDetection(*splits[0], train_tf, seed, on_missing, limit=d.limit_train)
+    val = CocoDetection(*splits[1], val_tf, seed, on_missing)
+    if val.category_ids != train.category_ids:
+        raise InputError(f"{val.annotation_file} has category ids {list(val.category_ids)[:10]} but "
+                         f"{train.annotation_file} has {list(train.category_ids)[:10]}; both need the same")
+    if len(train) < d.batch_size:
+        raise InputError(f"the training set has {len(train)} images, fewer than data.batch_size="
+                         f"{d.batch_size}; lower the batch size")
+    return DataBundle(train, val, train.classes)
+
+
+def _coco_split(root: Path, split: str) -> tuple[Path, Path]:
+    images = root / split
+    candidates = [images / "annotations.json", root / "annotations" / f"instances_{split}.json"]
+    for ann in candidates:
+        if ann.is_file():
+            return images, ann
+    raise InputError(f"no annotation file for split {split!r} under {root}: looked for "
+                     f"{' and '.join(str(c) for c in candidates)}")
+
+
+def collate_batch(samples: list) -> tuple:
+    """(images, labels or per-image target dicts, indices, number skipped) for either task."""
+    if samples and samples[0] is not None and isinstance(samples[0][1], dict):
+        images, targets, indices = collate_detection(samples)
+        return images, targets, indices, 0
+    return collate_samples(samples)
+
+
 def epoch_indices(dataset: AugmentedDataset, epoch: int, seed: int, rank: int, world: int) -> list[int]:
     """This process's shard of the epoch's shuffled order (the same on every run and resume)."""
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
@@ -66,7 +120,7 @@ def train_loader(dataset: AugmentedDataset, indices: list[int], batch_size: int,
     # Its own generator: creating a loader must not draw from the global RNG, whose state a
     # checkpoint restores mid-epoch (dropout and mixup read it).
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True,
-                      num_workers=workers, collate_fn=collate_samples, generator=torch.Generator(),
+                      num_workers=workers, collate_fn=collate_batch, generator=torch.Generator(),
                       persistent_workers=False, pin_memory=torch.cuda.is_available())
 
 
@@ -74,4 +128,4 @@ def eval_loader(dataset: AugmentedDataset, batch_size: int, workers: int, rank: 
     """This process's exact (unpadded) shard of the validation set."""
     indices = list(range(rank, len(dataset), world))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      collate_fn=collate_samples, generator=torch.Generator())
+                      collate_fn=collate_batch, generator=torch.Generator())

@@ -19,23 +19,20 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
-from torchvision.transforms import v2
 
 from effml.errors import EffmlError
 from effml.models.factory import resolve_spec
-from effml.models.network import EfficientNet
 from effml.models.registry import Preprocess, get_entry
-from effml.spec import NetworkSpec, spec_from_json, spec_to_json
 from effml.train import distributed
 from effml.train.checkpoint import (
     CHECKPOINT_NAME, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
 )
 from effml.train.config import Config, config_to_dict, config_to_yaml
-from effml.train.data import build_datasets, epoch_indices, eval_loader, train_loader
+from effml.train.data import DataBundle, build_datasets, epoch_indices, eval_loader, train_loader
 from effml.train.ema import create_ema
-from effml.train.evaluate import evaluate
-from effml.train.objective import Batch, CrossEntropyObjective, Objective, StepOutput
+from effml.train.objective import Batch, Objective, StepOutput
 from effml.train.optim import build_optimizer, build_scheduler
+from effml.train.tasks import spec_from_model_json, task_for
 
 
 class TrainingDiverged(EffmlError):
@@ -52,16 +49,17 @@ class RunResult:
     val: dict[str, float]
     ema_val: dict[str, float] | None
     skipped_images: int
+    summary: str = ""  # the final metrics in words ("val top-1 ...", "val AP ...")
 
 
-def model_spec(cfg: Config, num_classes: int) -> tuple[NetworkSpec, Preprocess]:
+def model_spec(cfg: Config, num_classes: int) -> tuple[Any, Preprocess]:
     """The network spec to train (a zoo name or a spec JSON file) and its input normalisation."""
     m = cfg.model
     if m.name.endswith(".json"):
         path = Path(m.name)
         if not path.is_file():
             raise EffmlError(f"model.name {m.name!r} looks like a spec file, but it does not exist")
-        spec = spec_from_json(path.read_text(), source=str(path))
+        spec = spec_from_model_json(path.read_text(), source=str(path))
         preprocess = Preprocess(cfg.data.image_size, 0.875)
     else:
         spec, preprocess = get_entry(m.name).spec(), get_entry(m.name).preprocess
@@ -76,45 +74,6 @@ def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-
-
-def _objective(cfg: Config, model: nn.Module, preprocess: Preprocess, num_classes: int,
-               num_train: int, device: torch.device) -> Objective:
-    if cfg.advprop.enabled and cfg.distill.teacher:
-        raise EffmlError("advprop.enabled and distill.teacher cannot be combined yet; choose one")
-    if cfg.advprop.enabled and cfg.train.sync_bn:
-        raise EffmlError("advprop.enabled with train.sync_bn is not supported yet (the auxiliary "
-                         "BatchNorms have no synchronised form); set train.sync_bn=false")
-    if cfg.advprop.enabled:
-        from effml.train.advprop import AdvPropObjective, PGDAttacker
-
-        a = cfg.advprop
-        attacker = PGDAttacker(epsilon=a.epsilon, step_size=a.step_size, steps=a.steps)
-        return AdvPropObjective(attacker, preprocess.mean, preprocess.std, cfg.train.label_smoothing)
-    if cfg.distill.teacher:
-        from effml.models.factory import create_model
-        from effml.train.distill import DistillationObjective, TeacherLogitCache
-
-        d = cfg.distill
-        teacher = create_model(d.teacher if not d.teacher.endswith(".json") else
-                               spec_from_json(Path(d.teacher).read_text(), source=d.teacher),
-                               num_classes=num_classes, weights=d.teacher_weights).to(device)
-        cache = TeacherLogitCache(num_train, num_classes) if d.cache else None
-        return DistillationObjective(teacher, temperature=d.temperature, alpha=d.alpha,
-                                     label_smoothing=cfg.train.label_smoothing, cache=cache)
-    return CrossEntropyObjective(cfg.train.label_smoothing)
-
-
-def _mixer(cfg: Config, num_classes: int) -> v2.Transform | None:
-    d = cfg.data
-    mixers = []
-    if d.mixup > 0:
-        mixers.append(v2.MixUp(alpha=d.mixup, num_classes=num_classes))
-    if d.cutmix > 0:
-        mixers.append(v2.CutMix(alpha=d.cutmix, num_classes=num_classes))
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 class _Log:
@@ -201,7 +160,8 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
     bundle = build_datasets(cfg, model_spec(cfg, 1)[1])
     num_classes = cfg.model.num_classes or len(bundle.classes)
     spec, preprocess = model_spec(cfg, num_classes)
-    model = EfficientNet(spec)
+    task = task_for(spec)
+    model = task.build_model(spec)
     if cfg.model.weights:
         from effml.models.weights import load_weights
 
@@ -222,8 +182,8 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, total_steps)
-    objective = objective or _objective(cfg, net, preprocess, num_classes, len(bundle.train), ctx.device)
-    mixer = _mixer(cfg, num_classes)
+    objective = objective or task.objective(cfg, net, spec, preprocess, len(bundle.train), ctx.device)
+    mixer = task.mixer(cfg, num_classes)
     val_batches = eval_loader(bundle.val, cfg.data.eval_batch_size or bs, cfg.data.workers,
                               ctx.rank, ctx.world)
 
@@ -264,16 +224,16 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
         loader = train_loader(bundle.train, indices[batch_in_epoch * bs:], bs, cfg.data.workers)
         _set_train_mode(net, cfg.model.freeze_bn)
         loss_sum, loss_n, t_interval, images_interval = torch.zeros(()), 0, time.perf_counter(), 0
-        for images, labels, idx, n_skipped in loader:
+        for images, targets, idx, n_skipped in loader:
             skipped += n_skipped
-            if len(labels) == 0:
+            if len(images) == 0:
                 continue
-            images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device)
+            images = images.to(ctx.device, non_blocking=True)
+            targets = task.targets_to(targets, ctx.device)
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            targets = labels
             if mixer is not None:
-                images, targets = mixer(images, labels)
+                images, targets = mixer(images, targets)
             try:
                 out = train_step(net, model, Batch(images, targets, idx), objective, optimizer,
                                  scheduler, ema, cfg.optim.grad_clip, amp=cfg.train.amp)
@@ -288,7 +248,7 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
             steps_this_session += 1
             loss_sum += out.loss.detach().float().cpu()
             loss_n += 1
-            images_interval += len(labels) * ctx.world
+            images_interval += len(images) * ctx.world
             if global_step % cfg.train.log_interval == 0 or batch_in_epoch == steps_per_epoch:
                 elapsed = time.perf_counter() - t_interval
                 ips = images_interval / max(elapsed, 1e-9)
@@ -312,27 +272,29 @@ def _fit(cfg: Config, ctx: distributed.DistContext, resume: bool, objective: Obj
             epoch, batch_in_epoch = epoch + 1, 0
         last = done or epoch >= cfg.train.epochs
         if last or (epoch_finished and epoch % cfg.train.eval_every == 0):
-            val = evaluate(net, val_batches, ctx.device, cfg.train.channels_last)
-            ema_val = evaluate(ema.module, val_batches, ctx.device, cfg.train.channels_last) if ema else None
+            val = task.evaluate(cfg, net, val_batches, ctx.device, bundle.val)
+            ema_val = task.evaluate(cfg, ema.module, val_batches, ctx.device, bundle.val) if ema else None
             log.row(kind="epoch", epoch=epoch, global_step=global_step, val=val, ema_val=ema_val,
                     skipped_images=skipped)
-            ema_text = f", EMA top-1 {ema_val['top1']:.2f}%" if ema_val else ""
-            log.say(f"epoch {epoch}: val top-1 {val['top1']:.2f}% top-5 {val['top5']:.2f}%{ema_text}"
+            ema_text = f"; EMA {task.describe(ema_val)}" if ema_val else ""
+            log.say(f"epoch {epoch}: val {task.describe(val)}{ema_text}"
                     + (f" ({skipped} unreadable images skipped)" if skipped else ""))
         checkpoint(epoch, batch_in_epoch)
 
     agree = distributed.ranks_agree(model)
     if ctx.is_main:
-        _write_outputs(run_dir, cfg, model, ema, spec, preprocess, bundle.classes, val, ema_val,
+        _write_outputs(run_dir, cfg, task, model, ema, spec, preprocess, bundle, val, ema_val,
                        global_step, ctx.world, agree)
     distributed.barrier()
     if not agree:
         raise EffmlError("the DDP processes ended with different weights; report this as a bug")
-    return RunResult(run_dir, global_step, epoch, val, ema_val, skipped)
+    summary = (f"val {task.describe(val)}" if val else "not evaluated") + \
+        (f"; EMA {task.describe(ema_val)}" if ema_val else "")
+    return RunResult(run_dir, global_step, epoch, val, ema_val, skipped, summary)
 
 
-def _write_outputs(run_dir: Path, cfg: Config, model: nn.Module, ema: Any, spec: NetworkSpec,
-                   preprocess: Preprocess, classes: tuple[str, ...], val: dict, ema_val: dict | None,
+def _write_outputs(run_dir: Path, cfg: Config, task: Any, model: nn.Module, ema: Any, spec: Any,
+                   preprocess: Preprocess, bundle: DataBundle, val: dict, ema_val: dict | None,
                    global_step: int, world: int, ranks_agree: bool) -> None:
     from effml.models.weights import save_weights
 
@@ -346,9 +308,10 @@ def _write_outputs(run_dir: Path, cfg: Config, model: nn.Module, ema: Any, spec:
     save_weights(plain(model.state_dict()), run_dir / "weights.safetensors")
     if ema is not None:
         save_weights(plain(ema.module.state_dict()), run_dir / "weights_ema.safetensors")
-    atomic_write_text(run_dir / "model.json", spec_to_json(spec))
+    atomic_write_text(run_dir / "model.json", task.spec_json(spec))
     info = {
-        "model": cfg.model.name, "classes": list(classes), "global_step": global_step,
+        "task": task.name, **task.run_info(bundle.train),
+        "model": cfg.model.name, "classes": list(bundle.classes), "global_step": global_step,
         "input_size": cfg.data.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
         "crop_pct": preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
         "val": val, "ema_val": ema_val, "processes": world, "ranks_agree": ranks_agree,

@@ -6,13 +6,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Any
+
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.models.network import EfficientNet
 from effml.models.registry import Preprocess
 from effml.models.weights import load_weights
-from effml.spec import NetworkSpec, spec_from_json
+from effml.train.tasks import spec_from_model_json, task_for
 
 
 @dataclass
@@ -20,10 +21,12 @@ class TrainedModel:
     """A model rebuilt from a run directory, ready for predict / eval / export."""
 
     model: nn.Module
-    spec: NetworkSpec
+    spec: Any  # NetworkSpec, or a detector spec when task == "detect"
     preprocess: Preprocess
     classes: tuple[str, ...]
     weights_path: Path
+    task: str = "classify"
+    category_ids: tuple[int, ...] = ()  # detection: the annotation file's id of each class
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -40,15 +43,16 @@ def load_run(run_dir: str | Path, weights: str = "best") -> TrainedModel:
         raise EffmlError(f"{run_dir} is not a finished run directory (no run.json); train it with "
                          f"`effml train`, or resume it with `effml train --resume {run_dir}`")
     info = json.loads(info_path.read_text())
-    spec = spec_from_json((run_dir / "model.json").read_text(), source=str(run_dir / "model.json"))
+    spec = spec_from_model_json((run_dir / "model.json").read_text(), source=str(run_dir / "model.json"))
     choices = {"best": info["weights"], "ema": "weights_ema.safetensors", "raw": "weights.safetensors"}
     if weights not in choices:
         raise EffmlError(f"weights must be one of {sorted(choices)}, got {weights!r}")
     path = run_dir / choices[weights]
     if not path.is_file():
         raise EffmlError(f"{path} does not exist (this run kept no {weights} weights)")
-    model = EfficientNet(spec)
+    model = task_for(spec).build_model(spec)
     load_weights(model, path)
     preprocess = Preprocess(info["input_size"], info["crop_pct"], tuple(info["mean"]), tuple(info["std"]),
                             "bilinear")
-    return TrainedModel(model.eval(), spec, preprocess, tuple(info["classes"]), path)
+    return TrainedModel(model.eval(), spec, preprocess, tuple(info["classes"]), path,
+                        info.get("task", "classify"), tuple(info.get("category_ids", ())))

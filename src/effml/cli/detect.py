@@ -1,0 +1,206 @@
+"""``effml detect``: boxes on images with a detector, drawn into copies and listed in one JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from effml.cli._common import NumClassesOpt, WeightsOpt
+from effml.errors import EffmlError, InputError
+
+_CHUNK = 8  # images per forward pass
+NUM_COCO_CLASSES = 90  # effdet / automl COCO heads: one output per COCO id 1..90
+# One colour per class index (cycled): the tab10 palette, readable on photos.
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def detect(
+    model: Annotated[str, typer.Argument(
+        help="Detection model name (tf_efficientdet_d0; `effml models --task detect` lists them), "
+             "a detector spec JSON file, or a run directory written by `effml train` for detection.",
+        show_default=False)],
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    weights: WeightsOpt = None,
+    num_classes: NumClassesOpt = None,
+    input_size: Annotated[int | None, typer.Option(
+        min=8, help="Letterbox size: long side resized to it, padded square (default: the model's; "
+                    "a multiple of the coarsest stride, 128 for P7 models).")] = None,
+    score_threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Drop detections scoring below this.")] = 0.3,
+    iou_threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Class-aware NMS IoU threshold.")] = 0.5,
+    max_detections: Annotated[int, typer.Option(min=1, help="Detections kept per image.")] = 100,
+    out_dir: Annotated[Path, typer.Option(
+        "--out-dir", "-o", help="Where the annotated images and detections.json go.")] = Path("detections"),
+    classes: Annotated[Path | None, typer.Option(
+        "--classes", help="Text file of class names, one per line in label order (default: the "
+                          "run's names; COCO names for 90-class models; else class_<index>).")] = None,
+) -> None:
+    """Detect objects: one annotated PNG per image and detections.json (boxes in original pixels).
+
+    Unreadable images are reported and skipped (exit code 1 if any).
+    """
+    import torch
+
+    from effml.cli._common import check_detector_input_size, resolve_model
+    from effml.data import load_image
+    from effml.data.det_transforms import detection_eval_transform
+    from effml.detection.predictor import DetectionPredictor
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out-dir {out_dir} exists and is not a folder")
+    resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
+                             task="detect")
+    net, preprocess = resolved.net, resolved.preprocess
+    size = preprocess.input_size
+    check_detector_input_size(net, size)
+    names = _class_names(net.num_classes, resolved, classes)
+    category_ids = _category_ids(net.num_classes, resolved)
+    transform = detection_eval_transform(size, preprocess.mean, preprocess.std, _fill(resolved))
+    predictor = DetectionPredictor(net, iou_threshold=iou_threshold, max_detections=max_detections,
+                                   score_threshold=score_threshold).eval()
+
+    results: list[dict[str, Any]] = [{"image": str(path)} for path in images]
+    written = _output_names(images, out_dir)
+    failed = 0
+    for start in range(0, len(images), _CHUNK):
+        batch, slots, pictures, scales = [], [], [], []
+        for i in range(start, min(start + _CHUNK, len(images))):
+            try:
+                picture = load_image(images[i])
+            except InputError as e:
+                failed += 1
+                typer.echo(f"error: {e}", err=True)
+                results[i]["error"] = str(e)
+                continue
+            out = transform((picture, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)))
+            batch.append(out.image)
+            slots.append(i)
+            pictures.append(picture)
+            scales.append(out.scale)
+        if not batch:
+            continue
+        # Clip to the resized image inside the letterbox, not to its padding.
+        sizes = [(p.height * s, p.width * s) for p, s in zip(pictures, scales)]
+        with torch.inference_mode():
+            found = predictor(torch.stack(batch), sizes)
+        for i, picture, scale, det in zip(slots, pictures, scales, found):
+            w, h = picture.size
+            boxes = det.boxes.float() / scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            rows = []
+            for box, score, label in zip(boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+                rows.append({"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
+                             "class": names[label],
+                             "category_id": category_ids[label] if category_ids else None})
+            _save_annotated(picture, boxes, rows, written[i])
+            results[i].update({"width": w, "height": h, "annotated": str(written[i]), "detections": rows})
+            _print_table(results[i])
+
+    from effml.train.checkpoint import atomic_write_text
+
+    json_path = out_dir / "detections.json"
+    atomic_write_text(json_path, json.dumps(results, indent=1) + "\n")
+    done = len(images) - failed
+    typer.echo(f"wrote {done} annotated image(s) and {json_path}")
+    if failed:
+        typer.echo(f"error: {failed} of {len(images)} image(s) could not be read", err=True)
+        raise typer.Exit(1)
+
+
+def coco_class_names() -> tuple[str, ...]:
+    """Names of COCO category ids 1..90 in label order (label = id - 1), from the copy torchvision
+    ships in its detection weights' metadata (no download); ids COCO leaves unused get 'class_<label>'."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    categories = FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]  # index = COCO id
+    return tuple(name if name != "N/A" else f"class_{cid - 1}"
+                 for cid, name in enumerate(categories) if cid >= 1)
+
+
+def _class_names(num_classes: int, resolved: Any, classes_file: Path | None) -> tuple[str, ...]:
+    if classes_file is not None:
+        try:
+            lines = classes_file.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read --classes file {classes_file}: {e}") from None
+        names = tuple(line.strip() for line in lines if line.strip())
+        if len(names) != num_classes:
+            raise InputError(f"--classes file {classes_file} has {len(names)} names but the model "
+                             f"predicts {num_classes} classes; give one name per line, in label order")
+        return names
+    if resolved.classes and len(resolved.classes) == num_classes:
+        return tuple(resolved.classes)
+    if num_classes == NUM_COCO_CLASSES and resolved.source != "run":
+        return coco_class_names()
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+def _category_ids(num_classes: int, resolved: Any) -> tuple[int, ...]:
+    if resolved.category_ids and len(resolved.category_ids) == num_classes:
+        return tuple(resolved.category_ids)
+    if num_classes == NUM_COCO_CLASSES and resolved.source != "run":
+        return tuple(range(1, NUM_COCO_CLASSES + 1))
+    return ()
+
+
+def _fill(resolved: Any) -> int | str:
+    """The letterbox padding the run was evaluated with (default: the mean colour, automl's 0)."""
+    if resolved.run_dir is not None and (resolved.run_dir / "config.yaml").is_file():
+        from effml.train.config import load_config
+
+        try:
+            return 0 if load_config(resolved.run_dir / "config.yaml").detect.fill == "black" else "mean"
+        except EffmlError:
+            pass
+    return "mean"
+
+
+def _output_names(images: list[Path], out_dir: Path) -> list[Path]:
+    """One ``<stem>.png`` per input; repeated stems (a/x.jpg, b/x.png) get ``_1``, ``_2``..."""
+    used: set[str] = set()
+    paths = []
+    for path in images:
+        stem, n = path.stem or "image", 0
+        name = f"{stem}.png"
+        while name in used or name == "detections.json":
+            n += 1
+            name = f"{stem}_{n}.png"
+        used.add(name)
+        paths.append(out_dir / name)
+    return paths
+
+
+def _save_annotated(picture: Any, boxes: Any, rows: list[dict], path: Path) -> None:
+    import torch
+    from torchvision.transforms.v2 import functional as F
+    from torchvision.utils import draw_bounding_boxes
+
+    from effml.train.checkpoint import atomic_write_bytes
+
+    pixels = F.pil_to_tensor(picture)
+    if rows:
+        width = max(1, round(max(picture.size) / 300))
+        pixels = draw_bounding_boxes(
+            pixels, boxes.reshape(-1, 4).to(torch.float32),
+            labels=[f"{r['class']} {r['score']:.2f}" for r in rows],
+            colors=[_PALETTE[r["label"] % len(_PALETTE)] for r in rows], width=width)
+    image = F.to_pil_image(pixels)
+    atomic_write_bytes(path, lambda f: image.save(f, format="PNG"))
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    dets = result["detections"]
+    typer.echo(f"{result['image']} ({result['width']}x{result['height']}): {len(dets)} detection(s) "
+               f"-> {result['annotated']}")
+    if dets:
+        width = max(len(d["class"]) for d in dets)
+        typer.echo(f"  {'score':>6}  {'class':<{width}}  box (x1, y1, x2, y2)")
+        for d in dets:
+            box = ", ".join(f"{v:.1f}" for v in d["box"])
+            typer.echo(f"  {d['score']:>6.3f}  {d['class']:<{width}}  ({box})")

@@ -1,0 +1,173 @@
+"""What differs between training a classifier and a detector, behind one small interface, so that
+``engine.fit`` stays one loop: the network, moving targets, the default objective, evaluation,
+and how a spec and the metrics are written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from effml.errors import EffmlError
+from effml.models.registry import Preprocess
+from effml.spec import NetworkSpec, spec_from_json, spec_to_json
+from effml.train.config import Config
+from effml.train.evaluate import evaluate
+from effml.train.objective import CrossEntropyObjective, Objective
+
+
+class ClassificationTask:
+    """Image classification: EfficientNet-family networks, cross-entropy, top-1/top-5."""
+
+    name = "classify"
+
+    def build_model(self, spec: NetworkSpec) -> nn.Module:
+        """The network of ``spec``."""
+        from effml.models.network import EfficientNet
+
+        return EfficientNet(spec)
+
+    def targets_to(self, targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Labels on ``device``."""
+        return targets.to(device)
+
+    def mixer(self, cfg: Config, num_classes: int) -> v2.Transform | None:
+        """Mixup / CutMix of a batch, if configured."""
+        d = cfg.data
+        mixers = []
+        if d.mixup > 0:
+            mixers.append(v2.MixUp(alpha=d.mixup, num_classes=num_classes))
+        if d.cutmix > 0:
+            mixers.append(v2.CutMix(alpha=d.cutmix, num_classes=num_classes))
+        if not mixers:
+            return None
+        return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def objective(self, cfg: Config, net: nn.Module, spec: NetworkSpec, preprocess: Preprocess,
+                  num_train: int, device: torch.device) -> Objective:
+        """Cross-entropy, AdvProp or distillation, as the config says."""
+        num_classes = spec.num_classes
+        if cfg.advprop.enabled and cfg.distill.teacher:
+            raise EffmlError("advprop.enabled and distill.teacher cannot be combined yet; choose one")
+        if cfg.advprop.enabled and cfg.train.sync_bn:
+            raise EffmlError("advprop.enabled with train.sync_bn is not supported yet (the auxiliary "
+                             "BatchNorms have no synchronised form); set train.sync_bn=false")
+        if cfg.advprop.enabled:
+            from effml.train.advprop import AdvPropObjective, PGDAttacker
+
+            a = cfg.advprop
+            attacker = PGDAttacker(epsilon=a.epsilon, step_size=a.step_size, steps=a.steps)
+            return AdvPropObjective(attacker, preprocess.mean, preprocess.std, cfg.train.label_smoothing)
+        if cfg.distill.teacher:
+            from effml.models.factory import create_model
+            from effml.train.distill import DistillationObjective, TeacherLogitCache
+
+            d = cfg.distill
+            teacher = create_model(d.teacher if not d.teacher.endswith(".json") else
+                                   spec_from_json(Path(d.teacher).read_text(), source=d.teacher),
+                                   num_classes=num_classes, weights=d.teacher_weights).to(device)
+            cache = TeacherLogitCache(num_train, num_classes) if d.cache else None
+            return DistillationObjective(teacher, temperature=d.temperature, alpha=d.alpha,
+                                         label_smoothing=cfg.train.label_smoothing, cache=cache)
+        return CrossEntropyObjective(cfg.train.label_smoothing)
+
+    def evaluate(self, cfg: Config, model: nn.Module, batches: Any, device: torch.device,
+                 dataset: Any) -> dict[str, float]:
+        """Top-1 / top-5 / loss over the validation batches."""
+        return evaluate(model, batches, device, cfg.train.channels_last)
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """One line of the main metrics."""
+        return f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
+
+    def spec_json(self, spec: NetworkSpec) -> str:
+        """The spec as written to ``model.json``."""
+        return spec_to_json(spec)
+
+    def run_info(self, dataset: Any) -> dict[str, Any]:
+        """Task-specific fields of ``run.json``."""
+        return {}
+
+
+class DetectionTask:
+    """Object detection: EfficientDet, focal + Huber loss on anchors, COCO mAP."""
+
+    name = "detect"
+
+    def build_model(self, spec: Any) -> nn.Module:
+        """The detector of ``spec``."""
+        from effml.models.factory import create_model
+
+        return create_model(spec)
+
+    def targets_to(self, targets: list[dict], device: torch.device) -> list[dict]:
+        """Boxes and labels on ``device``."""
+        from effml.train.detection import targets_to
+
+        return targets_to(targets, device)
+
+    def mixer(self, cfg: Config, num_classes: int) -> None:
+        """Detection has no batch mixing; mixup/cutmix settings are refused."""
+        if cfg.data.mixup or cfg.data.cutmix:
+            raise EffmlError("data.mixup / data.cutmix apply to classification only; set them to 0")
+        return None
+
+    def objective(self, cfg: Config, net: nn.Module, spec: Any, preprocess: Preprocess,
+                  num_train: int, device: torch.device) -> Objective:
+        """Focal class loss + Huber box loss on labelled anchors (reference 1.5)."""
+        if cfg.advprop.enabled or cfg.distill.teacher:
+            raise EffmlError("advprop and distill are classification recipes; turn them off for "
+                             "detection models")
+        from effml.train.detection import DetectionObjective
+
+        d = cfg.detect
+        return DetectionObjective(spec, cfg.data.image_size, device, alpha=d.focal_alpha, gamma=d.focal_gamma,
+                                  delta=d.huber_delta, box_loss_weight=d.box_loss_weight,
+                                  label_smoothing=d.label_smoothing, match_threshold=d.match_threshold)
+
+    def evaluate(self, cfg: Config, model: nn.Module, batches: Any, device: torch.device,
+                 dataset: Any) -> dict[str, float]:
+        """COCO AP / AR over the validation set."""
+        from effml.train.detection import evaluate_detection
+
+        d = cfg.detect
+        return evaluate_detection(model, batches, device, dataset, channels_last=cfg.train.channels_last,
+                                  backend=d.eval_backend, max_candidates=d.max_candidates,
+                                  iou_threshold=d.iou_threshold, max_detections=d.max_detections,
+                                  soft_nms_sigma=d.soft_nms_sigma)
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        """One line of the main metrics."""
+        return f"AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} AP75 {metrics['AP75']:.3f}"
+
+    def spec_json(self, spec: Any) -> str:
+        """The spec as written to ``model.json``."""
+        from effml.detection.spec import detector_to_dict
+
+        return json.dumps(detector_to_dict(spec), indent=1)
+
+    def run_info(self, dataset: Any) -> dict[str, Any]:
+        """COCO category ids, so that detections map back to the annotation file's ids."""
+        return {"category_ids": list(dataset.category_ids)}
+
+
+def task_for(spec: Any) -> ClassificationTask | DetectionTask:
+    """The task a spec trains for."""
+    return ClassificationTask() if isinstance(spec, NetworkSpec) else DetectionTask()
+
+
+def spec_from_model_json(text: str, source: str) -> Any:
+    """A classification or detector spec from a ``model.json`` / spec file (detectors carry 'kind')."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EffmlError(f"{source}: not valid JSON ({e})") from None
+    if isinstance(data, dict) and "kind" in data:
+        from effml.detection.spec import detector_from_dict
+
+        return detector_from_dict(data)
+    return spec_from_json(text, source=source)
