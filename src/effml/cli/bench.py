@@ -44,3 +44,6 @@ def bench(
         table.add_row(r.runtime, str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}",
                       f"{r.images_per_s:.1f}")
     Console(file=sys.stdout).print(table)
+    if get_entry(model).task == "detect":
+        typer.echo("timed the network forward (pre-NMS); anchor decoding and NMS are not included "
+                   "(benchmarks/detection_speed.py times the whole detector)")

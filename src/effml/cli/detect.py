@@ -105,7 +105,7 @@ def detect(
     from effml.train.checkpoint import atomic_write_text
 
     json_path = out_dir / "detections.json"
-    atomic_write_text(json_path, json.dumps(results, indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     done = len(images) - failed
     typer.echo(f"wrote {done} annotated image(s) and {json_path}")
     if failed:

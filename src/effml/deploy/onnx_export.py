@@ -143,7 +143,9 @@ def export_onnx(
     """Export ``model`` (in eval mode) to ONNX at ``path``; verify it against PyTorch with ONNX Runtime.
 
     Nothing appears at ``path`` unless export (and verification) succeeded. Weights over the 2 GB
-    protobuf limit go to ``<path>.data`` beside the model.
+    protobuf limit go to ``<path>.data`` beside the model. Outputs are flat and named (see
+    ``default_output_names``): a detector's ``(class list, box list)`` becomes ``class_p3..``,
+    ``box_p3..``; its anchors, decoding and NMS stay outside the graph.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
