@@ -55,9 +55,13 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
         if val.classes != train.classes:
             raise InputError(f"{root}/val has classes {list(val.classes)[:5]}... but {root}/train has "
                              f"{list(train.classes)[:5]}...; both need the same class folders")
-    if len(train) < d.batch_size:
+    return _bundle(train, val, d.batch_size)
+
+
+def _bundle(train: AugmentedDataset, val: AugmentedDataset, batch_size: int) -> DataBundle:
+    if len(train) < batch_size:
         raise InputError(f"the training set has {len(train)} images, fewer than data.batch_size="
-                         f"{d.batch_size}; lower the batch size")
+                         f"{batch_size}; lower the batch size")
     return DataBundle(train, val, train.classes)
 
 
@@ -83,10 +87,7 @@ def _detection_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     if val.category_ids != train.category_ids:
         raise InputError(f"{val.annotation_file} has category ids {list(val.category_ids)[:10]} but "
                          f"{train.annotation_file} has {list(train.category_ids)[:10]}; both need the same")
-    if len(train) < d.batch_size:
-        raise InputError(f"the training set has {len(train)} images, fewer than data.batch_size="
-                         f"{d.batch_size}; lower the batch size")
-    return DataBundle(train, val, train.classes)
+    return _bundle(train, val, d.batch_size)
 
 
 def _coco_split(root: Path, split: str) -> tuple[Path, Path]:
