@@ -68,10 +68,11 @@ def register(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a glob pattern, sorted."""
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered model names matching a glob pattern (and ``task``: "classify" / "detect"), sorted."""
     _ensure_zoo()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return sorted(n for n, e in _REGISTRY.items()
+                  if fnmatch.fnmatch(n, pattern) and (task is None or e.task == task))
 
 
 def get_entry(name: str) -> ModelEntry:
