@@ -423,3 +423,17 @@ def test_postprocess_soft_nms_mode():
     # nothing above a high threshold: empty detections, zero-padded tensor
     none = postprocess(cls_out, box_out, anchors, num_classes, score_threshold=0.9999)
     assert len(none[0]) == 0 and not detections_to_tensor(none, 100).any()
+
+
+def test_top_candidates_equals_a_full_topk():
+    from effml.detection.postprocess import top_candidates
+
+    g = torch.Generator().manual_seed(3)
+    for n, c, k in [(500, 90, 100), (500, 7, 3000), (50, 4, 500), (1000, 3, 1000)]:
+        logits = torch.randn(n, c, generator=g)
+        logits[::7, 2] = 5.0  # a block of ties at the top
+        values, anchors, classes = top_candidates(logits, k)
+        ref_values, ref_index = logits.reshape(-1).topk(min(k, n * c))
+        assert torch.equal(values, ref_values)
+        assert torch.equal(logits[anchors, classes], values)
+        assert len(set(zip(anchors.tolist(), classes.tolist()))) == len(values)  # distinct pairs

@@ -75,6 +75,25 @@ def _clip(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.stack([x1.clamp(0, w), y1.clamp(0, h), x2.clamp(0, w), y2.clamp(0, h)], dim=-1)
 
 
+def top_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``k`` largest (anchor, class) logits of one image's ``[N, C]``: (values, anchors, classes).
+
+    Exact, but without a top-k over all N*C values (4.4M for D0, 40 ms on a CPU core): the k-th
+    largest pair is at least the k-th largest per-anchor maximum, so only anchors whose maximum
+    reaches that value can hold a winning pair.
+    """
+    num_anchors, num_classes = logits.shape
+    k = min(k, num_anchors * num_classes)
+    if k < num_anchors:
+        anchor_max = logits.amax(dim=1)
+        floor = anchor_max.topk(k).values[-1]
+        candidates = (anchor_max >= floor).nonzero().squeeze(1)
+    else:
+        candidates = torch.arange(num_anchors, device=logits.device)
+    values, index = logits[candidates].reshape(-1).topk(k)
+    return values, candidates[index // num_classes], index % num_classes
+
+
 def postprocess(
     cls_outputs: list[torch.Tensor],
     box_outputs: list[torch.Tensor],
@@ -110,19 +129,14 @@ def postprocess(
 
     # Pre-NMS: the best max_candidates (anchor, class) pairs by logit over the flat [N*C] scores,
     # so one anchor can enter with several classes (effdet bench._post_process, automl eval).
-    k = min(max_candidates, num_anchors * num_classes)
-    top_logits, top_index = cls_flat.reshape(batch, -1).topk(k, dim=1)
-    anchor_index = top_index // num_classes
-    classes = top_index % num_classes
-
     results = []
     for i in range(batch):
-        deltas = box_flat[i, anchor_index[i]].float()
-        boxes = coder.decode(deltas, anchors[anchor_index[i]].to(deltas))
+        top_logits, anchor_index, labels = top_candidates(cls_flat[i], max_candidates)
+        deltas = box_flat[i, anchor_index].float()
+        boxes = coder.decode(deltas, anchors[anchor_index].to(deltas))
         if image_sizes is not None:
             boxes = _clip(boxes, image_sizes[i])
-        scores = top_logits[i].float().sigmoid()
-        labels = classes[i]
+        scores = top_logits.float().sigmoid()
         if score_threshold > 0:
             keep = scores > score_threshold
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
