@@ -19,7 +19,12 @@ from torch import nn
 from effml.detection.anchors import AnchorSpec
 from effml.detection.bifpn import BiFPN
 from effml.detection.heads import HeadNet, class_prior_bias, init_neck
-from effml.detection.spec import BiFPNSpec, EfficientDetSpec
+from effml.detection.anchors import generate_anchors
+from effml.detection.box_coder import BoxCoder
+from effml.detection.spec import (
+    BiFPNSpec, DetectorKind, EfficientDetSpec, efficientdet_from_dict, efficientdet_to_dict,
+    register_detector_kind,
+)
 from effml.models.efficientnet import efficientnet_lite_spec, efficientnet_spec
 from effml.models.network import EfficientNetFeatures
 from effml.models.registry import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, ModelEntry, Preprocess, register
@@ -94,6 +99,7 @@ class EfficientDet(nn.Module):
     per-level lists (P3 first) of ``[B, A*num_classes, H, W]`` and ``[B, A*4, H, W]``."""
 
     classifier_prefixes = ("class_net.predict.",)  # what drop_classifier / reset_head replace
+    box_coder = BoxCoder()  # Faster R-CNN coder without scale factors (reference 1.4)
 
     def __init__(self, spec: EfficientDetSpec) -> None:
         super().__init__()
@@ -124,12 +130,18 @@ class EfficientDet(nn.Module):
         device = next(self.parameters()).device
         self.class_net = self._head(num_classes, class_prior_bias()).to(device)
 
+    def anchors(self, height: int, width: int) -> torch.Tensor:
+        """The ``[N, 4]`` xyxy anchors of an input of this size, in the heads' output order."""
+        return generate_anchors(self.spec.anchors, (height, width))
+
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         features = self.fpn(self.backbone(x))
         return self.class_net(features), self.box_net(features)
 
 
 def _register_all() -> None:
+    register_detector_kind(DetectorKind("efficientdet", EfficientDetSpec, EfficientDet,
+                                        efficientdet_to_dict, efficientdet_from_dict))
     for prefix, *_ in FLAVOURS:
         for name, v in EFFICIENTDET_VARIANTS.items():
             lite = v.backbone.startswith("lite")

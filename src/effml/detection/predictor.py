@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effml.detection.anchors import generate_anchors
 from effml.detection.box_coder import BoxCoder
 from effml.detection.postprocess import Detections, postprocess
 
 
 class DetectionPredictor(nn.Module):
-    """Wrap a detector (``.spec.anchors``, ``.num_classes``, forward -> (cls, box) lists)."""
+    """Wrap a detector (see ``effml.detection.spec.DetectorKind`` for what it provides)."""
 
     def __init__(self, model: nn.Module, *, max_candidates: int = 5000, iou_threshold: float = 0.5,
                  max_detections: int = 100, score_threshold: float | None = None,
@@ -28,14 +27,14 @@ class DetectionPredictor(nn.Module):
         self.max_detections = max_detections
         self.score_threshold = score_threshold
         self.soft_nms_sigma = soft_nms_sigma
-        self.coder: BoxCoder = getattr(model, "box_coder", BoxCoder())
+        self.coder: BoxCoder = model.box_coder
         self._anchors: dict[tuple, torch.Tensor] = {}
 
     def anchors(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """The ``[N, 4]`` xyxy anchors of an input of this size (cached per size and device)."""
         key = (height, width, str(device))
         if key not in self._anchors:
-            self._anchors[key] = generate_anchors(self.model.spec.anchors, (height, width)).to(device)
+            self._anchors[key] = self.model.anchors(height, width).to(device)
         return self._anchors[key]
 
     @torch.no_grad()

@@ -3,6 +3,7 @@ plus a BiFPN spec, a head and anchors. Frozen, printable, JSON round-trippable l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -128,38 +129,96 @@ class EfficientDetSpec:
         return replace(self, **changes)
 
 
-def detector_to_dict(spec: EfficientDetSpec) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DetectorKind:
+    """A detector family: its spec type, the builder of its network, and its JSON form.
+
+    A built detector provides ``spec``, ``num_classes``, ``box_coder``, ``anchors(h, w)``,
+    ``reset_head(num_classes)``, ``classifier_prefixes``, and a forward returning per-level
+    ``(class_outputs, box_outputs)``; the predictor, the engine and the CLI need nothing more.
+    """
+
+    name: str
+    spec_type: type
+    build: Callable[[Any], Any]
+    to_dict: Callable[[Any], dict[str, Any]]
+    from_dict: Callable[[dict[str, Any]], Any]
+
+
+_KINDS: dict[str, DetectorKind] = {}
+
+
+def register_detector_kind(kind: DetectorKind) -> DetectorKind:
+    """Make a detector family buildable from its spec and loadable from JSON."""
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def detector_kind(spec_or_name: Any) -> DetectorKind:
+    """The family of a detector spec (or of a kind name)."""
+    from effml.models.registry import _ensure_zoo  # the families register on import
+
+    _ensure_zoo()
+    if isinstance(spec_or_name, str):
+        if spec_or_name not in _KINDS:
+            raise SpecError(f"detector spec: unknown kind {spec_or_name!r}; known: {sorted(_KINDS)}")
+        return _KINDS[spec_or_name]
+    for kind in _KINDS.values():
+        if isinstance(spec_or_name, kind.spec_type):
+            return kind
+    raise SpecError(f"no detector builder for spec type {type(spec_or_name).__name__}")
+
+
+def detector_to_dict(spec: Any) -> dict[str, Any]:
+    """A JSON-ready dict of any detector spec, tagged with its kind."""
+    kind = detector_kind(spec)
+    return {"kind": kind.name, **kind.to_dict(spec)}
+
+
+def detector_from_dict(data: dict[str, Any]) -> Any:
+    """Rebuild a detector spec from ``detector_to_dict`` output (unknown keys are errors)."""
+    data = dict(data)
+    return detector_kind(data.pop("kind", "efficientdet")).from_dict(data)
+
+
+def check_keys(data: dict[str, Any], spec_type: type, what: str) -> None:
+    """Refuse keys a spec dataclass does not have, naming them and the known ones."""
+    names = {f.name for f in fields(spec_type)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise SpecError(f"{what} spec: unknown keys {unknown}; expected some of {sorted(names)}")
+
+
+def anchor_spec_from_dict(data: dict[str, Any]) -> AnchorSpec:
+    """An AnchorSpec from JSON (aspect-ratio pairs arrive as lists)."""
+    data = dict(data)
+    if "aspect_ratios" in data:
+        data["aspect_ratios"] = tuple(tuple(a) if isinstance(a, list) else a for a in data["aspect_ratios"])
+    return AnchorSpec(**data)
+
+
+def efficientdet_to_dict(spec: EfficientDetSpec) -> dict[str, Any]:
     """A JSON-ready dict of an EfficientDet spec."""
     out = {f.name: getattr(spec, f.name) for f in fields(spec)}
     out["backbone"] = spec_to_dict(spec.backbone)
     out["fpn"] = asdict(spec.fpn)
     out["anchors"] = asdict(spec.anchors)
     out["backbone_indices"] = list(spec.backbone_indices)
-    return {"kind": "efficientdet", **out}
+    return out
 
 
-def detector_from_dict(data: dict[str, Any]) -> EfficientDetSpec:
-    """Rebuild an EfficientDet spec from ``detector_to_dict`` output (unknown keys are errors)."""
+def efficientdet_from_dict(data: dict[str, Any]) -> EfficientDetSpec:
+    """Rebuild an EfficientDet spec from ``efficientdet_to_dict`` output."""
     data = dict(data)
-    if data.pop("kind", "efficientdet") != "efficientdet":
-        raise SpecError("detector spec: 'kind' must be 'efficientdet'")
-    names = {f.name for f in fields(EfficientDetSpec)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"detector spec: unknown keys {unknown}; expected some of {sorted(names)}")
+    check_keys(data, EfficientDetSpec, "EfficientDet")
     try:
         fpn = dict(data["fpn"])
         fpn["nodes"] = tuple(FpnNode(n["level"], tuple(n["inputs"])) for n in fpn.get("nodes", ()))
-        anchors = dict(data.get("anchors", {}))
-        if "aspect_ratios" in anchors:
-            anchors["aspect_ratios"] = tuple(
-                tuple(a) if isinstance(a, list) else a for a in anchors["aspect_ratios"]
-            )
         data["fpn"] = BiFPNSpec(**fpn)
-        data["anchors"] = AnchorSpec(**anchors)
+        data["anchors"] = anchor_spec_from_dict(data.get("anchors", {}))
         data["backbone"] = spec_from_dict(data["backbone"])
         if "backbone_indices" in data:
             data["backbone_indices"] = tuple(data["backbone_indices"])
         return EfficientDetSpec(**data)
     except (KeyError, TypeError) as e:
-        raise SpecError(f"detector spec: missing or malformed field ({e})") from None
+        raise SpecError(f"EfficientDet spec: missing or malformed field ({e})") from None

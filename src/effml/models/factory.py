@@ -71,11 +71,8 @@ def create_model(
 
 def _build_detector(spec: Any, features_only: bool) -> nn.Module:
     # Detection builds on the models layer; imported here so classification never loads it.
-    from effml.detection.efficientdet import EfficientDet
-    from effml.detection.spec import EfficientDetSpec
+    from effml.detection.spec import detector_kind
 
     if features_only:
         raise SpecError("features_only applies to classification backbones, not to detectors")
-    if isinstance(spec, EfficientDetSpec):
-        return EfficientDet(spec)
-    raise SpecError(f"no builder for spec type {type(spec).__name__}")
+    return detector_kind(spec).build(spec)

@@ -10,7 +10,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from effml.detection.anchors import generate_anchors
 from effml.detection.coco_eval import evaluate_detections
 from effml.detection.losses import DetectionLoss
 from effml.detection.predictor import DetectionPredictor
@@ -21,12 +20,13 @@ from effml.train.objective import Batch, StepOutput
 class DetectionObjective:
     """Label anchors from each image's boxes, then focal class loss + weighted Huber box loss."""
 
-    def __init__(self, spec: Any, image_size: int, device: torch.device, *, alpha: float = 0.25,
+    def __init__(self, model: nn.Module, image_size: int, device: torch.device, *, alpha: float = 0.25,
                  gamma: float = 1.5, delta: float = 0.1, box_loss_weight: float = 50.0,
                  label_smoothing: float = 0.0, match_threshold: float = 0.5) -> None:
-        anchors = generate_anchors(spec.anchors, (image_size, image_size)).to(device)
-        self.labeler = AnchorLabeler(anchors, spec.num_classes, match_threshold, match_threshold)
-        self.loss = DetectionLoss(spec.num_classes, alpha, gamma, delta, box_loss_weight, label_smoothing)
+        anchors = model.anchors(image_size, image_size).to(device)
+        self.labeler = AnchorLabeler(anchors, model.num_classes, match_threshold, match_threshold,
+                                     coder=model.box_coder)
+        self.loss = DetectionLoss(model.num_classes, alpha, gamma, delta, box_loss_weight, label_smoothing)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
         cls_out, box_out = model(batch.images)

@@ -125,7 +125,9 @@ class DetectionTask:
         from effml.train.detection import DetectionObjective
 
         d = cfg.detect
-        return DetectionObjective(spec, cfg.data.image_size, device, alpha=d.focal_alpha, gamma=d.focal_gamma,
+        from effml.train.distributed import unwrap
+
+        return DetectionObjective(unwrap(net), cfg.data.image_size, device, alpha=d.focal_alpha, gamma=d.focal_gamma,
                                   delta=d.huber_delta, box_loss_weight=d.box_loss_weight,
                                   label_smoothing=d.label_smoothing, match_threshold=d.match_threshold)
 
