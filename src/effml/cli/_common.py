@@ -135,13 +135,3 @@ def _check_task(model: str, kind: str, wanted: str | None) -> None:
                          f"`effml predict {model} IMAGE...`")
     raise EffmlError(f"{model} is a detection model; `effml predict` takes classification models. "
                      f"Detect objects with `effml detect {model} IMAGE...`")
-
-
-def check_detector_input_size(net: nn.Module, size: int) -> None:
-    """A detector's input must divide by its coarsest stride (2**max_level), as in effdet."""
-    stride = 2 ** net.spec.anchors.max_level  # type: ignore[union-attr]
-    if size % stride:
-        lower = max(stride, size // stride * stride)
-        raise EffmlError(f"input size {size} is not a multiple of {stride}, the stride of this "
-                         f"detector's coarsest level (P{net.spec.anchors.max_level}); "  # type: ignore[union-attr]
-                         f"use e.g. --input-size {lower} or {lower + stride}")

@@ -27,8 +27,7 @@ def detect(
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
     input_size: Annotated[int | None, typer.Option(
-        min=8, help="Letterbox size: long side resized to it, padded square (default: the model's; "
-                    "a multiple of the coarsest stride, 128 for P7 models).")] = None,
+        min=8, help="Letterbox size: long side resized to it, padded square (default: the model's).")] = None,
     score_threshold: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Drop detections scoring below this.")] = 0.3,
     iou_threshold: Annotated[float, typer.Option(
@@ -46,7 +45,7 @@ def detect(
     """
     import torch
 
-    from effml.cli._common import check_detector_input_size, resolve_model
+    from effml.cli._common import resolve_model
     from effml.data import load_image
     from effml.data.det_transforms import detection_eval_transform
     from effml.detection.predictor import DetectionPredictor
@@ -57,7 +56,6 @@ def detect(
                              task="detect")
     net, preprocess = resolved.net, resolved.preprocess
     size = preprocess.input_size
-    check_detector_input_size(net, size)
     names = _class_names(net.num_classes, resolved, classes)
     category_ids = _category_ids(net.num_classes, resolved)
     transform = detection_eval_transform(size, preprocess.mean, preprocess.std, _fill(resolved))

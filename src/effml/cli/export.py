@@ -31,15 +31,13 @@ def export(
     network, as effdet does: input "input" [N, 3, S, S] (letterboxed, normalised), outputs
     class_p3..class_pL [N, A*classes, S/2^l, S/2^l] (logits) then box_p3..box_pL [N, A*4, ...]
     (box deltas). Anchors, decoding and NMS are NOT in the graph: post-process outside it
-    (effml.detection.postprocess with effml.detection.anchors, or your runtime's NMS).
+    (effml.detection.postprocess with the model's anchors(h, w), or your runtime's NMS).
     """
-    from effml.cli._common import check_detector_input_size, resolve_model
+    from effml.cli._common import resolve_model
     from effml.deploy import export_onnx
 
     resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
     net, size = resolved.net, resolved.preprocess.input_size
-    if resolved.task == "detect":
-        check_detector_input_size(net, size)
     report = export_onnx(net, onnx, input_size=size, batch_size=batch_size,
                          dynamic_batch=dynamic_batch, opset=opset, atol=atol)
     batch = "N" if report.dynamic_batch else str(report.input_shape[0])

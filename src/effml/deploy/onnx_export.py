@@ -91,16 +91,16 @@ def _outputs(out: object) -> list[torch.Tensor]:
 def default_output_names(model: nn.Module, out: object) -> list[str]:
     """ONNX output names: 'logits' for one tensor; ``class_p3..``, ``box_p3..`` for a detector
     (forward -> (per-level class outputs, per-level box outputs), lowest level first, as
-    EfficientDet); else ``features_0..``."""
+    EfficientDet; ``class_0..`` when the maps are not pyramid levels); else ``features_0..``."""
     flat = _outputs(out)
     if len(flat) == 1:
         return ["logits"]
-    anchors = getattr(getattr(model, "spec", None), "anchors", None)
-    if (anchors is not None and isinstance(out, (list, tuple)) and len(out) == 2
-            and all(isinstance(o, (list, tuple)) for o in out)):
-        levels = range(anchors.min_level, anchors.max_level + 1)
-        if len(out[0]) == len(out[1]) == len(levels):
-            return [f"class_p{lvl}" for lvl in levels] + [f"box_p{lvl}" for lvl in levels]
+    if (hasattr(model, "box_coder") and isinstance(out, (list, tuple)) and len(out) == 2
+            and all(isinstance(o, (list, tuple)) for o in out) and len(out[0]) == len(out[1])):
+        anchors = getattr(getattr(model, "spec", None), "anchors", None)
+        tags = [f"p{lvl}" for lvl in range(anchors.min_level, anchors.max_level + 1)] \
+            if anchors is not None and anchors.num_levels == len(out[0]) else [str(i) for i in range(len(out[0]))]
+        return [f"class_{t}" for t in tags] + [f"box_{t}" for t in tags]
     return [f"features_{i}" for i in range(len(flat))]
 
 
