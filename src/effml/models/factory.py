@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,20 @@ def resolve_spec(model: str | NetworkSpec | Any, **overrides) -> Any:
         return spec.replace(**changes)
     if "resolution" in changes:
         changes["image_size"] = changes.pop("resolution")
-    backbone = {k: changes.pop(k) for k in ("dropout", "drop_path", "in_channels") if k in changes}
-    backbone.update({k: changes[k] for k in ("bn_eps", "bn_momentum") if k in changes})  # neck and backbone
+    # A composite spec (detector, SpineNet classifier) takes the fields it has; the rest go to its
+    # backbone. BN settings apply to both, so the whole network trains with one momentum.
+    own = {f.name for f in fields(spec)}
+    backbone = {k: v for k, v in changes.items() if k not in own or k in ("bn_eps", "bn_momentum")}
+    changes = {k: v for k, v in changes.items() if k in own}
     if backbone:
-        changes["backbone"] = spec.backbone.replace(**backbone)
+        inner = getattr(spec, "backbone", None)
+        known = {f.name for f in fields(inner)} if inner is not None else set()
+        unknown = sorted(k for k in backbone if k not in known and k not in own)
+        if unknown:
+            raise SpecError(f"{type(spec).__name__} has no setting {unknown[0]!r} (nor has its backbone)")
+        backbone = {k: v for k, v in backbone.items() if k in known}
+        if backbone:
+            changes["backbone"] = inner.replace(**backbone)
     return spec.replace(**changes)
 
 

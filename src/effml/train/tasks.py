@@ -25,11 +25,11 @@ class ClassificationTask:
 
     name = "classify"
 
-    def build_model(self, spec: NetworkSpec) -> nn.Module:
+    def build_model(self, spec: Any) -> nn.Module:
         """The network of ``spec``."""
-        from effml.models.network import EfficientNet
+        from effml.models.factory import create_model
 
-        return EfficientNet(spec)
+        return create_model(spec)
 
     def targets_to(self, targets: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Labels on ``device``."""
@@ -84,9 +84,9 @@ class ClassificationTask:
         """One line of the main metrics."""
         return f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
 
-    def spec_json(self, spec: NetworkSpec) -> str:
+    def spec_json(self, spec: Any) -> str:
         """The spec as written to ``model.json``."""
-        return spec_to_json(spec)
+        return spec_to_json(spec) if isinstance(spec, NetworkSpec) else composite_spec_json(spec)
 
     def run_info(self, dataset: Any) -> dict[str, Any]:
         """Task-specific fields of ``run.json``."""
@@ -148,9 +148,7 @@ class DetectionTask:
 
     def spec_json(self, spec: Any) -> str:
         """The spec as written to ``model.json``."""
-        from effml.detection.spec import detector_to_dict
-
-        return json.dumps(detector_to_dict(spec), indent=1)
+        return composite_spec_json(spec)
 
     def run_info(self, dataset: Any) -> dict[str, Any]:
         """COCO category ids, so that detections map back to the annotation file's ids."""
@@ -158,8 +156,16 @@ class DetectionTask:
 
 
 def task_for(spec: Any) -> ClassificationTask | DetectionTask:
-    """The task a spec trains for."""
-    return ClassificationTask() if isinstance(spec, NetworkSpec) else DetectionTask()
+    """The task a spec trains for: NetworkSpecs and specs marked ``task = "classify"`` classify."""
+    task = "classify" if isinstance(spec, NetworkSpec) else getattr(spec, "task", "detect")
+    return ClassificationTask() if task == "classify" else DetectionTask()
+
+
+def composite_spec_json(spec: Any) -> str:
+    """A spec that is not a ``NetworkSpec`` (a detector, a SpineNet classifier), tagged with its kind."""
+    from effml.detection.spec import detector_to_dict
+
+    return json.dumps(detector_to_dict(spec), indent=1)
 
 
 def spec_from_model_json(text: str, source: str) -> Any:
