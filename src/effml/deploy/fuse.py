@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 from effml.detection.heads import LevelNorm
-from effml.layers import BatchNormAct2d, DepthwiseSeparableConv, MBConv, MixConv2d
+from effml.layers import BatchNormAct2d, DepthwiseSeparableConv, FusedMBConv, MBConv, MixConv2d, TuckerConv
+from effml.layers.resnet_blocks import BasicBlock, Bottleneck
 from effml.layers.separable import ConvNormAct, SeparableConv2d
 from effml.models.network import EfficientNet, EfficientNetFeatures
 
@@ -25,7 +26,11 @@ FUSE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     MBConv: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
     DepthwiseSeparableConv: (("conv_dw", "bn1"), ("conv_pw", "bn2")),
     ConvNormAct: (("conv", "bn"),),
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
     SeparableConv2d: (("conv_pw", "bn"),),
+    FusedMBConv: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
+    TuckerConv: (("conv_pw", "bn1"), ("conv_core", "bn2"), ("conv_pwl", "bn3")),
 }
 # BatchNorms that follow a conv shared by several inputs (EfficientDet's heads: one conv, one BN
 # per pyramid level) cannot fold into it; they stay, by design.

@@ -99,7 +99,7 @@ def default_output_names(model: nn.Module, out: object) -> list[str]:
             and all(isinstance(o, (list, tuple)) for o in out) and len(out[0]) == len(out[1])):
         anchors = getattr(getattr(model, "spec", None), "anchors", None)
         tags = [f"p{lvl}" for lvl in range(anchors.min_level, anchors.max_level + 1)] \
-            if anchors is not None and anchors.num_levels == len(out[0]) else [str(i) for i in range(len(out[0]))]
+            if getattr(anchors, "num_levels", None) == len(out[0]) else [str(i) for i in range(len(out[0]))]
         return [f"class_{t}" for t in tags] + [f"box_{t}" for t in tags]
     return [f"features_{i}" for i in range(len(flat))]
 

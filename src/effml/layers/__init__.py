@@ -9,10 +9,13 @@ from effml.layers.mixconv import MixConv2d, split_channels
 from effml.layers.norm import BatchNormAct2d
 from effml.layers.padding import Conv2dSame, same_output_size, same_pad_1d
 from effml.layers.squeeze_excite import SqueezeExcite
+from effml.layers.fused_mbconv import FusedMBConv
+from effml.layers.tucker import TuckerConv, scale_filters
 
 __all__ = [
     "BatchNormAct2d", "Conv2dSame", "DepthwiseSeparableConv", "DropPath", "MBConv", "MixConv2d",
     "SqueezeExcite", "create_act", "create_conv2d", "drop_path", "drop_path_rates",
     "same_output_size", "same_pad_1d", "se_reduced_channels", "split_channels",
     "DualBatchNormAct2d", "convert_to_advprop", "strip_aux_bn", "use_aux_bn",
+    "FusedMBConv", "TuckerConv", "scale_filters",
 ]

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from effml.layers import DepthwiseSeparableConv, MBConv, create_conv2d, drop_path_rates
+from effml.layers import (
+    DepthwiseSeparableConv, FusedMBConv, MBConv, TuckerConv, create_conv2d, drop_path_rates,
+)
 from effml.layers.padding import same_output_size
 from effml.spec import BlockSpec, NetworkSpec
 
@@ -34,14 +36,22 @@ def _make_block(
     size: tuple[int, int] | None,
 ) -> nn.Module:
     common = dict(
-        se_ratio=row.se_ratio, act=row.act or spec.act, skip=row.skip, drop_path_rate=rate,
-        bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum, padding=spec.padding, input_size=size,
-        proj_groups=row.proj_groups,
+        act=row.act or spec.act, skip=row.skip, drop_path_rate=rate, bn_eps=spec.bn_eps,
+        bn_momentum=spec.bn_momentum, padding=spec.padding, input_size=size,
     )
+    if row.kind == "tucker":
+        return TuckerConv(in_ch, row.out_channels, row.kernel_size[0], stride,
+                          input_compression=row.input_compression,
+                          output_compression=row.output_compression, **common)
+    if row.kind == "er":
+        return FusedMBConv(in_ch, row.out_channels, row.kernel_size[0], stride,
+                           expand_ratio=row.expand_ratio, se_ratio=row.se_ratio, **common)
     if row.kind == "ds":
-        return DepthwiseSeparableConv(in_ch, row.out_channels, row.kernel_size, stride, **common)
-    return MBConv(in_ch, row.out_channels, row.kernel_size, stride,
-                  expand_ratio=row.expand_ratio, exp_groups=row.exp_groups, **common)
+        return DepthwiseSeparableConv(in_ch, row.out_channels, row.kernel_size, stride,
+                                      se_ratio=row.se_ratio, proj_groups=row.proj_groups, **common)
+    return MBConv(in_ch, row.out_channels, row.kernel_size, stride, expand_ratio=row.expand_ratio,
+                  se_ratio=row.se_ratio, exp_groups=row.exp_groups, proj_groups=row.proj_groups,
+                  **common)
 
 
 def build_stem(spec: NetworkSpec, input_size: tuple[int, int] | None) -> nn.Module:

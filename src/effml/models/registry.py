@@ -101,5 +101,5 @@ def _close_names(name: str, n: int = 5) -> list[str]:
 def _ensure_zoo() -> None:
     # The zoo modules register themselves on import; importing here avoids an import cycle.
     from effml.models import efficientnet, mixnet  # noqa: F401
-    from effml.detection import efficientdet, retinanet  # noqa: F401
+    from effml.detection import efficientdet, retinanet, ssdlite  # noqa: F401
     from effml.models import spinenet_classifier  # noqa: F401

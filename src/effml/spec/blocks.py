@@ -11,7 +11,14 @@ from effml.errors import SpecError
 BLOCK_KINDS = {
     "ds": "DepthwiseSeparable",  # MobileNet-V1 style dw -> [SE] -> pw (EfficientNet stage 1, e == 1)
     "ir": "MBConv",  # inverted residual bottleneck (MnasNet / EfficientNet MBConv)
+    # MobileDets (Xiong et al., CVPR 2021) "fused IBN": a full kxk conv expands, [SE], 1x1 projects;
+    # timm's EdgeResidual, written ``er`` in its notation (EfficientNet-EdgeTPU)
+    "er": "FusedMBConv",
+    # MobileDets "Tucker convolution": 1x1 compress -> full kxk -> 1x1 (generalised bottleneck)
+    "tucker": "TuckerConv",
 }
+# Kinds built from one full (not depthwise) conv per kernel size: no MixConv, no grouped 1x1s.
+SINGLE_KERNEL_KINDS = ("er", "tucker")
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "sigmoid", "hard_sigmoid")
 PADDINGS = ("", "same")
 
@@ -29,12 +36,19 @@ class BlockSpec:
     repeats: int = 1
     kernel_size: tuple[int, ...] = (3,)  # several kernels: MixConv (one channel group each)
     stride: int = 1
-    expand_ratio: float = 1.0
-    se_ratio: float = 0.0  # SE width relative to the *block input* channels (TF convention)
+    expand_ratio: float = 1.0  # MBConv / FusedMBConv; 1 for TuckerConv
+    # SE width = int(se_ratio * block *input* channels) (TF EfficientNet convention). A width
+    # defined on the expanded channels (MobileNetV3, MobileDets) is the same block with
+    # se_ratio = width / input channels, which exceeds 1 when the expansion does.
+    se_ratio: float = 0.0
     exp_groups: int = 1  # groups of the 1x1 expansion conv (MixNet 'a1.1' -> 2)
     proj_groups: int = 1  # groups of the 1x1 projection conv (MixNet 'p1.1' -> 2)
     act: str | None = None  # per-block override of the network activation
     skip: bool = True  # residual when stride 1 and in == out; False is 'noskip'
+    # TuckerConv only (MobileDets; TF ``input_rank_ratio`` / ``output_rank_ratio``): the ranks of
+    # the kxk core are round8(in * input_compression) -> round8(out * output_compression).
+    input_compression: float = 0.25
+    output_compression: float = 0.25
 
     def __post_init__(self) -> None:
         if self.kind not in BLOCK_KINDS:
@@ -52,10 +66,25 @@ class BlockSpec:
              "kernel_size needs one or more positive sizes"),
             (self.stride in (1, 2), "stride must be 1 or 2"),
             (self.expand_ratio > 0, "expand_ratio must be > 0"),
-            (0.0 <= self.se_ratio <= 1.0, "se_ratio must be in [0, 1]"),
+            (0.0 <= self.se_ratio <= max(1.0, self.expand_ratio),
+             "se_ratio must be in [0, max(1, expand_ratio)] (an SE no wider than the channels it gates)"),
             (self.exp_groups >= 1 and self.proj_groups >= 1, "groups must be >= 1"),
             (self.act is None or self.act in ACTIVATIONS, f"act must be one of {ACTIVATIONS}"),
+            (self.input_compression > 0 and self.output_compression > 0, "compressions must be > 0"),
         ]
+        if self.kind in SINGLE_KERNEL_KINDS:
+            checks += [
+                (len(self.kernel_size) == 1, f"{self.kind!r} blocks take one kernel size (no MixConv)"),
+                (self.exp_groups == 1 and self.proj_groups == 1, f"{self.kind!r} blocks have no grouped 1x1s"),
+            ]
+        if self.kind == "tucker":
+            checks += [
+                (self.expand_ratio == 1.0, "'tucker' blocks have no expansion (use the compressions)"),
+                (self.se_ratio == 0.0, "'tucker' blocks have no SE (MobileDets)"),
+            ]
+        else:
+            checks.append((self.input_compression == 0.25 and self.output_compression == 0.25,
+                           "input/output_compression apply to 'tucker' blocks only"))
         for ok, message in checks:
             if not ok:
                 raise SpecError(f"invalid block {self}: {message}")

@@ -4,6 +4,12 @@ Tokens after the kind: ``r`` repeats, ``k`` depthwise kernel(s) (``k3.5.7`` = Mi
 ``p`` expansion / projection 1x1 kernels (``a1.1`` = two groups), ``s`` stride, ``e`` expansion,
 ``c`` output channels, ``se`` SE ratio (of the block input), ``n<act>`` activation override,
 ``noskip``. See reference/classification.md section 3.1.
+
+Kinds: ``ds`` depthwise-separable, ``ir`` MBConv, ``er`` FusedMBConv (timm's EdgeResidual code:
+``er_r1_k3_s2_e4_c32`` is a full 3x3/2 conv to 4x the input channels, then a 1x1 to 32) and
+``tucker`` TuckerConv, ours (timm has none), with ``ri`` / ``ro`` the input / output compression
+(TF ``input_rank_ratio`` / ``output_rank_ratio``) and no ``e`` token:
+``tucker_r1_k3_s1_c32_ri0.25_ro0.75`` (reference/detection.md 3.1).
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ def parse_block(text: str) -> BlockSpec:
                 kw["se_ratio"] = _number(tok[2:])
             elif tok.startswith("n") and tok[1:] in _ACT_CODES:
                 kw["act"] = _ACT_CODES[tok[1:]]
+            elif tok.startswith("ri"):  # before 'r' (repeats)
+                kw["input_compression"] = _number(tok[2:])
+            elif tok.startswith("ro"):
+                kw["output_compression"] = _number(tok[2:])
             elif tok[:1] == "r":
                 kw["repeats"] = int(tok[1:])
             elif tok[:1] == "k":
@@ -77,7 +87,12 @@ def format_block(block: BlockSpec) -> str:
         parts.append("a" + ".".join(["1"] * block.exp_groups))
     if block.proj_groups > 1:
         parts.append("p" + ".".join(["1"] * block.proj_groups))
-    parts += [f"s{block.stride}", f"e{_fmt(block.expand_ratio)}", f"c{block.out_channels}"]
+    parts.append(f"s{block.stride}")
+    if block.kind != "tucker":
+        parts.append(f"e{_fmt(block.expand_ratio)}")
+    parts.append(f"c{block.out_channels}")
+    if block.kind == "tucker":
+        parts += [f"ri{_fmt(block.input_compression)}", f"ro{_fmt(block.output_compression)}"]
     if block.se_ratio > 0:
         parts.append(f"se{_fmt(block.se_ratio)}")
     if block.act is not None:
