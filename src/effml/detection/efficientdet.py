@@ -14,13 +14,11 @@ from functools import partial
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from effml.detection.anchors import AnchorSpec
 from effml.detection.bifpn import BiFPN
+from effml.detection.detector import Detector
 from effml.detection.heads import HeadNet, class_prior_bias, init_neck
-from effml.detection.anchors import generate_anchors
-from effml.detection.box_coder import BoxCoder
 from effml.detection.spec import (
     BiFPNSpec, DetectorKind, EfficientDetSpec, efficientdet_from_dict, efficientdet_to_dict,
     register_detector_kind,
@@ -94,12 +92,10 @@ def efficientdet_spec(variant: str, tf_port: bool = True, num_classes: int = 90)
     )
 
 
-class EfficientDet(nn.Module):
+class EfficientDet(Detector):
     """Backbone -> BiFPN -> (class_net, box_net); forward returns ``(class_outputs, box_outputs)``,
     per-level lists (P3 first) of ``[B, A*num_classes, H, W]`` and ``[B, A*4, H, W]``."""
 
-    classifier_prefixes = ("class_net.predict.",)  # what drop_classifier / reset_head replace
-    box_coder = BoxCoder()  # Faster R-CNN coder without scale factors (reference 1.4)
 
     def __init__(self, spec: EfficientDetSpec) -> None:
         super().__init__()
@@ -119,20 +115,8 @@ class EfficientDet(nn.Module):
                        act=s.act, separable=s.separable, padding=s.padding, redundant_bias=s.redundant_bias,
                        bn_eps=s.bn_eps, bn_momentum=s.bn_momentum, prior_bias=prior_bias)
 
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes the class head predicts."""
-        return self.spec.num_classes
-
-    def reset_head(self, num_classes: int) -> None:
-        """A freshly initialised class head for ``num_classes`` (fine-tuning on another label set)."""
-        self.spec = self.spec.replace(num_classes=num_classes)
-        device = next(self.parameters()).device
-        self.class_net = self._head(num_classes, class_prior_bias()).to(device)
-
-    def anchors(self, height: int, width: int) -> torch.Tensor:
-        """The ``[N, 4]`` xyxy anchors of an input of this size, in the heads' output order."""
-        return generate_anchors(self.spec.anchors, (height, width))
+    def _class_head(self, num_classes: int) -> HeadNet:
+        return self._head(num_classes, class_prior_bias())
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         features = self.fpn(self.backbone(x))

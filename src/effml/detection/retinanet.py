@@ -14,15 +14,15 @@ EfficientDet (the RetinaNet paper had gamma 2 and smooth-L1).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from effml.detection.anchors import AnchorSpec, generate_anchors
-from effml.detection.box_coder import BoxCoder
+from effml.detection.anchors import AnchorSpec
+from effml.detection.detector import ComposedSpec, Detector
 from effml.detection.heads import HeadNet, class_prior_bias, variance_scaling_
 from effml.detection.spec import DetectorKind, anchor_spec_from_dict, check_keys, register_detector_kind
 from effml.detection.spinenet import (
@@ -36,7 +36,7 @@ RETINANET_ASPECT_RATIOS = (0.5, 1.0, 2.0)  # TF RetinaNet anchor order (referenc
 
 
 @dataclass(frozen=True)
-class RetinaNetSpec:
+class RetinaNetSpec(ComposedSpec):
     """RetinaNet: a backbone giving P<min>..P<max>, shared class/box heads, anchors."""
 
     backbone: SpineNetSpec
@@ -69,27 +69,12 @@ class RetinaNetSpec:
         if self.num_classes < 1:
             raise SpecError(f"RetinaNet: num_classes must be >= 1, got {self.num_classes}")
 
-    @property
-    def resolution(self) -> int:
-        """Input size (the name classification specs use, so profiling treats both alike)."""
-        return self.image_size
-
-    @property
-    def in_channels(self) -> int:
-        """Input image channels."""
-        return self.backbone.in_channels
-
-    def replace(self, **changes: Any) -> RetinaNetSpec:
-        """A copy with fields changed."""
-        return replace(self, **changes)
 
 
-class RetinaNet(nn.Module):
+class RetinaNet(Detector):
     """Backbone -> (class_net, box_net); forward returns ``(class_outputs, box_outputs)``,
     per-level lists (P3 first) of ``[B, A*num_classes, H, W]`` and ``[B, A*4, H, W]``."""
 
-    classifier_prefixes = ("class_net.predict.",)
-    box_coder = BoxCoder()  # TF RetinaNet: Faster R-CNN coder without scale factors, as EfficientDet
 
     def __init__(self, spec: RetinaNetSpec) -> None:
         super().__init__()
@@ -115,20 +100,8 @@ class RetinaNet(nn.Module):
             head.conv_rep[0] = first
         return head
 
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes the class head predicts."""
-        return self.spec.num_classes
-
-    def reset_head(self, num_classes: int) -> None:
-        """A freshly initialised class head for ``num_classes`` (fine-tuning on another label set)."""
-        self.spec = self.spec.replace(num_classes=num_classes)
-        device = next(self.parameters()).device
-        self.class_net = self._head(num_classes, class_prior_bias()).to(device)
-
-    def anchors(self, height: int, width: int) -> torch.Tensor:
-        """The ``[N, 4]`` xyxy anchors of an input of this size, in the heads' output order."""
-        return generate_anchors(self.spec.anchors, (height, width))
+    def _class_head(self, num_classes: int) -> HeadNet:
+        return self._head(num_classes, class_prior_bias())
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         features = self.backbone(x)

@@ -4,10 +4,11 @@ plus a BiFPN spec, a head and anchors. Frozen, printable, JSON round-trippable l
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from effml.detection.anchors import AnchorSpec
+from effml.detection.detector import ComposedSpec
 from effml.errors import SpecError
 from effml.spec import NetworkSpec
 from effml.spec.notation import spec_from_dict, spec_to_dict
@@ -82,7 +83,7 @@ class BiFPNSpec:
 
 
 @dataclass(frozen=True)
-class EfficientDetSpec:
+class EfficientDetSpec(ComposedSpec):
     """EfficientDet: backbone taps -> extra levels -> BiFPN cells -> shared class and box heads."""
 
     backbone: NetworkSpec
@@ -114,19 +115,6 @@ class EfficientDetSpec:
         if self.num_classes < 1:
             raise SpecError(f"num_classes must be >= 1, got {self.num_classes}")
 
-    @property
-    def resolution(self) -> int:
-        """Input size (the name classification specs use, so profiling treats both alike)."""
-        return self.image_size
-
-    @property
-    def in_channels(self) -> int:
-        """Input image channels."""
-        return self.backbone.in_channels
-
-    def replace(self, **changes: Any) -> EfficientDetSpec:
-        """A copy with fields changed."""
-        return replace(self, **changes)
 
 
 @dataclass(frozen=True)

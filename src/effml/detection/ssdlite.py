@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from effml.detection.box_coder import BoxCoder
+from effml.detection.detector import ComposedSpec, Detector
 from effml.detection.mobiledet import MOBILEDET_TABLES, mobiledet_spec
 from effml.detection.spec import DetectorKind, check_keys, register_detector_kind
 from effml.detection.ssd_anchors import SSDAnchorSpec, generate_ssd_anchors
@@ -39,7 +40,7 @@ MIN_DEPTH = 16  # feature extractor min_depth: floor of the extra depths under a
 
 
 @dataclass(frozen=True)
-class SSDLiteSpec:
+class SSDLiteSpec(ComposedSpec):
     """SSDLite: backbone taps -> extra maps -> per-map depthwise-separable box and class predictors."""
 
     backbone: NetworkSpec
@@ -74,16 +75,6 @@ class SSDLiteSpec:
             raise SpecError(f"SSDLite spec: image_size must be >= 1, got {self.image_size}")
 
     @property
-    def resolution(self) -> int:
-        """Input size (the name classification specs use, so profiling treats both alike)."""
-        return self.image_size
-
-    @property
-    def in_channels(self) -> int:
-        """Input image channels."""
-        return self.backbone.in_channels
-
-    @property
     def strides(self) -> list[int]:
         """Stride of each feature map: the backbone taps (2**(i+1)), then each extra halves."""
         taps = [2 ** (i + 1) for i in self.backbone_indices]
@@ -99,9 +90,6 @@ class SSDLiteSpec:
             sizes.append((h, w))
         return sizes
 
-    def replace(self, **changes: Any) -> SSDLiteSpec:
-        """A copy with fields changed."""
-        return replace(self, **changes)
 
 
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, *,
@@ -165,11 +153,10 @@ def init_backbone_he(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-class SSDLite(nn.Module):
+class SSDLite(Detector):
     """Backbone (C4, C5) -> extra maps -> (class_net, box_net); forward returns
     ``(class_outputs, box_outputs)``, per-map lists, first (stride 16) map first."""
 
-    classifier_prefixes = ("class_net.predict.",)  # what drop_classifier replaces
 
     def __init__(self, spec: SSDLiteSpec) -> None:
         super().__init__()
@@ -192,26 +179,15 @@ class SSDLite(nn.Module):
         init_ssd_layers(self.extras)
         self.channels = channels
         self.box_net = SSDLitePredictor(channels, spec.anchors.num_anchors(), 4, **bn_act)
-        self.class_net = self._class_net(spec.num_classes)
+        self.class_net = self._class_head(spec.num_classes)
 
     def _bn_act(self) -> dict[str, Any]:
         s = self.spec
         return dict(act=s.act, bn_eps=s.bn_eps, bn_momentum=s.bn_momentum, padding=s.backbone.padding)
 
-    def _class_net(self, num_classes: int) -> SSDLitePredictor:
+    def _class_head(self, num_classes: int) -> SSDLitePredictor:
         return SSDLitePredictor(self.channels, self.spec.anchors.num_anchors(), num_classes,
                                 prior_bias=self.spec.class_bias, **self._bn_act())
-
-    @property
-    def num_classes(self) -> int:
-        """Number of object classes the class predictor scores (no background slot: sigmoid)."""
-        return self.spec.num_classes
-
-    def reset_head(self, num_classes: int) -> None:
-        """A freshly initialised class predictor for ``num_classes`` (fine-tuning on another label set)."""
-        self.spec = self.spec.replace(num_classes=num_classes)
-        device = next(self.parameters()).device
-        self.class_net = self._class_net(num_classes).to(device)
 
     def anchors(self, height: int, width: int) -> torch.Tensor:
         """The ``[N, 4]`` xyxy anchors of an input of this size, in the predictors' output order."""

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from effml.detection.detector import ComposedSpec
 from effml.detection.spec import DetectorKind, check_keys, register_detector_kind
 from effml.detection.spinenet import SpineNet, SpineNetSpec, spinenet_from_dict, spinenet_spec, spinenet_to_dict
 from effml.errors import SpecError
@@ -21,7 +22,7 @@ from effml.models.registry import ModelEntry, Preprocess, register
 
 
 @dataclass(frozen=True)
-class SpineNetClassifierSpec:
+class SpineNetClassifierSpec(ComposedSpec):
     """SpineNet + a pooled classifier: the endpoints are averaged over levels, globally pooled,
     dropped out and classified."""
 
@@ -36,16 +37,6 @@ class SpineNetClassifierSpec:
             raise SpecError(f"SpineNet classifier: num_classes must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise SpecError(f"SpineNet classifier: dropout must be in [0, 1), got {self.dropout}")
-
-    @property
-    def resolution(self) -> int:
-        """Input size."""
-        return self.image_size
-
-    @property
-    def in_channels(self) -> int:
-        """Input image channels."""
-        return self.backbone.in_channels
 
     def replace(self, **changes: Any) -> SpineNetClassifierSpec:
         """A copy with fields changed; ``bn_eps``/``bn_momentum`` go to the backbone."""
