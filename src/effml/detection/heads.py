@@ -80,22 +80,23 @@ def glorot_uniform_(w: torch.Tensor, groups: int = 1) -> None:
 
 def init_head(head: HeadNet, prior_bias: float) -> None:
     """Heads: variance-scaling weights, zero bias, ``prior_bias`` on the prediction conv."""
-    for m in head.modules():
-        if isinstance(m, nn.Conv2d):
-            variance_scaling_(m.weight, m.groups)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    init_convs_(head, variance_scaling_)
     pw = head.predict.conv_pw if isinstance(head.predict, SeparableConv2d) else head.predict.conv
     nn.init.constant_(pw.bias, prior_bias)
 
 
-def init_neck(module: nn.Module) -> None:
-    """BiFPN and resampling convs: glorot-uniform weights, zero bias; BN weight 1, bias 0."""
+def init_convs_(module: nn.Module, weight_init) -> None:
+    """Every conv: ``weight_init(weight, groups)``, zero bias; every BN: weight 1, bias 0."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            glorot_uniform_(m.weight, m.groups)
+            weight_init(m.weight, m.groups)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def init_neck(module: nn.Module) -> None:
+    """BiFPN and resampling convs: TF's glorot-uniform weights, zero bias; BN weight 1, bias 0."""
+    init_convs_(module, glorot_uniform_)

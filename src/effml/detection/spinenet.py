@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effml.detection.heads import variance_scaling_
+from effml.detection.heads import init_convs_, variance_scaling_
 from effml.detection.spec import check_keys
 from effml.detection.spinenet_specs import (
     FILTER_SIZE_MAP, MOBILE_EXPAND_RATIO, MOBILE_FILTER_SIZE_MAP, MOBILE_SCALING_MAP, MOBILE_SE_RATIO,
@@ -433,14 +433,7 @@ class SpineNet(nn.Module):
 def init_spinenet(module: nn.Module) -> None:
     """TF's defaults: variance-scaling (fan-in) conv weights, BN 1/0, the last BN of every
     ResNet block zeroed (tensorflow/tpu ``init_zero``)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            variance_scaling_(m.weight, m.groups)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    init_convs_(module, variance_scaling_)
     for m in module.modules():
         if isinstance(m, (Bottleneck, BasicBlock)):
             zero_init_last_bn(m)
