@@ -9,7 +9,7 @@ class and box outputs, without input normalisation/resizing, anchor decoding or 
 same input, same threads, interleaved rounds, p50 latency:
 - eager PyTorch (and effml with BN folded, ``fuse_for_inference``);
 - ONNX Runtime running each exported network (``effml.deploy.export_onnx`` / ``onnx_session``).
-Also prints parameters and MACs of both networks (``effml.models.profile``), and with
+Also prints parameters and MACs of both networks (``effml.models.counting``), and with
 ``--profile`` the eager time per operator (where the time goes).
 Usage: python benchmarks/mobile_detectors.py [--threads N] [--profile] [--json F]
 """
@@ -32,7 +32,7 @@ import effml  # noqa: E402
 import effml.detection.ssdlite  # noqa: E402,F401  registers ssdlite_mobiledet_*
 from effml.deploy import export_onnx, fuse_for_inference, onnx_session  # noqa: E402
 from effml.deploy.onnx_export import INPUT_NAME  # noqa: E402
-from effml.models.profile import count_macs, count_params  # noqa: E402
+from effml.models.counting import count_macs, count_params  # noqa: E402
 
 
 class TorchvisionNetwork(nn.Module):

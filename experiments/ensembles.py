@@ -49,8 +49,9 @@ from torch import nn
 import effml
 from effml.errors import EffmlError
 from effml.models.ensemble import Ensemble
-from effml.models.profile import count_macs, count_params
-from effml.spec import NetworkSpec, compound_scale, format_arch, spec_to_json
+from effml.models.counting import count_macs, count_params
+from effml.spec import NetworkSpec, compound_scale, format_arch
+from effml.zoo import spec_to_json
 from effml.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text
 from effml.train.config import Config, config_to_yaml, load_config
 from effml.train.data import build_datasets, eval_loader

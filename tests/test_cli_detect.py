@@ -33,10 +33,10 @@ def _no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
 
 
 def _tiny_detector() -> torch.nn.Module:
-    from effml.train.tasks import spec_from_model_json
+    from effml.zoo import load_spec
 
     torch.manual_seed(0)
-    return effml.create_model(spec_from_model_json(TINY_SPEC.read_text(), source=str(TINY_SPEC))).eval()
+    return effml.create_model(load_spec(TINY_SPEC)).eval()
 
 
 @pytest.fixture(scope="module")

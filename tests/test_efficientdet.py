@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from effml.detection.efficientdet import EFFICIENTDET_VARIANTS, EfficientDet, efficientdet_spec
-from effml.detection.spec import BiFPNSpec, FpnNode, bifpn_nodes, detector_from_dict, detector_to_dict
+from effml.detection.spec import BiFPNSpec, FpnNode, bifpn_nodes
+from effml.zoo import spec_from_dict, spec_to_dict
 from effml.errors import SpecError, WeightsError
-from effml.models import create_model, list_models
-from effml.models.profile import count_macs, count_params, profile_model
+from effml.zoo import create_model, list_models
+from effml.models.counting import count_macs, count_params
+from effml.zoo import profile_model
 from effml.models.weights import load_weights
 
 effdet = pytest.importorskip("effdet")
@@ -93,12 +95,12 @@ def test_bad_bifpn_spec_is_a_clear_error():
 
 def test_spec_json_round_trip():
     spec = efficientdet_spec("d7x", tf_port=True, num_classes=7)
-    text = json.dumps(detector_to_dict(spec))
-    assert detector_from_dict(json.loads(text)) == spec
+    text = json.dumps(spec_to_dict(spec))
+    assert spec_from_dict(json.loads(text)) == spec
     bad = json.loads(text)
     bad["fpn_width"] = 3
     with pytest.raises(SpecError, match="fpn_width"):
-        detector_from_dict(bad)
+        spec_from_dict(bad)
 
 
 def _randomise_stats(state: dict, seed: int = 0) -> dict:

@@ -8,8 +8,9 @@ import torch
 import effml
 from effml.deploy import export_onnx, onnx_session
 from effml.errors import EffmlError
-from effml.models import Ensemble, ensemble_from_specs
-from effml.models.profile import count_macs, count_params
+from effml.models import Ensemble
+from effml.zoo import ensemble_from_specs
+from effml.models.counting import count_macs, count_params
 from effml.models.weights import save_weights
 from effml.spec import NetworkSpec, parse_arch
 

@@ -14,8 +14,8 @@ from torch import nn
 
 import effml
 from effml.models import Ensemble
-from effml.models.profile import count_macs
-from effml.spec import spec_from_json
+from effml.models.counting import count_macs
+from effml.zoo import spec_from_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "ensembles.py"

@@ -19,13 +19,13 @@ import effml
 import effml.detection.ssdlite  # noqa: F401  registers ssdlite_mobiledet_* and the "ssdlite" kind
 from effml.deploy import fuse_for_inference
 from effml.detection.mobiledet import mobiledet_spec
-from effml.detection.spec import detector_from_dict, detector_to_dict
+from effml.zoo import spec_from_dict, spec_to_dict
 from effml.detection.ssd_anchors import SSDAnchorSpec
 from effml.detection.ssdlite import SSDLite, ssdlite_mobiledet_spec
 from effml.errors import SpecError
 from effml.layers import DepthwiseSeparableConv, FusedMBConv, MBConv, SqueezeExcite, TuckerConv
 from effml.models.network import EfficientNetFeatures
-from effml.models.profile import count_macs, count_params
+from effml.models.counting import count_macs, count_params
 from effml.spec import BlockSpec, format_block, parse_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +162,7 @@ def test_ssdlite_maps_strides_and_channels(variant):
     assert net.backbone.strides == [16, 32] and tuple(net.backbone.channels) == C4_C5_CHANNELS[variant]
     assert net.channels == [*C4_C5_CHANNELS[variant], 512, 256, 256, 128]
     assert net.spec.feature_sizes(320, 320) == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
-    assert net.spec.image_size == 320 and net.num_classes == 90
+    assert net.spec.resolution == 320 and net.num_classes == 90
 
 
 def test_ssdlite_forward_shapes_match_the_anchors():
@@ -308,11 +308,11 @@ def test_new_block_notation_examples():
 
 def test_ssdlite_spec_json_round_trips_and_rebuilds():
     spec = ssdlite_mobiledet_spec("dsp", num_classes=3)
-    data = json.loads(json.dumps(detector_to_dict(spec)))
+    data = json.loads(json.dumps(spec_to_dict(spec)))
     assert data["kind"] == "ssdlite" and "tucker_r1_k3_s1_c32_ri0.25_ro0.75" in data["backbone"]["stages"][1]
-    assert detector_from_dict(data) == spec
+    assert spec_from_dict(data) == spec
     with pytest.raises(SpecError, match="unknown keys.*'extra'"):
-        detector_from_dict({**data, "extra": 1})
+        spec_from_dict({**data, "extra": 1})
 
 
 # ---------------------------------------------------------------- the new layers

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from effml.models.profile import profile_model
+from effml.zoo import profile_model
 
 # name: (paper params M, paper MACs G, measured params gap %, measured MACs gap %)
 # EfficientNet paper Table 2; EfficientNet-Lite TF lite/README.md; MixNet paper Table.

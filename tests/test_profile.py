@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from effml.models.profile import count_macs, count_params, profile_model
+from effml.models.counting import count_macs, count_params
+from effml.zoo import profile_model
 
 
 def test_count_params_and_macs_of_a_conv():

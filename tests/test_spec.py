@@ -11,10 +11,8 @@ from hypothesis import strategies as st
 import effml
 from effml.errors import SpecError
 from effml.models.efficientnet import efficientnet_b0_spec, efficientnet_spec
-from effml.spec import (
-    BlockSpec, compound_scale, format_block, parse_block, round_filters, round_repeats,
-    spec_from_json, spec_to_json,
-)
+from effml.spec import BlockSpec, compound_scale, format_block, parse_block, round_filters, round_repeats
+from effml.zoo import spec_from_json, spec_to_json
 
 ALL_MODELS = [n for n in effml.list_models(task="classify")  # the MBConv-family zoo (NetworkSpec)
               if isinstance(effml.get_entry(n).spec(), effml.spec.NetworkSpec)]

@@ -32,15 +32,14 @@ import torch
 import torch.nn.functional as F
 
 import effml.detection.retinanet  # noqa: F401  (registers the RetinaNet-SpineNet zoo)
-import effml.models.spinenet_classifier  # noqa: F401  (registers spinenet*_cls)
 from effml.detection.retinanet import RetinaNet, RetinaNetSpec, retinanet_spec
-from effml.detection.spec import detector_from_dict, detector_to_dict
-from effml.detection.spinenet import (
+from effml.zoo import spec_from_dict, spec_to_dict
+from effml.models.spinenet import (
     AlphaResample, DepthwiseResample, SpineNet, SpineNetBlock, spinenet_graph, spinenet_mobile_spec, spinenet_spec,
 )
 from effml.errors import SpecError
-from effml.models.factory import create_model
-from effml.models.profile import count_macs, count_params
+from effml.zoo import create_model
+from effml.models.counting import count_macs, count_params
 from effml.models.spinenet_classifier import SpineNetClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +154,7 @@ def _meta(name_or_spec, **kw):
 @pytest.mark.parametrize("name,params,macs", TABLE)
 def test_retinanet_spinenet_size_matches_the_reference_table(name, params, macs):
     model = _meta(name)
-    n, m = count_params(model), count_macs(model, model.spec.image_size)
+    n, m = count_params(model), count_macs(model, model.spec.resolution)
     assert n == GOLDEN_PARAMS[name]
     assert abs(n / params - 1) < 0.05, f"{name}: {n / 1e6:.3f}M params vs {params / 1e6}M"
     assert abs(m / macs - 1) < 0.05, f"{name}: {m / 1e9:.2f}B MACs vs {macs / 1e9}B"
@@ -176,9 +175,9 @@ def test_spinenet49s_table_matches_256_endpoint_filters():
 
 def test_zoo_heads_and_anchors_follow_the_configs():
     s49s, s190, mob = (retinanet_spec(v) for v in ("spinenet49s", "spinenet190", "spinenet49xs_mobile"))
-    assert (s49s.head_convs, s49s.head_filters, s49s.anchors.anchor_scale, s49s.image_size) == (4, 128, 3.0, 640)
-    assert (s190.head_convs, s190.head_filters, s190.anchors.anchor_scale, s190.image_size) == (7, 512, 4.0, 1280)
-    assert (mob.separable, mob.head_filters, mob.image_size) == (True, 24, 256)
+    assert (s49s.head_convs, s49s.head_filters, s49s.anchors.anchor_scale, s49s.resolution) == (4, 128, 3.0, 640)
+    assert (s190.head_convs, s190.head_filters, s190.anchors.anchor_scale, s190.resolution) == (7, 512, 4.0, 1280)
+    assert (mob.separable, mob.head_filters, mob.resolution) == (True, 24, 256)
     assert s49s.anchors.aspect_ratios == (0.5, 1.0, 2.0) and s49s.num_classes == 90
     model = create_model("spinenet49xs_mobile_retinanet", num_classes=3).eval()
     with torch.no_grad():
@@ -207,19 +206,19 @@ def test_bad_values_and_json_are_clear_errors():
         spinenet_spec("49", resample_alpha=0.0)
     with pytest.raises(SpecError, match="no field.*dropout"):
         spinenet_spec("49").replace(dropout=0.2)
-    data = detector_to_dict(retinanet_spec("spinenet49"))
-    data["backbone"]["blocks"][3][2] = [4, 9]  # row 3 = block 5 now reads block 9
+    data = spec_to_dict(retinanet_spec("spinenet49"))
+    data["backbone"]["blocks"][3]["input_offsets"] = [4, 9]  # row 3 = block 5 now reads block 9
     with pytest.raises(SpecError, match=r"row 3 \(block 5\): input offsets \[9\]"):
-        detector_from_dict(data)
+        spec_from_dict(data)
     with pytest.raises(SpecError, match="unknown keys"):
-        detector_from_dict({**detector_to_dict(retinanet_spec("spinenet49")), "fpn": {}})
+        spec_from_dict({**spec_to_dict(retinanet_spec("spinenet49")), "fpn": {}})
 
 
 @pytest.mark.parametrize("name", ["spinenet143_retinanet", "spinenet49s_mobile_retinanet", "spinenet96_cls"])
 def test_specs_round_trip_through_json(name):
     spec = _meta(name).spec
-    text = json.dumps(detector_to_dict(spec))
-    again = detector_from_dict(json.loads(text))
+    text = json.dumps(spec_to_dict(spec))
+    again = spec_from_dict(json.loads(text))
     assert again == spec
     assert count_params(_meta(again)) == count_params(_meta(spec))
 
@@ -271,4 +270,4 @@ def test_smallest_spinenet_retinanet_learns_shapes(tmp_path):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.6 * losses[0]
     trained = load_run(tmp_path / "run")  # model.json + weights rebuild the detector
     assert trained.task == "detect" and isinstance(trained.model, RetinaNet)
-    assert isinstance(trained.model.spec, RetinaNetSpec) and trained.model.spec.image_size == 128
+    assert isinstance(trained.model.spec, RetinaNetSpec) and trained.model.spec.resolution == 128

@@ -19,7 +19,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from effml.errors import EffmlError, InputError
-from effml.spec import NetworkSpec, parse_arch, spec_to_json
+from effml.spec import NetworkSpec, parse_arch
+from effml.zoo import spec_to_json
 from effml.train.checkpoint import load_checkpoint
 from effml.train.config import ConfigError, load_config
 from effml.train.engine import TrainingDiverged, fit
@@ -162,8 +163,8 @@ def test_ddp_two_processes_equal_one_process_with_the_same_global_batch(tiny_spe
 
 
 def _initial_weights(spec_path: str) -> dict[str, torch.Tensor]:
-    from effml.models import create_model
-    from effml.spec import spec_from_json
+    from effml.zoo import create_model
+    from effml.zoo import spec_from_json
 
     torch.manual_seed(0)
     spec = spec_from_json(Path(spec_path).read_text())

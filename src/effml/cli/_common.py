@@ -13,7 +13,7 @@ from effml.errors import EffmlError
 if TYPE_CHECKING:
     from torch import nn
 
-    from effml.models.registry import Preprocess
+    from effml.spec.entry import Preprocess
 
 
 def parse_ints(value: str, what: str) -> list[int]:
@@ -89,8 +89,8 @@ def resolve_model(model: str, *, weights: Path | None = None, num_classes: int |
     spec and is only fed images of that size. Random weights get the loud warning. ``task``
     ("classify" / "detect") refuses a model of the other task, before building it.
     """
-    from effml.models import create_model, get_entry
-    from effml.models.registry import Preprocess
+    from effml.zoo import create_model, get_entry
+    from effml.spec.entry import Preprocess
     from effml.train.run_dir import is_run_dir, load_run
 
     if is_run_dir(model) and weights is None:
@@ -102,13 +102,10 @@ def resolve_model(model: str, *, weights: Path | None = None, num_classes: int |
         return ResolvedModel(trained.model, preprocess, trained.task, "run", trained.classes,
                              trained.category_ids, Path(model))
     if model.endswith(".json"):
-        from effml.train.tasks import spec_from_model_json, task_for
+        from effml.zoo import load_spec, task_of
 
-        path = Path(model)
-        if not path.is_file():
-            raise EffmlError(f"{model!r} looks like a spec file, but it does not exist")
-        spec = spec_from_model_json(path.read_text(), source=str(path))
-        kind = task_for(spec).name
+        spec = load_spec(model)
+        kind = task_of(spec)
         # Spec files carry no preprocessing: ImageNet mean/std, as `effml train` uses for them.
         preprocess = Preprocess(input_size or spec.resolution, 1.0 if kind == "detect" else 0.875,
                                 interpolation="bilinear")

@@ -27,7 +27,7 @@ def bench(
 ) -> None:
     """Time a model (random weights: speed does not depend on them) on random input."""
     from effml.deploy import benchmark
-    from effml.models import get_entry
+    from effml.zoo import get_entry
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     size = input_size or get_entry(model).preprocess.input_size

@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from effml.models import get_entry, list_models
-from effml.models.profile import ModelProfile, profile_model
+from effml.zoo import get_entry, list_models
+from effml.zoo.profile import ModelProfile, profile_model
 
 
 class Task(str, Enum):

@@ -32,7 +32,7 @@ def predict(
     import torch
 
     from effml.data import class_names, eval_transform, load_image
-    from effml.models import create_model, get_entry
+    from effml.zoo import create_model, get_entry
 
     from effml.train.run_dir import is_run_dir, load_run
 

@@ -11,7 +11,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode, v2
 
 from effml.errors import InputError
-from effml.models.registry import Preprocess
+from effml.spec.entry import Preprocess
 
 _INTERPOLATION = {
     "bicubic": InterpolationMode.BICUBIC,

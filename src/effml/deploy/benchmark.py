@@ -64,7 +64,7 @@ def _torch_threads(threads: int | None) -> Iterator[int]:
 
 def _resolve(model_or_name: nn.Module | str, input_size: int | None) -> tuple[nn.Module, int]:
     if isinstance(model_or_name, str):
-        from effml.models import create_model
+        from effml.zoo import create_model
 
         model = create_model(model_or_name)
     else:

@@ -1,13 +1,12 @@
 """What every detector network shares, so that each family writes only its own parts.
 
-A detector's spec is composed (a backbone spec plus neck/head settings): ``ComposedSpec`` gives
-it the names profiling and the factory read. ``Detector`` gives the network its class count,
+A detector's spec is composed (a backbone spec plus neck/head settings, ``effml.spec.ComposedSpec``).
+``Detector`` gives the network its class count,
 class-head replacement and, for anchor-grid detectors, ``anchors(h, w)`` from ``spec.anchors``.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -15,27 +14,6 @@ from torch import nn
 
 from effml.detection.anchors import generate_anchors
 from effml.detection.box_coder import BoxCoder
-
-
-class ComposedSpec:
-    """Mixin for frozen dataclass specs with ``image_size`` and a ``backbone`` spec."""
-
-    image_size: int
-    backbone: Any
-
-    @property
-    def resolution(self) -> int:
-        """Input size (the name classification specs use, so profiling treats every spec alike)."""
-        return self.image_size
-
-    @property
-    def in_channels(self) -> int:
-        """Input image channels."""
-        return self.backbone.in_channels
-
-    def replace(self, **changes: Any) -> Any:
-        """A copy with fields changed."""
-        return replace(self, **changes)
 
 
 class Detector(nn.Module):

@@ -19,19 +19,16 @@ from effml.detection.anchors import AnchorSpec
 from effml.detection.bifpn import BiFPN
 from effml.detection.detector import Detector
 from effml.detection.heads import HeadNet, class_prior_bias, init_neck
-from effml.detection.spec import (
-    BiFPNSpec, DetectorKind, EfficientDetSpec, efficientdet_from_dict, efficientdet_to_dict,
-    register_detector_kind,
-)
+from effml.detection.spec import BiFPNSpec, EfficientDetSpec
 from effml.models.efficientnet import efficientnet_lite_spec, efficientnet_spec
 from effml.models.network import EfficientNetFeatures
-from effml.models.registry import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, ModelEntry, Preprocess, register
+from effml.spec.entry import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, ModelEntry, Preprocess
 
 
 class Variant(NamedTuple):
     """One row of the EfficientDet scaling table."""
 
-    image_size: int
+    resolution: int
     backbone: str
     width: int
     cells: int
@@ -78,14 +75,14 @@ def efficientdet_spec(variant: str, tf_port: bool = True, num_classes: int = 90)
     _, padding, eps, redundant_bias = FLAVOURS[0 if tf_port else 1]
     lite = v.backbone.startswith("lite")
     backbone_fn = efficientnet_lite_spec if lite else efficientnet_spec
-    backbone = backbone_fn(v.backbone, padding, eps).replace(resolution=v.image_size, drop_path=v.drop_path)
+    backbone = backbone_fn(v.backbone, padding, eps).replace(resolution=v.resolution, drop_path=v.drop_path)
     return EfficientDetSpec(
         backbone=backbone,
         fpn=BiFPNSpec(width=v.width, cells=v.cells, min_level=3, max_level=v.max_level, fusion=v.fusion),
         head_repeats=v.head_repeats,
         anchors=AnchorSpec(min_level=3, max_level=v.max_level, anchor_scale=v.anchor_scale),
         num_classes=num_classes,
-        image_size=v.image_size,
+        resolution=v.resolution,
         act="relu6" if lite else "swish",
         padding=padding,
         redundant_bias=redundant_bias,
@@ -100,7 +97,7 @@ class EfficientDet(Detector):
     def __init__(self, spec: EfficientDetSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = EfficientNetFeatures(spec.backbone.replace(resolution=spec.image_size),
+        self.backbone = EfficientNetFeatures(spec.backbone.replace(resolution=spec.resolution),
                                              spec.backbone_indices)
         common = dict(act=spec.act, separable=spec.separable, padding=spec.padding,
                       redundant_bias=spec.redundant_bias, bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
@@ -123,19 +120,20 @@ class EfficientDet(Detector):
         return self.class_net(features), self.box_net(features)
 
 
-def _register_all() -> None:
-    register_detector_kind(DetectorKind("efficientdet", EfficientDetSpec, EfficientDet,
-                                        efficientdet_to_dict, efficientdet_from_dict))
+def _entries() -> tuple[ModelEntry, ...]:
+    entries = []
     for prefix, *_ in FLAVOURS:
         for name, v in EFFICIENTDET_VARIANTS.items():
             lite = v.backbone.startswith("lite")
             mean, std = (LITE_MEAN, LITE_STD) if lite else (IMAGENET_MEAN, IMAGENET_STD)
-            register(ModelEntry(
+            entries.append(ModelEntry(
                 name=f"{prefix}efficientdet_{name}", family="efficientdet_lite" if lite else "efficientdet",
                 spec_fn=partial(efficientdet_spec, name, bool(prefix)),
-                preprocess=Preprocess(v.image_size, 1.0, mean, std, interpolation="bilinear"),
+                preprocess=Preprocess(v.resolution, 1.0, mean, std, interpolation="bilinear"),
                 task="detect",
             ))
+    return tuple(entries)
 
 
-_register_all()
+# The zoo entries of this family (both flavours), collected by effml.zoo.
+ENTRIES = _entries()

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from effml.layers.init import glorot_uniform_, init_convs_, variance_scaling_
 from effml.layers.norm import BatchNormAct2d
 from effml.layers.separable import ConvNormAct, SeparableConv2d
 
@@ -60,41 +61,11 @@ def class_prior_bias(prior: float = PRIOR_PROBABILITY) -> float:
     return -math.log((1 - prior) / prior)
 
 
-def _fans(w: torch.Tensor, groups: int) -> tuple[int, int]:
-    receptive = w[0][0].numel() if w.dim() > 2 else 1
-    return w.size(1) * receptive, w.size(0) * receptive // groups
-
-
-def variance_scaling_(w: torch.Tensor, groups: int = 1) -> None:
-    """TF variance_scaling(1.0, 'fan_in', normal) as effdet approximates it (untruncated normal)."""
-    fan_in, _ = _fans(w, groups)
-    nn.init.normal_(w, std=math.sqrt(1.0 / max(1.0, fan_in)))
-
-
-def glorot_uniform_(w: torch.Tensor, groups: int = 1) -> None:
-    """TF glorot_uniform, the default initialiser of the BiFPN's convs."""
-    fan_in, fan_out = _fans(w, groups)
-    limit = math.sqrt(3.0 / max(1.0, (fan_in + fan_out) / 2))
-    nn.init.uniform_(w, -limit, limit)
-
-
 def init_head(head: HeadNet, prior_bias: float) -> None:
     """Heads: variance-scaling weights, zero bias, ``prior_bias`` on the prediction conv."""
     init_convs_(head, variance_scaling_)
     pw = head.predict.conv_pw if isinstance(head.predict, SeparableConv2d) else head.predict.conv
     nn.init.constant_(pw.bias, prior_bias)
-
-
-def init_convs_(module: nn.Module, weight_init) -> None:
-    """Every conv: ``weight_init(weight, groups)``, zero bias; every BN: weight 1, bias 0."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            weight_init(m.weight, m.groups)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def init_neck(module: nn.Module) -> None:

@@ -14,23 +14,22 @@ EfficientDet (the RetinaNet paper had gamma 2 and smooth-L1).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from effml.detection.anchors import AnchorSpec
-from effml.detection.detector import ComposedSpec, Detector
-from effml.detection.heads import HeadNet, class_prior_bias, variance_scaling_
-from effml.detection.spec import DetectorKind, anchor_spec_from_dict, check_keys, register_detector_kind
-from effml.detection.spinenet import (
-    SpineNet, SpineNetSpec, spinenet_from_dict, spinenet_mobile_spec, spinenet_spec, spinenet_to_dict,
-)
+from effml.detection.detector import Detector
+from effml.detection.heads import HeadNet, class_prior_bias
 from effml.errors import SpecError
+from effml.layers.init import variance_scaling_
 from effml.layers.separable import ConvNormAct, SeparableConv2d
-from effml.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, Preprocess, register
+from effml.models.spinenet import SpineNet, SpineNetSpec, spinenet_mobile_spec, spinenet_spec
+from effml.spec import ComposedSpec
+from effml.spec.entry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, Preprocess
 
 RETINANET_ASPECT_RATIOS = (0.5, 1.0, 2.0)  # TF RetinaNet anchor order (reference 2.1)
 
@@ -45,7 +44,7 @@ class RetinaNetSpec(ComposedSpec):
     separable: bool = False
     anchors: AnchorSpec = field(default_factory=lambda: AnchorSpec(aspect_ratios=RETINANET_ASPECT_RATIOS))
     num_classes: int = 90
-    image_size: int = 640
+    resolution: int = 640
     act: str = "swish"
     redundant_bias: bool = True  # the TF head convs keep their bias before the per-level BN
     bn_eps: float = 1e-3
@@ -108,33 +107,12 @@ class RetinaNet(Detector):
         return self.class_net(features), self.box_net(features)
 
 
-def retinanet_to_dict(spec: RetinaNetSpec) -> dict[str, Any]:
-    """A JSON-ready dict of a RetinaNet spec."""
-    out = {f.name: getattr(spec, f.name) for f in fields(spec)}
-    out["backbone"] = spinenet_to_dict(spec.backbone)
-    out["anchors"] = asdict(spec.anchors)
-    return out
-
-
-def retinanet_from_dict(data: dict[str, Any]) -> RetinaNetSpec:
-    """Rebuild a RetinaNet spec from ``retinanet_to_dict`` output (unknown keys are errors)."""
-    data = dict(data)
-    check_keys(data, RetinaNetSpec, "RetinaNet")
-    try:
-        data["backbone"] = spinenet_from_dict(data["backbone"])
-        if "anchors" in data:
-            data["anchors"] = anchor_spec_from_dict(data["anchors"])
-        return RetinaNetSpec(**data)
-    except (KeyError, TypeError) as e:
-        raise SpecError(f"RetinaNet spec: missing or malformed field ({e})") from None
-
-
 class Variant(NamedTuple):
     """One RetinaNet-SpineNet zoo model."""
 
     backbone: str  # SpineNet model id
     mobile: bool
-    image_size: int
+    resolution: int
     head_convs: int
     anchor_size: float
 
@@ -169,20 +147,17 @@ def retinanet_spec(variant: str, num_classes: int = 90) -> RetinaNetSpec:
         backbone=backbone, head_convs=v.head_convs, head_filters=backbone.endpoints_num_filters,
         separable=v.mobile,
         anchors=AnchorSpec(aspect_ratios=RETINANET_ASPECT_RATIOS, anchor_scale=v.anchor_size),
-        num_classes=num_classes, image_size=v.image_size,
+        num_classes=num_classes, resolution=v.resolution,
     )
 
 
-def _register_all() -> None:
-    register_detector_kind(DetectorKind("retinanet", RetinaNetSpec, RetinaNet,
-                                        retinanet_to_dict, retinanet_from_dict))
-    for name, v in RETINANET_VARIANTS.items():
-        register(ModelEntry(
-            name=f"{name}_retinanet", family="spinenet_mobile" if v.mobile else "spinenet",
-            spec_fn=partial(retinanet_spec, name),
-            preprocess=Preprocess(v.image_size, 1.0, IMAGENET_MEAN, IMAGENET_STD, interpolation="bilinear"),
-            task="detect",
-        ))
-
-
-_register_all()
+# The zoo entries of this family, collected by effml.zoo.
+ENTRIES = tuple(
+    ModelEntry(
+        name=f"{name}_retinanet", family="spinenet_mobile" if v.mobile else "spinenet",
+        spec_fn=partial(retinanet_spec, name),
+        preprocess=Preprocess(v.resolution, 1.0, IMAGENET_MEAN, IMAGENET_STD, interpolation="bilinear"),
+        task="detect",
+    )
+    for name, v in RETINANET_VARIANTS.items()
+)

@@ -1,17 +1,14 @@
 """Detector specs: a BiFPN is a generated list of fusion nodes, an EfficientDet is a backbone spec
-plus a BiFPN spec, a head and anchors. Frozen, printable, JSON round-trippable like NetworkSpec."""
+plus a BiFPN spec, a head and anchors. Frozen, printable, written to JSON by the one codec like
+NetworkSpec."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from effml.detection.anchors import AnchorSpec
-from effml.detection.detector import ComposedSpec
 from effml.errors import SpecError
-from effml.spec import NetworkSpec
-from effml.spec.notation import spec_from_dict, spec_to_dict
+from effml.spec import ComposedSpec, NetworkSpec
 
 FUSIONS = ("fastattn", "attn", "sum")
 
@@ -91,7 +88,7 @@ class EfficientDetSpec(ComposedSpec):
     head_repeats: int
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     num_classes: int = 90
-    image_size: int = 512
+    resolution: int = 512
     backbone_indices: tuple[int, ...] = (2, 3, 4)  # stride 8, 16, 32 taps = P3..P5
     act: str = "swish"
     separable: bool = True
@@ -114,99 +111,3 @@ class EfficientDetSpec(ComposedSpec):
             )
         if self.num_classes < 1:
             raise SpecError(f"num_classes must be >= 1, got {self.num_classes}")
-
-
-
-@dataclass(frozen=True)
-class DetectorKind:
-    """A detector family: its spec type, the builder of its network, and its JSON form.
-
-    A built detector provides ``spec``, ``num_classes``, ``box_coder``, ``anchors(h, w)``,
-    ``reset_head(num_classes)``, ``classifier_prefixes``, and a forward returning per-level
-    ``(class_outputs, box_outputs)``; the predictor, the engine and the CLI need nothing more.
-    """
-
-    name: str
-    spec_type: type
-    build: Callable[[Any], Any]
-    to_dict: Callable[[Any], dict[str, Any]]
-    from_dict: Callable[[dict[str, Any]], Any]
-
-
-_KINDS: dict[str, DetectorKind] = {}
-
-
-def register_detector_kind(kind: DetectorKind) -> DetectorKind:
-    """Make a detector family buildable from its spec and loadable from JSON."""
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def detector_kind(spec_or_name: Any) -> DetectorKind:
-    """The family of a detector spec (or of a kind name)."""
-    from effml.models.registry import _ensure_zoo  # the families register on import
-
-    _ensure_zoo()
-    if isinstance(spec_or_name, str):
-        if spec_or_name not in _KINDS:
-            raise SpecError(f"detector spec: unknown kind {spec_or_name!r}; known: {sorted(_KINDS)}")
-        return _KINDS[spec_or_name]
-    for kind in _KINDS.values():
-        if isinstance(spec_or_name, kind.spec_type):
-            return kind
-    raise SpecError(f"no detector builder for spec type {type(spec_or_name).__name__}")
-
-
-def detector_to_dict(spec: Any) -> dict[str, Any]:
-    """A JSON-ready dict of any detector spec, tagged with its kind."""
-    kind = detector_kind(spec)
-    return {"kind": kind.name, **kind.to_dict(spec)}
-
-
-def detector_from_dict(data: dict[str, Any]) -> Any:
-    """Rebuild a detector spec from ``detector_to_dict`` output (unknown keys are errors)."""
-    data = dict(data)
-    return detector_kind(data.pop("kind", "efficientdet")).from_dict(data)
-
-
-def check_keys(data: dict[str, Any], spec_type: type, what: str) -> None:
-    """Refuse keys a spec dataclass does not have, naming them and the known ones."""
-    names = {f.name for f in fields(spec_type)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"{what} spec: unknown keys {unknown}; expected some of {sorted(names)}")
-
-
-def anchor_spec_from_dict(data: dict[str, Any]) -> AnchorSpec:
-    """An AnchorSpec from JSON (aspect-ratio pairs arrive as lists)."""
-    data = dict(data)
-    if "aspect_ratios" in data:
-        data["aspect_ratios"] = tuple(tuple(a) if isinstance(a, list) else a for a in data["aspect_ratios"])
-    return AnchorSpec(**data)
-
-
-def efficientdet_to_dict(spec: EfficientDetSpec) -> dict[str, Any]:
-    """A JSON-ready dict of an EfficientDet spec."""
-    out = {f.name: getattr(spec, f.name) for f in fields(spec)}
-    out["backbone"] = spec_to_dict(spec.backbone)
-    out["fpn"] = asdict(spec.fpn)
-    out["anchors"] = asdict(spec.anchors)
-    out["backbone_indices"] = list(spec.backbone_indices)
-    return out
-
-
-def efficientdet_from_dict(data: dict[str, Any]) -> EfficientDetSpec:
-    """Rebuild an EfficientDet spec from ``efficientdet_to_dict`` output."""
-    data = dict(data)
-    check_keys(data, EfficientDetSpec, "EfficientDet")
-    try:
-        fpn = dict(data["fpn"])
-        fpn["nodes"] = tuple(FpnNode(n["level"], tuple(n["inputs"])) for n in fpn.get("nodes", ()))
-        data["fpn"] = BiFPNSpec(**fpn)
-        data["anchors"] = anchor_spec_from_dict(data.get("anchors", {}))
-        data["backbone"] = spec_from_dict(data["backbone"])
-        if "backbone_indices" in data:
-            data["backbone_indices"] = tuple(data["backbone_indices"])
-        return EfficientDetSpec(**data)
-    except (KeyError, TypeError) as e:
-        raise SpecError(f"EfficientDet spec: missing or malformed field ({e})") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -23,16 +23,14 @@ import torch
 from torch import nn
 
 from effml.detection.box_coder import BoxCoder
-from effml.detection.detector import ComposedSpec, Detector
+from effml.detection.detector import Detector
 from effml.detection.mobiledet import MOBILEDET_TABLES, mobiledet_spec
-from effml.detection.spec import DetectorKind, check_keys, register_detector_kind
 from effml.detection.ssd_anchors import SSDAnchorSpec, generate_ssd_anchors
 from effml.errors import SpecError
 from effml.layers import BatchNormAct2d, create_conv2d
 from effml.models.network import EfficientNetFeatures
-from effml.models.registry import ADVPROP_MEAN, ADVPROP_STD, ModelEntry, Preprocess, register
-from effml.spec import NetworkSpec
-from effml.spec.notation import spec_from_dict, spec_to_dict
+from effml.spec.entry import ADVPROP_MEAN, ADVPROP_STD, ModelEntry, Preprocess
+from effml.spec import ComposedSpec, NetworkSpec
 
 # SSD feature-map depths after the backbone maps (feature_map_layout layer_depth 512, 256, 256, 128).
 EXTRA_DEPTHS = (512, 256, 256, 128)
@@ -48,7 +46,7 @@ class SSDLiteSpec(ComposedSpec):
     extra_depths: tuple[int, ...] = EXTRA_DEPTHS
     anchors: SSDAnchorSpec = field(default_factory=SSDAnchorSpec)
     num_classes: int = 90
-    image_size: int = 320
+    resolution: int = 320
     act: str = "relu6"  # extra maps and predictors (the configs' conv_hyperparams)
     box_scale_factors: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     class_bias: float = -4.6  # class_prediction_bias_init: sigmoid(-4.6) ~ 0.01
@@ -71,8 +69,8 @@ class SSDLiteSpec(ComposedSpec):
                             f"precedes each)")
         if self.num_classes < 1:
             raise SpecError(f"SSDLite spec: num_classes must be >= 1, got {self.num_classes}")
-        if self.image_size < 1:
-            raise SpecError(f"SSDLite spec: image_size must be >= 1, got {self.image_size}")
+        if self.resolution < 1:
+            raise SpecError(f"SSDLite spec: resolution must be >= 1, got {self.resolution}")
 
     @property
     def strides(self) -> list[int]:
@@ -162,7 +160,7 @@ class SSDLite(Detector):
         super().__init__()
         self.spec = spec
         self.box_coder = BoxCoder(spec.box_scale_factors)
-        self.backbone = EfficientNetFeatures(spec.backbone.replace(resolution=spec.image_size),
+        self.backbone = EfficientNetFeatures(spec.backbone.replace(resolution=spec.resolution),
                                              spec.backbone_indices)
         init_backbone_he(self.backbone)
         taps = spec.strides[:len(spec.backbone_indices)]
@@ -202,53 +200,26 @@ class SSDLite(Detector):
         return self.class_net(features), self.box_net(features)
 
 
-def ssdlite_to_dict(spec: SSDLiteSpec) -> dict[str, Any]:
-    """A JSON-ready dict of an SSDLite spec."""
-    out = {f.name: getattr(spec, f.name) for f in fields(spec)}
-    out["backbone"] = spec_to_dict(spec.backbone)
-    out["anchors"] = asdict(spec.anchors)
-    for key in ("backbone_indices", "extra_depths", "box_scale_factors"):
-        out[key] = list(out[key])
-    out["anchors"]["aspect_ratios"] = list(spec.anchors.aspect_ratios)
-    return out
-
-
-def ssdlite_from_dict(data: dict[str, Any]) -> SSDLiteSpec:
-    """Rebuild an SSDLite spec from ``ssdlite_to_dict`` output (unknown keys are errors)."""
-    data = dict(data)
-    check_keys(data, SSDLiteSpec, "SSDLite")
-    try:
-        anchors = dict(data.get("anchors", {}))
-        check_keys(anchors, SSDAnchorSpec, "SSDLite anchors")
-        data["anchors"] = SSDAnchorSpec(**anchors)
-        data["backbone"] = spec_from_dict(data["backbone"], "SSDLite backbone")
-        return SSDLiteSpec(**data)
-    except (KeyError, TypeError) as e:
-        raise SpecError(f"SSDLite spec: missing or malformed field ({e})") from None
-
-
 def ssdlite_mobiledet_spec(variant: str, multiplier: float = 1.0, num_classes: int = 90,
-                           image_size: int = 320) -> SSDLiteSpec:
+                           resolution: int = 320) -> SSDLiteSpec:
     """SSDLite on MobileDet-``variant``; ``multiplier`` scales the backbone and the extra maps
     (the configs' ``depth_multiplier``, extra depths floored at ``min_depth`` 16)."""
     return SSDLiteSpec(
-        backbone=mobiledet_spec(variant, multiplier, image_size),
+        backbone=mobiledet_spec(variant, multiplier, resolution),
         extra_depths=tuple(max(int(d * multiplier), MIN_DEPTH) for d in EXTRA_DEPTHS),
         num_classes=num_classes,
-        image_size=image_size,
+        resolution=resolution,
     )
 
 
-def _register_all() -> None:
-    register_detector_kind(DetectorKind("ssdlite", SSDLiteSpec, SSDLite, ssdlite_to_dict, ssdlite_from_dict))
-    for variant in MOBILEDET_TABLES:
-        register(ModelEntry(
-            name=f"ssdlite_mobiledet_{variant}", family="ssdlite_mobiledet",
-            spec_fn=partial(ssdlite_mobiledet_spec, variant),
-            # pixels -> 2x/255 - 1 (the configs' preprocessing), fixed 320x320 input
-            preprocess=Preprocess(320, 1.0, ADVPROP_MEAN, ADVPROP_STD, interpolation="bilinear"),
-            task="detect",
-        ))
-
-
-_register_all()
+# The zoo entries of this family, collected by effml.zoo.
+ENTRIES = tuple(
+    ModelEntry(
+        name=f"ssdlite_mobiledet_{variant}", family="ssdlite_mobiledet",
+        spec_fn=partial(ssdlite_mobiledet_spec, variant),
+        # pixels -> 2x/255 - 1 (the configs' preprocessing), fixed 320x320 input
+        preprocess=Preprocess(320, 1.0, ADVPROP_MEAN, ADVPROP_STD, interpolation="bilinear"),
+        task="detect",
+    )
+    for variant in MOBILEDET_TABLES
+)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import partial
 
-from effml.models.registry import (
-    IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, ModelEntry, Preprocess, register, tf_crop_pct,
+from effml.spec.entry import (
+    IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, ModelEntry, Preprocess, tf_crop_pct,
 )
 from effml.spec import NetworkSpec, compound_scale, parse_arch
 
@@ -80,10 +80,11 @@ def efficientnet_lite_spec(variant: str, padding: str = "", bn_eps: float = 1e-5
     return spec.replace(padding=padding, bn_eps=bn_eps)
 
 
-def _register_all() -> None:
+def _entries() -> tuple[ModelEntry, ...]:
+    entries = []
     for prefix, padding, eps in FLAVOURS:
         for v, (_, _, res, _) in EFFICIENTNET_PARAMS.items():
-            register(ModelEntry(
+            entries.append(ModelEntry(
                 name=f"{prefix}efficientnet_{v}", family="efficientnet",
                 spec_fn=partial(efficientnet_spec, v, padding, eps),
                 preprocess=Preprocess(res, tf_crop_pct(res), IMAGENET_MEAN, IMAGENET_STD),
@@ -91,11 +92,13 @@ def _register_all() -> None:
         for v, (_, _, res, _) in EFFICIENTNET_LITE_PARAMS.items():
             size = LITE_EVAL_SIZE.get(v, res) if prefix else res
             mean, std = (LITE_MEAN, LITE_STD) if prefix else (IMAGENET_MEAN, IMAGENET_STD)
-            register(ModelEntry(
+            entries.append(ModelEntry(
                 name=f"{prefix}efficientnet_{v}", family="efficientnet_lite",
                 spec_fn=partial(efficientnet_lite_spec, v, padding, eps),
                 preprocess=Preprocess(size, tf_crop_pct(size), mean, std),
             ))
+    return tuple(entries)
 
 
-_register_all()
+# The zoo entries of this family (both flavours), collected by effml.zoo.
+ENTRIES = _entries()

@@ -10,16 +10,13 @@ as one graph.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Literal
 
 import torch
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.models.factory import create_model
-from effml.spec import NetworkSpec
 
 EnsembleMode = Literal["probs", "logits"]
 MODES: tuple[str, ...] = ("probs", "logits")
@@ -68,26 +65,3 @@ class Ensemble(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
-
-
-def ensemble_from_specs(
-    specs_or_names: Sequence[str | NetworkSpec],
-    num_classes: int | None = None,
-    weights: Sequence[str | os.PathLike[str] | None] | None = None,
-    *,
-    mode: EnsembleMode = "probs",
-) -> Ensemble:
-    """An ensemble of freshly built zoo models or specs, each optionally loaded from its own checkpoint.
-
-    Members built without weights get independent random initialisations (the ensembles paper's
-    members differ only by their seed).
-    """
-    if isinstance(specs_or_names, (str, NetworkSpec)):
-        raise EffmlError("ensemble_from_specs takes a list of model names or specs, not a single one")
-    if weights is not None and len(weights) != len(specs_or_names):
-        raise EffmlError(f"ensemble_from_specs got {len(specs_or_names)} members but {len(weights)} "
-                         f"weights paths; give one path (or None) per member")
-    paths = list(weights) if weights is not None else [None] * len(specs_or_names)
-    members = [create_model(s, num_classes=num_classes, weights=w)
-               for s, w in zip(specs_or_names, paths)]
-    return Ensemble(members, mode=mode)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 from effml.models.efficientnet import FLAVOURS
-from effml.models.registry import ModelEntry, Preprocess, register
+from effml.spec.entry import ModelEntry, Preprocess
 from effml.spec import NetworkSpec, compound_scale, parse_arch
 
 MIXNET_S_ARCH = [
@@ -46,14 +46,12 @@ def mixnet_spec(variant: str, padding: str = "", bn_eps: float = 1e-5) -> Networ
     return compound_scale(base, width=width, fix_head=True)
 
 
-def _register_all() -> None:
-    for prefix, padding, eps in FLAVOURS:
-        for v in MIXNET_PARAMS:
-            register(ModelEntry(
-                name=f"{prefix}mixnet_{v}", family="mixnet",
-                spec_fn=partial(mixnet_spec, v, padding, eps),
-                preprocess=Preprocess(224, 0.875),
-            ))
-
-
-_register_all()
+# The zoo entries of this family (both flavours), collected by effml.zoo.
+ENTRIES = tuple(
+    ModelEntry(
+        name=f"{prefix}mixnet_{v}", family="mixnet",
+        spec_fn=partial(mixnet_spec, v, padding, eps),
+        preprocess=Preprocess(224, 0.875),
+    )
+    for prefix, padding, eps in FLAVOURS for v in MIXNET_PARAMS
+)

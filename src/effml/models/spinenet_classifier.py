@@ -7,18 +7,17 @@ classification runs (tensorflow/tpu ``configs/spinenet/spinenet*_classification.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from effml.detection.detector import ComposedSpec
-from effml.detection.spec import DetectorKind, check_keys, register_detector_kind
-from effml.detection.spinenet import SpineNet, SpineNetSpec, spinenet_from_dict, spinenet_spec, spinenet_to_dict
 from effml.errors import SpecError
-from effml.models.registry import ModelEntry, Preprocess, register
+from effml.models.spinenet import SpineNet, SpineNetSpec, spinenet_spec
+from effml.spec.composite import ComposedSpec
+from effml.spec.entry import ModelEntry, Preprocess
 
 
 @dataclass(frozen=True)
@@ -28,22 +27,14 @@ class SpineNetClassifierSpec(ComposedSpec):
 
     backbone: SpineNetSpec = field(default_factory=spinenet_spec)
     num_classes: int = 1000
-    image_size: int = 224
+    resolution: int = 224
     dropout: float = 0.0
-    task: ClassVar[str] = "classify"
 
     def __post_init__(self) -> None:
         if self.num_classes < 0:
             raise SpecError(f"SpineNet classifier: num_classes must be >= 0, got {self.num_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise SpecError(f"SpineNet classifier: dropout must be in [0, 1), got {self.dropout}")
-
-    def replace(self, **changes: Any) -> SpineNetClassifierSpec:
-        """A copy with fields changed; ``bn_eps``/``bn_momentum`` go to the backbone."""
-        bn = {k: changes.pop(k) for k in ("bn_eps", "bn_momentum") if k in changes}
-        if bn:
-            changes["backbone"] = changes.get("backbone", self.backbone).replace(**bn)
-        return replace(self, **changes)
 
 
 class SpineNetClassifier(nn.Module):
@@ -95,27 +86,10 @@ class SpineNetClassifier(nn.Module):
         return self.classifier(self.dropout(self.forward_features(x)))
 
 
-def spinenet_classifier_spec(model_id: str = "49", num_classes: int = 1000, image_size: int = 224,
+def spinenet_classifier_spec(model_id: str = "49", num_classes: int = 1000, resolution: int = 224,
                              **backbone: Any) -> SpineNetClassifierSpec:
     """SpineNet-``model_id`` with the pooled classifier (ImageNet: 224 px, 1000 classes)."""
-    return SpineNetClassifierSpec(spinenet_spec(model_id, **backbone), num_classes, image_size)
-
-
-def classifier_to_dict(spec: SpineNetClassifierSpec) -> dict[str, Any]:
-    """A JSON-ready dict of a SpineNet classifier spec."""
-    return {"backbone": spinenet_to_dict(spec.backbone), "num_classes": spec.num_classes,
-            "image_size": spec.image_size, "dropout": spec.dropout}
-
-
-def classifier_from_dict(data: dict[str, Any]) -> SpineNetClassifierSpec:
-    """Rebuild a SpineNet classifier spec from ``classifier_to_dict`` output."""
-    data = dict(data)
-    check_keys(data, SpineNetClassifierSpec, "SpineNet classifier")
-    try:
-        data["backbone"] = spinenet_from_dict(data["backbone"])
-        return SpineNetClassifierSpec(**data)
-    except (KeyError, TypeError) as e:
-        raise SpecError(f"SpineNet classifier spec: missing or malformed field ({e})") from None
+    return SpineNetClassifierSpec(spinenet_spec(model_id, **backbone), num_classes, resolution)
 
 
 # ImageNet models of the paper's classification experiments (tensorflow/tpu
@@ -123,19 +97,13 @@ def classifier_from_dict(data: dict[str, Any]) -> SpineNetClassifierSpec:
 CLASSIFIER_IDS = ("49", "96", "143", "190")
 
 
-def _register_all() -> None:
-    # The detector-kind registry is effml's spec type -> builder + JSON registry: create_model
-    # builds any spec registered there. Training with the engine still needs it to pick the task
-    # from ``spec.task`` (ClassificationTask builds NetworkSpecs only).
-    register_detector_kind(DetectorKind("spinenet_classifier", SpineNetClassifierSpec, SpineNetClassifier,
-                                        classifier_to_dict, classifier_from_dict))
-    for model_id in CLASSIFIER_IDS:
-        register(ModelEntry(
-            name=f"spinenet{model_id.lower()}_cls", family="spinenet",
-            spec_fn=partial(spinenet_classifier_spec, model_id),
-            preprocess=Preprocess(224, 0.875), task="classify",
-        ))
-
-
-_register_all()
+# The zoo entries of this family, collected by effml.zoo.
+ENTRIES = tuple(
+    ModelEntry(
+        name=f"spinenet{model_id.lower()}_cls", family="spinenet",
+        spec_fn=partial(spinenet_classifier_spec, model_id),
+        preprocess=Preprocess(224, 0.875), task="classify",
+    )
+    for model_id in CLASSIFIER_IDS
+)
 

@@ -1,20 +1,15 @@
-"""Network specs: a network is data, printed and parsed in the block notation."""
+"""Network specs: a network is data, printed and parsed in the block notation, written to JSON by one
+codec, resolved into a per-layer plan."""
 
 from effml.spec.blocks import BLOCK_KINDS, BlockSpec, NetworkSpec
-from effml.spec.notation import (
-    format_arch,
-    format_block,
-    parse_arch,
-    parse_block,
-    spec_from_dict,
-    spec_from_json,
-    spec_to_dict,
-    spec_to_json,
-)
+from effml.spec.codec import from_dict, to_dict
+from effml.spec.composite import ComposedSpec
+from effml.spec.entry import ModelEntry, Preprocess
+from effml.spec.notation import format_arch, format_block, parse_arch, parse_block
 from effml.spec.scaling import compound_scale, round_filters, round_repeats
 
 __all__ = [
-    "BLOCK_KINDS", "BlockSpec", "NetworkSpec", "compound_scale", "format_arch", "format_block",
-    "parse_arch", "parse_block", "round_filters", "round_repeats", "spec_from_dict",
-    "spec_from_json", "spec_to_dict", "spec_to_json",
+    "BLOCK_KINDS", "BlockSpec", "ComposedSpec", "ModelEntry", "NetworkSpec", "Preprocess", "compound_scale",
+    "format_arch", "format_block", "from_dict", "parse_arch", "parse_block", "round_filters",
+    "round_repeats", "to_dict",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from effml.errors import SpecError
+from effml.spec.composite import replace_fields
 
 # Block kinds, by the papers' names. The short codes are timm's / the TF reference's block notation.
 BLOCK_KINDS = {
@@ -135,5 +136,5 @@ class NetworkSpec:
         return sum(b.repeats for b in self.blocks)
 
     def replace(self, **changes: Any) -> "NetworkSpec":
-        """A copy with some fields changed (specs are immutable)."""
-        return replace(self, **changes)
+        """A copy with some fields changed (specs are immutable); an unknown field is a ``SpecError``."""
+        return replace_fields(self, changes)

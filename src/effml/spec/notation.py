@@ -14,12 +14,10 @@ Kinds: ``ds`` depthwise-separable, ``ir`` MBConv, ``er`` FusedMBConv (timm's Edg
 
 from __future__ import annotations
 
-import json
-from dataclasses import fields
 from typing import Any
 
 from effml.errors import SpecError
-from effml.spec.blocks import BlockSpec, NetworkSpec
+from effml.spec.blocks import BlockSpec
 
 _ACT_CODES = {"re": "relu", "r6": "relu6", "sw": "swish", "hs": "hard_swish"}
 _ACT_NAMES = {v: k for k, v in _ACT_CODES.items()}
@@ -110,45 +108,3 @@ def parse_arch(stages: list[list[str]]) -> tuple[tuple[BlockSpec, ...], ...]:
 def format_arch(stages: tuple[tuple[BlockSpec, ...], ...]) -> list[list[str]]:
     """The stages of a spec as lists of block strings."""
     return [[format_block(b) for b in stage] for stage in stages]
-
-
-def spec_to_dict(spec: NetworkSpec) -> dict[str, Any]:
-    """A JSON-ready dict of a spec; stages are written in block notation."""
-    out = {f.name: getattr(spec, f.name) for f in fields(spec) if f.name != "stages"}
-    out["stages"] = format_arch(spec.stages)
-    return out
-
-
-def spec_from_dict(data: dict[str, Any], source: str = "spec") -> NetworkSpec:
-    """Rebuild a spec from ``spec_to_dict`` output; unknown or missing keys are errors."""
-    names = {f.name for f in fields(NetworkSpec)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise SpecError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(names)}")
-    for key in ("stages", "stem_channels", "head_channels"):
-        if key not in data:
-            raise SpecError(f"{source}: missing required key {key!r}")
-    if not isinstance(data["stages"], list) or not all(isinstance(s, list) for s in data["stages"]):
-        raise SpecError(f"{source}: 'stages' must be a list of lists of block strings")
-    kw = dict(data)
-    kw["stages"] = parse_arch(data["stages"])
-    try:
-        return NetworkSpec(**kw)
-    except TypeError as err:
-        raise SpecError(f"{source}: {err}") from None
-
-
-def spec_to_json(spec: NetworkSpec) -> str:
-    """The spec as an indented JSON document."""
-    return json.dumps(spec_to_dict(spec), indent=2)
-
-
-def spec_from_json(text: str, source: str = "spec JSON") -> NetworkSpec:
-    """Rebuild a spec from ``spec_to_json`` output."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SpecError(f"{source}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: expected a JSON object at the top level")
-    return spec_from_dict(data, source)

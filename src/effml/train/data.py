@@ -16,7 +16,7 @@ from effml.data.datasets import (
     train_transform,
 )
 from effml.errors import InputError
-from effml.models.registry import Preprocess
+from effml.spec.entry import Preprocess
 from effml.train.config import Config
 
 

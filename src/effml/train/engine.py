@@ -21,8 +21,8 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.optim.swa_utils import AveragedModel
 
 from effml.errors import EffmlError
-from effml.models.factory import resolve_spec
-from effml.models.registry import Preprocess, get_entry
+from effml.spec.entry import Preprocess
+from effml.zoo import get_entry, load_spec, resolve_spec
 from effml.train import distributed
 from effml.train.checkpoint import (
     CHECKPOINT_NAME, atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state,
@@ -32,7 +32,7 @@ from effml.train.data import DataBundle, build_datasets, epoch_indices, eval_loa
 from effml.train.ema import create_ema
 from effml.train.objective import Batch, Objective, StepOutput
 from effml.train.optim import build_optimizer, build_scheduler
-from effml.train.tasks import spec_from_model_json, task_for
+from effml.train.tasks import task_for
 
 
 class TrainingDiverged(EffmlError):
@@ -56,10 +56,7 @@ def model_spec(cfg: Config, num_classes: int) -> tuple[Any, Preprocess]:
     """The network spec to train (a zoo name or a spec JSON file) and its input normalisation."""
     m = cfg.model
     if m.name.endswith(".json"):
-        path = Path(m.name)
-        if not path.is_file():
-            raise EffmlError(f"model.name {m.name!r} looks like a spec file, but it does not exist")
-        spec = spec_from_model_json(path.read_text(), source=str(path))
+        spec = load_spec(m.name)
         preprocess = Preprocess(cfg.data.image_size, 0.875)
     else:
         spec, preprocess = get_entry(m.name).spec(), get_entry(m.name).preprocess

@@ -11,9 +11,10 @@ from typing import Any
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.models.registry import Preprocess
+from effml.spec.entry import Preprocess
 from effml.models.weights import load_weights
-from effml.train.tasks import spec_from_model_json, task_for
+from effml.train.tasks import task_for
+from effml.zoo import load_spec
 
 
 @dataclass
@@ -43,7 +44,7 @@ def load_run(run_dir: str | Path, weights: str = "best") -> TrainedModel:
         raise EffmlError(f"{run_dir} is not a finished run directory (no run.json); train it with "
                          f"`effml train`, or resume it with `effml train --resume {run_dir}`")
     info = json.loads(info_path.read_text())
-    spec = spec_from_model_json((run_dir / "model.json").read_text(), source=str(run_dir / "model.json"))
+    spec = load_spec(run_dir / "model.json")
     choices = {"best": info["weights"], "ema": "weights_ema.safetensors", "raw": "weights.safetensors"}
     if weights not in choices:
         raise EffmlError(f"weights must be one of {sorted(choices)}, got {weights!r}")

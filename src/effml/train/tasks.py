@@ -4,8 +4,6 @@ and how a spec and the metrics are written."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,8 +11,8 @@ from torch import nn
 from torchvision.transforms import v2
 
 from effml.errors import EffmlError
-from effml.models.registry import Preprocess
-from effml.spec import NetworkSpec, spec_from_json, spec_to_json
+from effml.spec.entry import Preprocess
+from effml.zoo import create_model, load_spec, spec_to_json, task_of
 from effml.train.config import Config
 from effml.train.evaluate import evaluate
 from effml.train.objective import CrossEntropyObjective, Objective
@@ -27,8 +25,6 @@ class ClassificationTask:
 
     def build_model(self, spec: Any) -> nn.Module:
         """The network of ``spec``."""
-        from effml.models.factory import create_model
-
         return create_model(spec)
 
     def targets_to(self, targets: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -47,7 +43,7 @@ class ClassificationTask:
             return None
         return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
-    def objective(self, cfg: Config, net: nn.Module, spec: NetworkSpec, preprocess: Preprocess,
+    def objective(self, cfg: Config, net: nn.Module, spec: Any, preprocess: Preprocess,
                   num_train: int, device: torch.device) -> Objective:
         """Cross-entropy, AdvProp or distillation, as the config says."""
         num_classes = spec.num_classes
@@ -63,12 +59,10 @@ class ClassificationTask:
             attacker = PGDAttacker(epsilon=a.epsilon, step_size=a.step_size, steps=a.steps)
             return AdvPropObjective(attacker, preprocess.mean, preprocess.std, cfg.train.label_smoothing)
         if cfg.distill.teacher:
-            from effml.models.factory import create_model
             from effml.train.distill import DistillationObjective, TeacherLogitCache
 
             d = cfg.distill
-            teacher = create_model(d.teacher if not d.teacher.endswith(".json") else
-                                   spec_from_json(Path(d.teacher).read_text(), source=d.teacher),
+            teacher = create_model(load_spec(d.teacher) if d.teacher.endswith(".json") else d.teacher,
                                    num_classes=num_classes, weights=d.teacher_weights).to(device)
             cache = TeacherLogitCache(num_train, num_classes) if d.cache else None
             return DistillationObjective(teacher, temperature=d.temperature, alpha=d.alpha,
@@ -86,7 +80,7 @@ class ClassificationTask:
 
     def spec_json(self, spec: Any) -> str:
         """The spec as written to ``model.json``."""
-        return spec_to_json(spec) if isinstance(spec, NetworkSpec) else composite_spec_json(spec)
+        return spec_to_json(spec)
 
     def run_info(self, dataset: Any) -> dict[str, Any]:
         """Task-specific fields of ``run.json``."""
@@ -100,8 +94,6 @@ class DetectionTask:
 
     def build_model(self, spec: Any) -> nn.Module:
         """The detector of ``spec``."""
-        from effml.models.factory import create_model
-
         return create_model(spec)
 
     def targets_to(self, targets: list[dict], device: torch.device) -> list[dict]:
@@ -148,7 +140,7 @@ class DetectionTask:
 
     def spec_json(self, spec: Any) -> str:
         """The spec as written to ``model.json``."""
-        return composite_spec_json(spec)
+        return spec_to_json(spec)
 
     def run_info(self, dataset: Any) -> dict[str, Any]:
         """COCO category ids, so that detections map back to the annotation file's ids."""
@@ -156,26 +148,5 @@ class DetectionTask:
 
 
 def task_for(spec: Any) -> ClassificationTask | DetectionTask:
-    """The task a spec trains for: NetworkSpecs and specs marked ``task = "classify"`` classify."""
-    task = "classify" if isinstance(spec, NetworkSpec) else getattr(spec, "task", "detect")
-    return ClassificationTask() if task == "classify" else DetectionTask()
-
-
-def composite_spec_json(spec: Any) -> str:
-    """A spec that is not a ``NetworkSpec`` (a detector, a SpineNet classifier), tagged with its kind."""
-    from effml.detection.spec import detector_to_dict
-
-    return json.dumps(detector_to_dict(spec), indent=1)
-
-
-def spec_from_model_json(text: str, source: str) -> Any:
-    """A classification or detector spec from a ``model.json`` / spec file (detectors carry 'kind')."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EffmlError(f"{source}: not valid JSON ({e})") from None
-    if isinstance(data, dict) and "kind" in data:
-        from effml.detection.spec import detector_from_dict
-
-        return detector_from_dict(data)
-    return spec_from_json(text, source=source)
+    """The task a spec trains for, from its kind (``effml.zoo.kinds``)."""
+    return ClassificationTask() if task_of(spec) == "classify" else DetectionTask()

@@ -1,16 +1,12 @@
-"""Parameter and multiply-accumulate counts; zoo models are profiled on the meta device (no memory)."""
+"""Parameter and multiply-accumulate counts of any module (also on the meta device)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from effml.models.factory import create_model
-from effml.models.registry import get_entry
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -50,32 +46,3 @@ def count_macs(model: nn.Module, input_size: int | Sequence[int], in_channels: i
 
 def _first_conv_channels(model: nn.Module) -> int:
     return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
-
-
-@dataclass(frozen=True)
-class ModelProfile:
-    """Size and cost of a zoo model at its default resolution."""
-
-    name: str
-    family: str
-    params: int
-    macs: int | None  # None when not counted
-    resolution: int
-    eval_size: int  # the size its weights are evaluated at (preprocess.input_size)
-
-    def as_dict(self) -> dict[str, object]:
-        """The profile as a JSON-ready dict."""
-        return asdict(self)
-
-
-def profile_model(name: str, *, macs: bool = True, resolution: int | None = None) -> ModelProfile:
-    """Params and (optionally) MACs of a registered model, built on the meta device."""
-    entry = get_entry(name)
-    with torch.device("meta"):
-        model = create_model(name, resolution=resolution)
-    res = resolution or entry.spec().resolution
-    return ModelProfile(
-        name=name, family=entry.family, params=count_params(model),
-        macs=count_macs(model, res) if macs else None, resolution=res,
-        eval_size=entry.preprocess.input_size,
-    )

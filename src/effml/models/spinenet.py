@@ -8,32 +8,33 @@ parents, the extra sums into output blocks, its stochastic-depth rate, and wheth
 P<min>..P<max> depends on it. ``SpineNet`` builds that graph: stem, per-parent cross-scale
 resampling, ``act(sum of parents)`` -> block group, endpoint 1x1 convs. The classification
 variant is ``effml.models.spinenet_classifier``; the detector, ``effml.detection.retinanet``.
+SpineNet is a backbone of both tasks, so it lives with the classification families.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effml.detection.heads import init_convs_, variance_scaling_
-from effml.detection.spec import check_keys
-from effml.detection.spinenet_specs import (
-    FILTER_SIZE_MAP, MOBILE_EXPAND_RATIO, MOBILE_FILTER_SIZE_MAP, MOBILE_SCALING_MAP, MOBILE_SE_RATIO,
-    SCALING_MAP, SPINENET_BLOCK_SPECS, SPINENET_MOBILE_BLOCK_SPECS,
-)
 from effml.errors import SpecError
 from effml.layers.activations import create_act
 from effml.layers.conv import create_conv2d
+from effml.layers.init import init_convs_, variance_scaling_
 from effml.layers.mbconv import MBConv, se_reduced_channels
 from effml.layers.norm import BatchNormAct2d
 from effml.layers.padding import create_max_pool2d
 from effml.layers.resnet_blocks import BasicBlock, Bottleneck, zero_init_last_bn
 from effml.layers.separable import ConvNormAct
 from effml.layers.squeeze_excite import SqueezeExcite
+from effml.models.spinenet_specs import (
+    FILTER_SIZE_MAP, MOBILE_EXPAND_RATIO, MOBILE_FILTER_SIZE_MAP, MOBILE_SCALING_MAP, MOBILE_SE_RATIO,
+    SCALING_MAP, SPINENET_BLOCK_SPECS, SPINENET_MOBILE_BLOCK_SPECS,
+)
+from effml.spec.composite import replace_fields
 
 # Output width of a block = filters x this (reference 2.1: bottleneck 4x, residual 1x).
 BLOCK_FNS = {"bottleneck": 4, "residual": 1, "mbconv": 1}
@@ -106,11 +107,7 @@ class SpineNetSpec:
 
     def replace(self, **changes: Any) -> SpineNetSpec:
         """A copy with fields changed (unknown fields are a ``SpecError``)."""
-        names = {f.name for f in fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise SpecError(f"SpineNet backbone has no field(s) {unknown}; it has {sorted(names)}")
-        return replace(self, **changes)
+        return replace_fields(self, changes)
 
 
 @dataclass(frozen=True)
@@ -253,31 +250,6 @@ def spinenet_mobile_spec(model_id: str = "49", **overrides: Any) -> SpineNetSpec
                         endpoints_num_filters=s.endpoints_num_filters, filter_size_scale=s.filter_size_scale,
                         resample_alpha=1.0, block_repeats=s.block_repeats, stem="mobile", resample="depthwise")
     return spec.replace(**overrides) if overrides else spec
-
-
-# -- JSON -----------------------------------------------------------------------------------------
-
-
-def spinenet_to_dict(spec: SpineNetSpec) -> dict[str, Any]:
-    """A JSON-ready dict; blocks are table rows ``[level, block_fn, [offsets], is_output]``."""
-    out = {f.name: getattr(spec, f.name) for f in fields(spec)}
-    out["blocks"] = [[b.level, b.block_fn, list(b.input_offsets), b.is_output] for b in spec.blocks]
-    out["filter_size_map"] = [list(p) for p in spec.filter_size_map]
-    return out
-
-
-def spinenet_from_dict(data: dict[str, Any]) -> SpineNetSpec:
-    """Rebuild a ``SpineNetSpec`` from ``spinenet_to_dict`` output."""
-    data = dict(data)
-    check_keys(data, SpineNetSpec, "SpineNet")
-    try:
-        data["blocks"] = blocks_from_table(tuple(tuple(r) for r in data["blocks"]))
-        data["filter_size_map"] = tuple(tuple(p) for p in data["filter_size_map"])
-        return SpineNetSpec(**data)
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        if isinstance(e, SpecError):
-            raise
-        raise SpecError(f"SpineNet spec: missing or malformed field ({e})") from None
 
 
 # -- modules --------------------------------------------------------------------------------------
