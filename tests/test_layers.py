@@ -70,6 +70,14 @@ def test_mixconv_splits_channels_with_the_remainder_first():
     assert y[:, :4].abs().sum() == 0 and y[:, 7:].abs().sum() == 0 and y[:, 4:7].abs().sum() > 0
 
 
+def test_channel_arithmetic_has_one_source_shared_with_the_layer_plan():
+    from effml.spec import channels
+    assert effml.layers.se_reduced_channels is channels.se_reduced_channels
+    assert effml.layers.split_channels is channels.split_channels
+    assert effml.layers.scale_filters is channels.scale_filters
+    assert channels.expanded_channels(40, 6) == 240 and channels.expanded_channels(24, 0.5) == 12
+
+
 def test_se_width_comes_from_the_block_input():
     # reference 1.1: B0 stage 3 block 0, 16 in -> 96 mid -> SE 96 -> 4 -> 96
     assert se_reduced_channels(16, 0.25) == 4

@@ -114,6 +114,29 @@ class FolderDataset(AugmentedDataset):
         return self._augment(image, index), label, index
 
 
+class IndexSubset(AugmentedDataset):
+    """The samples of ``base`` at ``indices``, renumbered: the index a sample reports is its place
+    here (what per-sample caches key on); its augmentation still follows its index in ``base``."""
+
+    def __init__(self, base: AugmentedDataset, indices: Sequence[int]) -> None:
+        super().__init__(base.transform, base.seed)
+        self.base = base
+        self.indices = list(indices)
+        self.classes = base.classes
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch of the underlying data set."""
+        super().set_epoch(epoch)
+        self.base.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample | None:
+        sample = self.base[self.indices[index]]
+        return None if sample is None else (sample[0], sample[1], index)
+
+
 def collate_samples(samples: Sequence[Sample | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Stack a batch, dropping skipped samples: (images, labels, indices, number skipped)."""
     kept = [s for s in samples if s is not None]

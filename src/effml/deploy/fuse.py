@@ -1,7 +1,8 @@
 """Fold every BatchNorm into the convolution before it, for inference.
 
-The conv -> BN pairs are read from an explicit table of our modules (and ``nn.Sequential``,
-where order is data flow), never guessed from attribute order of unknown modules.
+The conv -> BN pairs are read from explicit tables (and ``nn.Sequential``, where order is data
+flow), never guessed from attribute order of unknown modules: each block kind declares its pairs
+in the builder's ``BLOCK_MODULES``; the networks and the detection/SpineNet modules below.
 """
 
 from __future__ import annotations
@@ -13,24 +14,22 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
 from effml.detection.heads import LevelNorm
-from effml.layers import BatchNormAct2d, DepthwiseSeparableConv, FusedMBConv, MBConv, MixConv2d, TuckerConv
+from effml.layers import BatchNormAct2d, MixConv2d
 from effml.layers.resnet_blocks import BasicBlock, Bottleneck
 from effml.layers.separable import ConvNormAct, SeparableConv2d
+from effml.models.builder import BLOCK_MODULES
 from effml.models.network import EfficientNet, EfficientNetFeatures
 
-# (conv attribute, BN attribute) in forward order; module names as in layers/mbconv.py and
-# models/network.py.
+# (conv attribute, BN attribute) in forward order, by module class: the block kinds' pairs as the
+# builder declares them, then the networks' stem/head and the detection and ResNet units.
 FUSE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
+    **{kind.cls: kind.fuse_pairs for kind in BLOCK_MODULES.values()},
     EfficientNet: (("conv_stem", "bn1"), ("conv_head", "bn2")),
     EfficientNetFeatures: (("conv_stem", "bn1"),),
-    MBConv: (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")),
-    DepthwiseSeparableConv: (("conv_dw", "bn1"), ("conv_pw", "bn2")),
     ConvNormAct: (("conv", "bn"),),
     BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
     Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
     SeparableConv2d: (("conv_pw", "bn"),),
-    FusedMBConv: (("conv_exp", "bn1"), ("conv_pwl", "bn2")),
-    TuckerConv: (("conv_pw", "bn1"), ("conv_core", "bn2"), ("conv_pwl", "bn3")),
 }
 # BatchNorms that follow a conv shared by several inputs (EfficientDet's heads: one conv, one BN
 # per pyramid level) cannot fold into it; they stay, by design.
@@ -59,9 +58,9 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
 
 
 def _pairs(module: nn.Module) -> list[tuple[str, str]]:
-    for cls, pairs in FUSE_PAIRS.items():
-        if type(module) is cls:
-            return list(pairs)
+    pairs = FUSE_PAIRS.get(type(module))
+    if pairs is not None:
+        return list(pairs)
     if isinstance(module, nn.Sequential):
         names = [n for n, _ in module.named_children()]
         return list(zip(names, names[1:]))

@@ -8,11 +8,13 @@ and keeps only the batch dimension symbolic, so the graph holds constant ``Pad``
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,16 +208,38 @@ def _export(model: nn.Module, example: torch.Tensor, names: list[str], dynamic_b
             opset: int | None):
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     try:
-        program = torch.onnx.export(
-            model, (example,), None, input_names=[INPUT_NAME], output_names=names,
-            opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
-        )
+        # The exporter logs a traceback when it cannot convert to an older opset and then keeps
+        # its own; the opset check below turns that into one clear error instead.
+        with _quiet_loggers("torch.onnx", "onnxscript"):
+            program = torch.onnx.export(
+                model, (example,), None, input_names=[INPUT_NAME], output_names=names,
+                opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes, verbose=False,
+            )
     except Exception as e:  # the exporter raises many types; the user needs the cause, not ours
         cause = str(e) if len(str(e)) <= 1500 else str(e)[:1500] + " ..."
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {cause}") from e
     if program is None:  # only the TorchScript path returns None
         raise ExportError("torch.onnx.export returned no ONNX program")
+    written = int(program.model.opset_imports.get("", 0))
+    if opset is not None and written != opset:
+        raise ExportError(
+            f"cannot write ONNX opset {opset}: the exporter produced opset {written} and could not "
+            f"convert this model to {opset}; nothing was written. Use --opset {written} or newer, "
+            f"or leave --opset out")
     return program
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _max_abs_diff(model: nn.Module, onnx_path: Path, channels: int, hw: tuple[int, int],

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from effml.layers.mixconv import MixConv2d, split_channels
+from effml.layers.mixconv import MixConv2d
 from effml.layers.padding import Conv2dSame, is_static_same, symmetric_padding
+from effml.spec.channels import split_channels
 
 
 def create_conv2d(

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from effml.layers.conv import create_conv2d
-from effml.layers.mbconv import _Residual, se_reduced_channels
+from effml.layers.mbconv import _Residual
 from effml.layers.norm import BatchNormAct2d
 from effml.layers.squeeze_excite import SqueezeExcite
+from effml.spec.channels import expanded_channels, se_reduced_channels
 
 
 class FusedMBConv(_Residual):
@@ -30,7 +31,7 @@ class FusedMBConv(_Residual):
     ) -> None:
         super().__init__()
         bn = dict(eps=bn_eps, momentum=bn_momentum)
-        mid = int(round(in_channels * expand_ratio))
+        mid = expanded_channels(in_channels, expand_ratio)
         self.conv_exp = create_conv2d(in_channels, mid, kernel_size, stride, padding=padding,
                                       input_size=input_size)
         self.bn1 = BatchNormAct2d(mid, act, **bn)

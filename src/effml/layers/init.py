@@ -37,3 +37,24 @@ def init_convs_(module: nn.Module, weight_init: Callable[[torch.Tensor, int], No
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def init_weights_tf(module: nn.Module) -> None:
+    """The EfficientNet initialisers of the TF reference (``efficientnet_model.conv_kernel_initializer``
+    / ``dense_kernel_initializer``): conv normal(0, sqrt(2 / fan_out)) with fan_out per group,
+    dense uniform(+-1/sqrt(out)), BN gamma 1 beta 0. Meta-device tensors (no values) are skipped."""
+    for m in module.modules():
+        if getattr(m, "weight", None) is not None and m.weight.is_meta:
+            continue  # shape-only model (FLOP counting, planning): initialising is a slow no-op
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.weight.shape[0])
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)

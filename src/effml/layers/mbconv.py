@@ -16,11 +16,7 @@ from effml.layers.conv import create_conv2d
 from effml.layers.drop_path import drop_path
 from effml.layers.norm import BatchNormAct2d
 from effml.layers.squeeze_excite import SqueezeExcite
-
-
-def se_reduced_channels(in_channels: int, se_ratio: float) -> int:
-    """SE bottleneck width from the block *input* channels (TF ``num_reduced_filters``)."""
-    return max(1, int(in_channels * se_ratio))
+from effml.spec.channels import expanded_channels, se_reduced_channels
 
 
 def _group_kernels(groups: int) -> list[int]:
@@ -82,7 +78,7 @@ class MBConv(_Residual):
     ) -> None:
         super().__init__()
         bn = dict(eps=bn_eps, momentum=bn_momentum)
-        mid = int(round(in_channels * expand_ratio))
+        mid = expanded_channels(in_channels, expand_ratio)
         self.conv_pw = create_conv2d(in_channels, mid, _group_kernels(exp_groups), padding=padding)
         self.bn1 = BatchNormAct2d(mid, act, **bn)
         self.conv_dw = create_conv2d(mid, mid, kernel_size, stride, depthwise=True,

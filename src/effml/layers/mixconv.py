@@ -6,13 +6,6 @@ import torch
 from torch import nn
 
 
-def split_channels(channels: int, groups: int) -> list[int]:
-    """Equal split with the remainder on the first group (TF ``custom_layers._split_channels``)."""
-    split = [channels // groups] * groups
-    split[0] += channels - sum(split)
-    return split
-
-
 class MixConv2d(nn.ModuleDict):
     """Split channels into groups, convolve each with its own kernel size, concatenate.
 

@@ -15,15 +15,7 @@ import torch
 from effml.layers.conv import create_conv2d
 from effml.layers.mbconv import _Residual
 from effml.layers.norm import BatchNormAct2d
-
-
-def scale_filters(filters: float, multiplier: float, base: int = 8) -> int:
-    """``filters * multiplier`` rounded half-up to a multiple of ``base``, at least ``base``.
-
-    The rounding of the MobileDet reference (``_scale_filters``): Tucker ranks, SE widths and
-    the backbone's width multiplier. Unlike ``round_filters`` it may round down by more than 10%.
-    """
-    return max(base, int(int(filters) * multiplier / base + 0.5) * base)
+from effml.spec.channels import scale_filters
 
 
 class TuckerConv(_Residual):

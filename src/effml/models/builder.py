@@ -1,63 +1,102 @@
-"""The one builder: a ``NetworkSpec`` becomes stem, stages of blocks and head, with feature taps."""
+"""The one builder: a ``NetworkSpec``'s layer plan becomes stem, stages of blocks and head.
+
+Every fact about a layer (widths, stride, input size, drop-path rate) comes from its ``LayerPlan``
+(spec/plan.py); this file only maps each block kind to its module, in one table.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-from effml.layers import (
-    DepthwiseSeparableConv, FusedMBConv, MBConv, TuckerConv, create_conv2d, drop_path_rates,
-)
-from effml.layers.padding import same_output_size
-from effml.spec import BlockSpec, NetworkSpec
+from effml.layers import DepthwiseSeparableConv, FusedMBConv, MBConv, TuckerConv, create_conv2d
+from effml.spec import NetworkSpec
+from effml.spec.plan import ConvPlan, FeatureInfo, LayerPlan, NetworkPlan, plan
+
+__all__ = [
+    "BLOCK_MODULES", "BlockModule", "FeatureInfo", "build_block", "build_blocks", "build_conv",
+    "build_stages", "build_stem",
+]
 
 
 @dataclass(frozen=True)
-class FeatureInfo:
-    """One feature tap: the stage it follows, its channels and its stride (reduction)."""
+class BlockModule:
+    """How one block kind becomes a module: its class, the constructor call from a ``LayerPlan``
+    (plus the network-wide keywords), and its (conv, BN) attribute pairs in forward order, which
+    ``effml.deploy.fuse_for_inference`` folds together."""
 
-    stage: int
-    channels: int
-    reduction: int
-
-
-def _next_size(size: tuple[int, int] | None, stride: int, padding: str) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if padding == "same":
-        return same_output_size(size[0], stride), same_output_size(size[1], stride)
-    return math.floor((size[0] - 1) / stride) + 1, math.floor((size[1] - 1) / stride) + 1
+    cls: type[nn.Module]
+    build: Callable[[LayerPlan, dict[str, Any]], nn.Module]
+    fuse_pairs: tuple[tuple[str, str], ...]
 
 
-def _make_block(
-    row: BlockSpec, in_ch: int, stride: int, spec: NetworkSpec, rate: float,
-    size: tuple[int, int] | None,
-) -> nn.Module:
+def _ds(layer: LayerPlan, common: dict[str, Any]) -> nn.Module:
+    return DepthwiseSeparableConv(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                  se_ratio=layer.block.se_ratio, proj_groups=layer.block.proj_groups,
+                                  **common)
+
+
+def _ir(layer: LayerPlan, common: dict[str, Any]) -> nn.Module:
+    b = layer.block
+    return MBConv(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                  expand_ratio=b.expand_ratio, se_ratio=b.se_ratio, exp_groups=b.exp_groups,
+                  proj_groups=b.proj_groups, **common)
+
+
+def _er(layer: LayerPlan, common: dict[str, Any]) -> nn.Module:
+    return FusedMBConv(layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.stride,
+                       expand_ratio=layer.block.expand_ratio, se_ratio=layer.block.se_ratio, **common)
+
+
+def _tucker(layer: LayerPlan, common: dict[str, Any]) -> nn.Module:
+    return TuckerConv(layer.in_channels, layer.out_channels, layer.kernel_size[0], layer.stride,
+                      input_compression=layer.block.input_compression,
+                      output_compression=layer.block.output_compression, **common)
+
+
+# The one table of block kinds on the module side, keyed as ``effml.spec.BLOCK_KINDS`` (whose
+# notation and field rules stay in spec/blocks.py: spec sits below layers). A new kind adds one row
+# here, one in ``BLOCK_KINDS`` and its widths in ``effml.spec.plan.RESOLVE``.
+BLOCK_MODULES: dict[str, BlockModule] = {
+    "ds": BlockModule(DepthwiseSeparableConv, _ds, (("conv_dw", "bn1"), ("conv_pw", "bn2"))),
+    "ir": BlockModule(MBConv, _ir, (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))),
+    "er": BlockModule(FusedMBConv, _er, (("conv_exp", "bn1"), ("conv_pwl", "bn2"))),
+    "tucker": BlockModule(TuckerConv, _tucker,
+                          (("conv_pw", "bn1"), ("conv_core", "bn2"), ("conv_pwl", "bn3"))),
+}
+
+
+def build_block(layer: LayerPlan, spec: NetworkSpec, *, static_size: bool = True) -> nn.Module:
+    """The module of one planned block; ``static_size`` lets TF 'SAME' convs precompute padding."""
     common = dict(
-        act=row.act or spec.act, skip=row.skip, drop_path_rate=rate, bn_eps=spec.bn_eps,
-        bn_momentum=spec.bn_momentum, padding=spec.padding, input_size=size,
+        act=layer.act, skip=layer.block.skip, drop_path_rate=layer.drop_path_rate, bn_eps=spec.bn_eps,
+        bn_momentum=spec.bn_momentum, padding=spec.padding,
+        input_size=layer.input_size if static_size else None,
     )
-    if row.kind == "tucker":
-        return TuckerConv(in_ch, row.out_channels, row.kernel_size[0], stride,
-                          input_compression=row.input_compression,
-                          output_compression=row.output_compression, **common)
-    if row.kind == "er":
-        return FusedMBConv(in_ch, row.out_channels, row.kernel_size[0], stride,
-                           expand_ratio=row.expand_ratio, se_ratio=row.se_ratio, **common)
-    if row.kind == "ds":
-        return DepthwiseSeparableConv(in_ch, row.out_channels, row.kernel_size, stride,
-                                      se_ratio=row.se_ratio, proj_groups=row.proj_groups, **common)
-    return MBConv(in_ch, row.out_channels, row.kernel_size, stride, expand_ratio=row.expand_ratio,
-                  se_ratio=row.se_ratio, exp_groups=row.exp_groups, proj_groups=row.proj_groups,
-                  **common)
+    return BLOCK_MODULES[layer.kind].build(layer, common)
+
+
+def build_blocks(net: NetworkPlan, *, static_size: bool = True) -> nn.Sequential:
+    """The stages of a plan: an ``nn.Sequential`` of ``nn.Sequential``s of blocks (timm's keys)."""
+    stages: list[list[nn.Module]] = [[] for _ in net.spec.stages]
+    for layer in net.layers:
+        stages[layer.stage].append(build_block(layer, net.spec, static_size=static_size))
+    return nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages))
+
+
+def build_conv(conv: ConvPlan, padding: str, *, static_size: bool = True) -> nn.Module:
+    """A planned conv (no bias) in the network's padding flavour."""
+    kernel = conv.kernel_size[0] if len(conv.kernel_size) == 1 else list(conv.kernel_size)
+    return create_conv2d(conv.in_channels, conv.out_channels, kernel, conv.stride, depthwise=conv.depthwise,
+                         padding=padding, input_size=conv.input_size if static_size else None)
 
 
 def build_stem(spec: NetworkSpec, input_size: tuple[int, int] | None) -> nn.Module:
     """The stride-2 3x3 stem conv (no bias; its BN follows separately as ``bn1``)."""
-    return create_conv2d(spec.in_channels, spec.stem_channels, 3, 2,
-                         padding=spec.padding, input_size=input_size)
+    return build_conv(plan(spec, input_size).stem, spec.padding, static_size=input_size is not None)
 
 
 def build_stages(
@@ -65,43 +104,7 @@ def build_stages(
 ) -> tuple[nn.Sequential, list[FeatureInfo]]:
     """Stages (an ``nn.Sequential`` of ``nn.Sequential``s) and the feature taps at each stride.
 
-    A tap follows the last stage before each stride change and the last stage (timm's
-    ``feature_info``), so index 0 is stride 2 and index 4 stride 32 for the zoo models.
+    Without ``input_size`` the TF 'SAME' convs pad for whatever size they are fed.
     """
-    rates = drop_path_rates(spec.drop_path, spec.num_blocks)
-    size = _next_size(input_size, 2, spec.padding)
-    reduction, in_ch, idx = 2, spec.stem_channels, 0
-    stages: list[nn.Sequential] = []
-    features: list[FeatureInfo] = []
-    for s, stage in enumerate(spec.stages):
-        blocks: list[nn.Module] = []
-        for row in stage:
-            for r in range(row.repeats):
-                stride = row.stride if r == 0 else 1
-                blocks.append(_make_block(row, in_ch, stride, spec, rates[idx], size))
-                size = _next_size(size, stride, spec.padding)
-                reduction *= stride
-                in_ch, idx = row.out_channels, idx + 1
-        stages.append(nn.Sequential(*blocks))
-        next_stride = spec.stages[s + 1][0].stride if s + 1 < len(spec.stages) else 2
-        if next_stride > 1:
-            features.append(FeatureInfo(stage=s, channels=in_ch, reduction=reduction))
-    return nn.Sequential(*stages), features
-
-
-def init_weights_tf(module: nn.Module) -> None:
-    """TF reference init: conv normal(0, sqrt(2 / fan_out)) with fan_out per group, dense
-    uniform(+-1/sqrt(out)), BN gamma 1 beta 0 (reference/classification.md section 1.4)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            bound = 1.0 / math.sqrt(m.weight.shape[0])
-            nn.init.uniform_(m.weight, -bound, bound)
-            nn.init.zeros_(m.bias)
+    net = plan(spec, input_size)
+    return build_blocks(net, static_size=input_size is not None), list(net.features)

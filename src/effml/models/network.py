@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from effml.errors import SpecError
-from effml.layers import BatchNormAct2d, create_conv2d
-from effml.models.builder import FeatureInfo, build_stages, build_stem, init_weights_tf
+from effml.layers import BatchNormAct2d
+from effml.layers.init import init_weights_tf
+from effml.models.builder import build_blocks, build_conv
 from effml.spec import NetworkSpec
+from effml.spec.plan import FeatureInfo, plan
 
 
 class EfficientNet(nn.Module):
@@ -23,12 +25,12 @@ class EfficientNet(nn.Module):
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
         self.spec = spec
-        size = (spec.resolution, spec.resolution)
-        self.conv_stem = build_stem(spec, size)
+        net = plan(spec)
+        self.conv_stem = build_conv(net.stem, spec.padding)
         self.bn1 = BatchNormAct2d(spec.stem_channels, spec.act, spec.bn_eps, spec.bn_momentum)
-        self.blocks, self.feature_info = build_stages(spec, size)
-        last = spec.blocks[-1].out_channels
-        self.conv_head = create_conv2d(last, spec.head_channels, 1, padding=spec.padding)
+        self.blocks = build_blocks(net)
+        self.feature_info = list(net.features)
+        self.conv_head = build_conv(net.head, spec.padding)
         self.bn2 = BatchNormAct2d(spec.head_channels, spec.act, spec.bn_eps, spec.bn_momentum)
         self.num_features = spec.head_channels
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -77,10 +79,11 @@ class EfficientNetFeatures(nn.Module):
     def __init__(self, spec: NetworkSpec, out_indices: Sequence[int] = (1, 2, 3, 4)) -> None:
         super().__init__()
         self.spec = spec
-        size = (spec.resolution, spec.resolution)
-        self.conv_stem = build_stem(spec, size)
+        net = plan(spec)
+        self.conv_stem = build_conv(net.stem, spec.padding)
         self.bn1 = BatchNormAct2d(spec.stem_channels, spec.act, spec.bn_eps, spec.bn_momentum)
-        self.blocks, taps = build_stages(spec, size)
+        self.blocks = build_blocks(net)
+        taps = net.features
         bad = [i for i in out_indices if not 0 <= i < len(taps)]
         if bad or not out_indices:
             raise SpecError(

@@ -82,9 +82,11 @@ def _unpickler_detail(err: Exception) -> str:
 def _torch_load(path: Path) -> object:
     """``torch.load`` restricted to tensors and plain containers, with errors that name the file."""
     try:
-        with warnings.catch_warnings():
+        # A file object, not the path: torch.load hands any path ending in .safetensors to the
+        # safetensors reader, whatever the file holds; the content decides here.
+        with warnings.catch_warnings(), path.open("rb") as f:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise WeightsError(
             f"refused to load {path}: it holds Python objects or code, not only tensors, and effml "
@@ -232,13 +234,25 @@ def _mismatch_message(
     lines.append("The model was left unchanged.")
     bad = missing + unexpected + [k for k, _, _ in mismatched]
     if all(k.startswith(_classifier_prefixes(model)) for k in bad):
-        lines.append("Only the classifier differs (another number of classes): pass "
-                     "drop_classifier=True (CLI: --drop-classifier) to keep this model's "
-                     "new classifier.")
+        classes = _checkpoint_classes(model, mismatched)
+        lines.append("Only the classifier differs (another number of classes): to use the "
+                     f"checkpoint's classes, build the model with num_classes={classes} "
+                     f"(effml predict/detect/export/bench: --num-classes {classes}); to fine-tune "
+                     "with a fresh classifier, pass drop_classifier=True (effml train: "
+                     "model.drop_classifier=true).")
     else:
         lines.append("Check that the model name matches the architecture the checkpoint was "
                      "trained with (e.g. efficientnet_b0 vs mixnet_s, b0 vs b1).")
     return "\n".join(lines)
+
+
+def _checkpoint_classes(model: nn.Module, mismatched: list[tuple[str, torch.Tensor, torch.Tensor]]) -> str:
+    """The checkpoint's class count, from its classifier bias (a detector's has one per anchor)."""
+    ours = getattr(model, "num_classes", 0)
+    for key, theirs, mine in mismatched:
+        if key.endswith("bias") and ours and mine.numel() and (theirs.numel() * ours) % mine.numel() == 0:
+            return str(theirs.numel() * ours // mine.numel())
+    return "N"
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

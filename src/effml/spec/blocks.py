@@ -8,18 +8,32 @@ from typing import Any
 from effml.errors import SpecError
 from effml.spec.composite import replace_fields
 
-# Block kinds, by the papers' names. The short codes are timm's / the TF reference's block notation.
-BLOCK_KINDS = {
-    "ds": "DepthwiseSeparable",  # MobileNet-V1 style dw -> [SE] -> pw (EfficientNet stage 1, e == 1)
-    "ir": "MBConv",  # inverted residual bottleneck (MnasNet / EfficientNet MBConv)
+
+@dataclass(frozen=True)
+class BlockKind:
+    """The spec-level rules of one block kind: its paper name and which fields it takes."""
+
+    name: str  # the paper's name, which is also the module class name
+    mixconv: bool = True  # several depthwise kernels (MixConv) and grouped 1x1s allowed
+    expansion: bool = True  # takes ``expand_ratio`` (the ``e`` token)
+    se: bool = True  # may carry a squeeze-excite
+    compression: bool = False  # takes the Tucker ranks' ``input/output_compression`` (``ri``/``ro``)
+
+
+# Block kinds, by the papers' names; the short codes are timm's / the TF reference's block notation.
+# Only the spec-level rules live here: the module each kind builds and its BN-fusion pairs are in
+# the one table of models/builder.py (``BLOCK_MODULES``), because layers sit above spec, and the
+# widths each kind resolves to are in spec/plan.py.
+BLOCK_KINDS: dict[str, BlockKind] = {
+    # MobileNet-V1 style dw -> [SE] -> pw (EfficientNet stage 1, e == 1)
+    "ds": BlockKind("DepthwiseSeparableConv"),
+    "ir": BlockKind("MBConv"),  # inverted residual bottleneck (MnasNet / EfficientNet MBConv)
     # MobileDets (Xiong et al., CVPR 2021) "fused IBN": a full kxk conv expands, [SE], 1x1 projects;
     # timm's EdgeResidual, written ``er`` in its notation (EfficientNet-EdgeTPU)
-    "er": "FusedMBConv",
+    "er": BlockKind("FusedMBConv", mixconv=False),
     # MobileDets "Tucker convolution": 1x1 compress -> full kxk -> 1x1 (generalised bottleneck)
-    "tucker": "TuckerConv",
+    "tucker": BlockKind("TuckerConv", mixconv=False, expansion=False, se=False, compression=True),
 }
-# Kinds built from one full (not depthwise) conv per kernel size: no MixConv, no grouped 1x1s.
-SINGLE_KERNEL_KINDS = ("er", "tucker")
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "sigmoid", "hard_sigmoid")
 PADDINGS = ("", "same")
 
@@ -73,19 +87,23 @@ class BlockSpec:
             (self.act is None or self.act in ACTIVATIONS, f"act must be one of {ACTIVATIONS}"),
             (self.input_compression > 0 and self.output_compression > 0, "compressions must be > 0"),
         ]
-        if self.kind in SINGLE_KERNEL_KINDS:
+        rules = BLOCK_KINDS[self.kind]
+        if not rules.mixconv:
             checks += [
                 (len(self.kernel_size) == 1, f"{self.kind!r} blocks take one kernel size (no MixConv)"),
                 (self.exp_groups == 1 and self.proj_groups == 1, f"{self.kind!r} blocks have no grouped 1x1s"),
             ]
-        if self.kind == "tucker":
-            checks += [
-                (self.expand_ratio == 1.0, "'tucker' blocks have no expansion (use the compressions)"),
-                (self.se_ratio == 0.0, "'tucker' blocks have no SE (MobileDets)"),
-            ]
-        else:
+        if not rules.expansion:
+            checks.append((self.expand_ratio == 1.0,
+                           f"{self.kind!r} blocks have no expansion"
+                           + (" (use the compressions)" if rules.compression else "")))
+        if not rules.se:
+            checks.append((self.se_ratio == 0.0, f"{self.kind!r} blocks have no SE"))
+        if not rules.compression:
             checks.append((self.input_compression == 0.25 and self.output_compression == 0.25,
-                           "input/output_compression apply to 'tucker' blocks only"))
+                           "input/output_compression apply to "
+                           + ", ".join(repr(k) for k, r in BLOCK_KINDS.items() if r.compression)
+                           + " blocks only"))
         for ok, message in checks:
             if not ok:
                 raise SpecError(f"invalid block {self}: {message}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from effml.errors import SpecError
-from effml.spec.blocks import BlockSpec
+from effml.spec.blocks import BLOCK_KINDS, BlockSpec
 
 _ACT_CODES = {"re": "relu", "r6": "relu6", "sw": "swish", "hs": "hard_swish"}
 _ACT_NAMES = {v: k for k, v in _ACT_CODES.items()}
@@ -86,10 +86,11 @@ def format_block(block: BlockSpec) -> str:
     if block.proj_groups > 1:
         parts.append("p" + ".".join(["1"] * block.proj_groups))
     parts.append(f"s{block.stride}")
-    if block.kind != "tucker":
+    rules = BLOCK_KINDS[block.kind]
+    if rules.expansion:
         parts.append(f"e{_fmt(block.expand_ratio)}")
     parts.append(f"c{block.out_channels}")
-    if block.kind == "tucker":
+    if rules.compression:
         parts += [f"ri{_fmt(block.input_compression)}", f"ro{_fmt(block.output_compression)}"]
     if block.se_ratio > 0:
         parts.append(f"se{_fmt(block.se_ratio)}")

@@ -62,6 +62,15 @@ class DataConfig:
     cutmix: float = 0.0  # cutmix alpha (0 = off)
     on_corrupt: Literal["skip", "error"] = "skip"  # an unreadable image: skip and count, or stop
     limit_train: int | None = None  # use only the first N training images (quick runs)
+    # held-out images are drawn by train.seed, excluded from training and read with the eval
+    # transform; the validation set stays untouched for the final report
+    holdout: float = 0.0  # fraction of the training images held out for search rewards (0 = off)
+
+    def __post_init__(self) -> None:
+        """Range checks of the fields above."""
+        if self.holdout < 0 or not self.holdout < 1:
+            raise ConfigError(f"data.holdout: {self.holdout} is not a fraction in [0, 1); "
+                              f"e.g. data.holdout=0.1 holds out 10% of the training images")
 
 
 @dataclass

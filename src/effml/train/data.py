@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from effml.data.coco import CocoDetection, collate_detection
 from effml.data.det_transforms import detection_eval_transform, detection_train_transform
 from effml.data.shapes import make_shapes_dataset
 from effml.data.datasets import (
-    AugmentedDataset, DigitsDataset, FolderDataset, collate_samples, eval_tensor_transform,
+    AugmentedDataset, DigitsDataset, FolderDataset, IndexSubset, collate_samples, eval_tensor_transform,
     train_transform,
 )
 from effml.errors import InputError
@@ -22,11 +23,14 @@ from effml.train.config import Config
 
 @dataclass
 class DataBundle:
-    """The two data sets and what the model needs to know about them."""
+    """The data sets and what the model needs to know about them."""
 
     train: AugmentedDataset
     val: AugmentedDataset
     classes: tuple[str, ...]
+    # data.holdout > 0: training images kept out of training and read with the eval transform,
+    # for search rewards (the validation set stays untouched for the final report)
+    holdout: AugmentedDataset | None = None
 
 
 DETECTION_DATASETS = ("shapes", "coco")
@@ -44,29 +48,56 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     val_tf = eval_tensor_transform(d.image_size, mean, std, preprocess.crop_pct, natural_images=natural)
     seed = cfg.train.seed
     if d.dataset == "digits":
-        train = DigitsDataset("train", d.image_size, train_tf, seed, limit=d.limit_train)
+        def train_split(tf: Callable) -> AugmentedDataset:
+            return DigitsDataset("train", d.image_size, tf, seed, limit=d.limit_train)
+
+        train = train_split(train_tf)
         val = DigitsDataset("val", d.image_size, val_tf, seed)
     else:
         if not d.root:
             raise InputError("data.dataset=folder needs data.root: a folder with train/ and val/ inside")
         root = Path(d.root)
-        train = FolderDataset(root / "train", train_tf, seed, d.on_corrupt, limit=d.limit_train)
+
+        def train_split(tf: Callable) -> AugmentedDataset:
+            return FolderDataset(root / "train", tf, seed, d.on_corrupt, limit=d.limit_train)
+
+        train = train_split(train_tf)
         val = FolderDataset(root / "val", val_tf, seed, d.on_corrupt)
-        if val.classes != train.classes:
-            raise InputError(f"{root}/val has classes {list(val.classes)[:5]}... but {root}/train has "
-                             f"{list(train.classes)[:5]}...; both need the same class folders")
-    return _bundle(train, val, d.batch_size)
+    if val.classes != train.classes:
+        raise InputError(f"{d.root}/val has classes {list(val.classes)[:5]}... but {d.root}/train has "
+                         f"{list(train.classes)[:5]}...; both need the same class folders")
+    holdout = None
+    if d.holdout:
+        keep, held = holdout_split(len(train), d.holdout, seed)
+        train, holdout = IndexSubset(train, keep), IndexSubset(train_split(val_tf), held)
+    return _bundle(train, val, d.batch_size, holdout)
 
 
-def _bundle(train: AugmentedDataset, val: AugmentedDataset, batch_size: int) -> DataBundle:
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) indices of a training set of ``n`` images: a ``fraction`` drawn at
+    random, fixed by ``seed``, each list in ascending order."""
+    count = round(n * fraction)
+    if not 0 < count < n:
+        raise InputError(f"data.holdout={fraction} of {n} training images leaves {count} held out and "
+                         f"{n - count} to train on; choose a fraction that keeps both non-empty")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[count:]), sorted(order[:count])
+
+
+def _bundle(train: AugmentedDataset, val: AugmentedDataset, batch_size: int,
+            holdout: AugmentedDataset | None = None) -> DataBundle:
     if len(train) < batch_size:
-        raise InputError(f"the training set has {len(train)} images, fewer than data.batch_size="
+        held = f" (after holding out {len(holdout)} for data.holdout)" if holdout is not None else ""
+        raise InputError(f"the training set has {len(train)} images{held}, fewer than data.batch_size="
                          f"{batch_size}; lower the batch size")
-    return DataBundle(train, val, train.classes)
+    return DataBundle(train, val, train.classes, holdout)
 
 
 def _detection_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     d, det = cfg.data, cfg.detect
+    if d.holdout:
+        raise InputError("data.holdout is not supported for detection data sets yet (COCO evaluation "
+                         "needs the held-out images' own annotation set); set data.holdout=0")
     fill = 0 if det.fill == "black" else "mean"
     train_tf = detection_train_transform(d.image_size, preprocess.mean, preprocess.std, det.scale_range,
                                          det.hflip, fill)

@@ -1,0 +1,349 @@
+"""The Trainer: one training run's model, optimizer, schedule, EMA, data and objective, stepped
+from outside.
+
+``engine.fit`` is the loop over a Trainer (run directory, logs, checkpoints, outputs); a search
+drives one directly: many short trials in one process, a pluggable step (``effml.train.step``),
+evaluation on a held-out part of the training set (``data.holdout``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from effml.errors import EffmlError
+from effml.spec.entry import Preprocess
+from effml.zoo import get_entry, load_spec, resolve_spec
+from effml.train import distributed
+from effml.train.checkpoint import load_checkpoint as read_checkpoint
+from effml.train.checkpoint import rng_state, set_rng_state
+from effml.train.checkpoint import save_checkpoint as write_checkpoint
+from effml.train.config import Config, config_to_dict
+from effml.train.data import build_datasets, epoch_indices, eval_loader, train_loader
+from effml.train.ema import create_ema
+from effml.train.objective import Batch, Objective, StepOutput
+from effml.train.optim import build_optimizer, build_scheduler
+from effml.train.step import FunctionalModel, StepFn, TrainingDiverged, default_step
+from effml.train.tasks import task_for
+
+Split = Literal["val", "holdout"]
+
+
+def model_spec(cfg: Config, num_classes: int, model: Any = None) -> tuple[Any, Preprocess]:
+    """The spec to train and its input normalisation: ``model`` (a zoo name, a spec JSON path, a
+    spec, or a module built from a spec) or else ``cfg.model.name``, with ``cfg.model`` overrides."""
+    m = cfg.model
+    source = m.name if model is None else model
+    default_preprocess = Preprocess(cfg.data.image_size, 0.875)
+    if isinstance(source, nn.Module):
+        spec = getattr(source, "spec", None)
+        if spec is None:
+            raise EffmlError(f"model= got a {type(source).__name__} without a .spec; give a zoo name, a "
+                             f"spec, or a module built from a spec (effml.create_model)")
+        # a built module keeps its own settings; only the recorded input size follows the data
+        return resolve_spec(spec, resolution=cfg.data.image_size), default_preprocess
+    if isinstance(source, str) and source.endswith(".json"):
+        spec, preprocess = load_spec(source), default_preprocess
+    elif isinstance(source, str):
+        entry = get_entry(source)
+        spec, preprocess = entry.spec(), entry.preprocess
+    else:
+        spec, preprocess = source, default_preprocess
+    spec = resolve_spec(spec, num_classes=num_classes, dropout=m.dropout, drop_path=m.drop_path,
+                        bn_momentum=m.bn_momentum, bn_eps=m.bn_eps, resolution=cfg.data.image_size)
+    return spec, preprocess
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every global RNG a run may draw from: torch (CPU and CUDA), Python, NumPy."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@contextmanager
+def preserved_global_state() -> Iterator[None]:
+    """Restore on exit what a run changes globally: the RNGs (torch, CUDA, Python, NumPy), torch's
+    intra-op thread count and its deterministic-algorithm flags."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng, np_rng = rng_state(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        set_rng_state(rng)
+        np.random.set_state(np_rng)
+
+
+def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class Trainer:
+    """A training run held in memory: build it from a config, then ``step()``, ``train_epoch()``,
+    ``evaluate()``; ``state_dict()`` is everything ``--resume`` restores.
+
+    ``model`` is a zoo name, a spec JSON path, a spec (e.g. a search sample) or a module built
+    from a spec (trained in place; ``cfg.model`` overrides other than ``weights`` do not apply
+    to it); default ``cfg.model.name``. ``step`` replaces the optimizer step (``StepFn``).
+    Constructing a Trainer seeds the global RNGs from ``cfg.train.seed`` and applies
+    ``train.threads`` / ``train.deterministic``; wrap it in ``preserved_global_state()`` (as
+    ``fit`` does) to leave no trace. Under torchrun, pass the ``ctx`` of
+    ``distributed.setup`` and call ``distributed.teardown()`` when done.
+    """
+
+    def __init__(self, cfg: Config, *, model: Any = None, objective: Objective | None = None,
+                 step: StepFn | None = None, ctx: distributed.DistContext | None = None) -> None:
+        if isinstance(model, str):
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name=model))
+            model = None
+        self.cfg = cfg
+        self.ctx = ctx or distributed.setup(cfg.train.device)
+        self.model_name = cfg.model.name if model is None else type(model).__name__
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg.train.seed)
+
+        self.bundle = build_datasets(cfg, model_spec(cfg, 1, model)[1])
+        self.num_classes = cfg.model.num_classes or len(self.bundle.classes)
+        self.spec, self.preprocess = model_spec(cfg, self.num_classes, model)
+        self.task = task_for(self.spec)
+        if isinstance(model, nn.Module):
+            have = getattr(self.spec, "num_classes", self.num_classes)
+            if have != self.num_classes:
+                raise EffmlError(f"the model given has {have} classes but the data has {self.num_classes}; "
+                                 f"build it with num_classes={self.num_classes} or set model.num_classes")
+            net = model
+        else:
+            net = self.task.build_model(self.spec)
+        if cfg.model.weights:
+            from effml.models.weights import load_weights
+
+            load_weights(net, cfg.model.weights, drop_classifier=cfg.model.drop_classifier)
+        if cfg.advprop.enabled:
+            from effml.layers.aux_bn import convert_to_advprop
+
+            net = convert_to_advprop(net)
+        net = net.to(self.device)
+        if cfg.train.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        self.model: nn.Module = net
+        self.ema = create_ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        self.net = distributed.wrap(self.model, self.ctx, cfg.train.sync_bn)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        seed, rank, world = cfg.train.seed, self.ctx.rank, self.ctx.world
+        self.steps_per_epoch = len(epoch_indices(self.bundle.train, 0, seed, rank, world)) // cfg.data.batch_size
+        self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, self.total_steps)
+        self.objective = objective or self.task.objective(cfg, self.net, self.spec, self.preprocess,
+                                                          len(self.bundle.train), self.device)
+        self.mixer = self.task.mixer(cfg, self.num_classes)
+        self.step_fn: StepFn = step or default_step
+        self.epoch, self.batch_in_epoch, self.global_step, self.skipped = 0, 0, 0, 0
+        self.last_batch_size = 0  # images in the last step's batch (after skipping unreadable ones)
+        self._batches: Iterator | None = None
+        self._eval_loaders: dict[str, DataLoader] = {}
+
+    # -- where the run stands ----------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device this process trains on."""
+        return self.ctx.device
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (first parameter group)."""
+        return self.scheduler.get_last_lr()[0]
+
+    @property
+    def finished(self) -> bool:
+        """True when the step budget or the last epoch is reached."""
+        return self.global_step >= self.total_steps or self.epoch >= self.cfg.train.epochs
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of model parameters."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    # -- training ------------------------------------------------------------------------------
+    def train_mode(self) -> None:
+        """Put the network in training mode (BatchNorms stay in eval mode under ``model.freeze_bn``)."""
+        _set_train_mode(self.net, self.cfg.model.freeze_bn)
+
+    def _epoch_batches(self) -> Iterator:
+        train, bs = self.bundle.train, self.cfg.data.batch_size
+        train.set_epoch(self.epoch)
+        indices = epoch_indices(train, self.epoch, self.cfg.train.seed, self.ctx.rank, self.ctx.world)
+        self.train_mode()
+        return iter(train_loader(train, indices[self.batch_in_epoch * bs:], bs, self.cfg.data.workers))
+
+    def _next_batch(self, cross_epochs: bool) -> Batch | None:
+        while True:
+            if self.batch_in_epoch >= self.steps_per_epoch:
+                if not cross_epochs:
+                    return None
+                self.end_epoch()
+                if self.finished:
+                    raise EffmlError(self._finished_message())
+            if self._batches is None:
+                self._batches = self._epoch_batches()
+            images, targets, idx, n_skipped = next(self._batches)
+            self.skipped += n_skipped
+            if len(images) == 0:  # every image of the batch was unreadable: its place is used up
+                self.batch_in_epoch += 1
+                continue
+            images = images.to(self.device, non_blocking=True)
+            targets = self.task.targets_to(targets, self.device)
+            if self.cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if self.mixer is not None:
+                images, targets = self.mixer(images, targets)
+            self.last_batch_size = len(images)
+            return Batch(images, targets, idx)
+
+    def _step(self, cross_epochs: bool) -> StepOutput | None:
+        try:
+            batch = self._next_batch(cross_epochs)
+            if batch is None:
+                return None
+            out = self.step_fn(self, batch)
+        except TrainingDiverged as e:
+            self._batches = None  # a retry starts again at this batch
+            raise TrainingDiverged(f"{e} at epoch {self.epoch + 1}, step {self.batch_in_epoch + 1} "
+                                   f"(global step {self.global_step + 1})") from None
+        except BaseException:
+            self._batches = None
+            raise
+        self.global_step += 1
+        self.batch_in_epoch += 1
+        return out
+
+    def _finished_message(self) -> str:
+        return (f"the run has finished ({self.global_step} steps, epoch {self.epoch} of "
+                f"{self.cfg.train.epochs}); raise train.epochs or train.max_steps to train further")
+
+    def step(self) -> StepOutput:
+        """One optimizer step (``self.step_fn``) on the next training batch; when an epoch runs
+        out of batches the next one starts."""
+        if self.finished:
+            raise EffmlError(self._finished_message())
+        out = self._step(cross_epochs=True)
+        if out is None:  # not reached: crossing into the next epoch finds a batch or raises
+            raise EffmlError(self._finished_message())
+        return out
+
+    def epoch_steps(self) -> Iterator[StepOutput]:
+        """Step through the rest of the current epoch (or up to the step budget), yielding each
+        step's output; ``end_epoch()`` then starts the next epoch."""
+        while not self.finished and self.batch_in_epoch < self.steps_per_epoch:
+            out = self._step(cross_epochs=False)
+            if out is None:
+                return
+            yield out
+
+    def end_epoch(self) -> bool:
+        """Start the next epoch if the current one has used all its batches; True if it did."""
+        if self.batch_in_epoch < self.steps_per_epoch:
+            return False
+        self.epoch, self.batch_in_epoch, self._batches = self.epoch + 1, 0, None
+        return True
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train to the end of the current epoch (or the step budget): mean loss and step count."""
+        losses = [out.loss.detach().float() for out in self.epoch_steps()]
+        self.end_epoch()
+        mean = torch.stack(losses).mean().item() if losses else float("nan")
+        return {"loss": mean, "steps": len(losses)}
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def dataset(self, split: Split) -> Any:
+        """The validation set, or the held-out part of the training set (``data.holdout``)."""
+        if split == "val":
+            return self.bundle.val
+        if split == "holdout":
+            if self.bundle.holdout is None:
+                raise EffmlError("no held-out split: set data.holdout to a fraction of the training set "
+                                 "(e.g. data.holdout=0.1)")
+            return self.bundle.holdout
+        raise EffmlError(f"split must be 'val' or 'holdout', got {split!r}")
+
+    def eval_batches(self, split: Split = "val") -> DataLoader:
+        """This process's shard of ``split`` in evaluation batches (the eval transform)."""
+        if split not in self._eval_loaders:
+            bs = self.cfg.data.eval_batch_size or self.cfg.data.batch_size
+            self._eval_loaders[split] = eval_loader(self.dataset(split), bs, self.cfg.data.workers,
+                                                    self.ctx.rank, self.ctx.world)
+        return self._eval_loaders[split]
+
+    def evaluate(self, split: Split = "val", *, ema: bool = False,
+                 weights: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """The task's metrics on ``split``, of the model, its EMA (``ema``), or the model with
+        substituted ``weights`` (e.g. ``effml.train.step.temporary_weights``)."""
+        if weights is not None:
+            model: nn.Module = FunctionalModel(self.model, weights)
+        elif ema:
+            if self.ema is None:
+                raise EffmlError("this run keeps no EMA (train.ema_decay is null)")
+            model = self.ema.module
+        else:
+            model = self.net
+        training = self.net.training
+        try:
+            return self.task.evaluate(self.cfg, model, self.eval_batches(split), self.device,
+                                      self.dataset(split))
+        finally:
+            if training:
+                self.train_mode()
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume restores: model, optimizer, schedule, EMA, RNGs, the position in
+        the epoch, the skipped-image count (and the config, for the record)."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "rng": rng_state(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step, "skipped": self.skipped, "config": config_to_dict(self.cfg),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where ``state`` (from ``state_dict``) left off; the RNGs included."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.global_step, self.skipped = state["global_step"], state["skipped"]
+        self._batches = None
+        set_rng_state(state["rng"])
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        """Write ``state_dict()`` atomically to ``path`` (by the main process; all processes wait)."""
+        if self.ctx.is_main:
+            write_checkpoint(Path(path), self.state_dict())
+        distributed.barrier()
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Continue from a checkpoint written by ``save_checkpoint``."""
+        self.load_state_dict(read_checkpoint(Path(path)))
