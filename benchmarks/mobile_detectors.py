@@ -1,7 +1,7 @@
 """effml SSDLite + MobileDet-CPU vs torchvision SSDLite + MobileNetV3-Large, both at 320 px, CPU.
 
 The MobileDets paper claims MobileDet-CPU runs at a latency comparable to MobileNetV3 + SSDLite
-(reference/detection.md 3.4: 113 vs 119 ms on a Pixel 1 CPU). Both networks have random weights
+(tensorflow/models tf1_detection_zoo.md: 113 vs 119 ms on a Pixel 1 CPU). Both networks have random weights
 (torchvision: ``ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)``, 91 classes;
 effml: ``ssdlite_mobiledet_cpu``, 90 classes). Timed: the *network* only -- the raw per-anchor
 class and box outputs, without input normalisation/resizing, anchor decoding or NMS

@@ -54,7 +54,7 @@ def advprop_steps(model: torch.nn.Module, objective: AdvPropObjective, steps: in
 
 
 def test_paper_attacker_schedule():
-    # reference/classification.md 2.3: n = eps + 1, except n = 1 at eps = 1
+    # AdvProp, arXiv 1911.09665, section 5.1: n = eps + 1, except n = 1 at eps = 1
     assert [paper_steps(e) for e in (1, 2, 3, 4)] == [1, 3, 4, 5]
     a = PGDAttacker()
     assert (a.epsilon, a.step_size, a.steps, a.targeted) == (1.0, 1.0, 1, True)

@@ -33,7 +33,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_automl_three_gt_two_detections_ap_two_thirds(backend):
-    # automl coco_metric_test.py (reference/detection.md section 6): 3 GT boxes over 3 classes,
+    # google/automl efficientdet/coco_metric_test.py: 3 GT boxes over 3 classes,
     # 2 perfect detections -> AP 2/3, per class 1, 1, 0. Non-contiguous ids check the label map.
     boxes = {2: [10, 10, 40, 20], 5: [50, 30, 30, 40], 9: [5, 50, 20, 25]}  # category id: xywh
     gt = {"images": [{"id": 5, "file_name": "a.png", "width": 100, "height": 80}],

@@ -1,5 +1,5 @@
 """EfficientDet fidelity: golden parameter counts, BiFPN topology, effdet outputs with the same
-weights, paper FLOPs (reference/detection.md 1.1-1.3, 1.8)."""
+weights, paper FLOPs (google/automl hparams_config.py, efficientdet_arch_test.py; arXiv 1911.09070 Table 2)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from effml.models.weights import load_weights
 
 effdet = pytest.importorskip("effdet")
 
-# google/automl efficientdet_arch_test.py golden counts (90 classes) = effdet's, reference 1.1.
+# google/automl efficientdet_arch_test.py golden counts (90 classes) = effdet's.
 GOLDEN_PARAMS = {
     "d0": 3_880_067, "d1": 6_625_898, "d2": 8_097_039, "d3": 12_032_296, "d4": 20_723_675,
     "d5": 33_653_315, "d6": 51_871_782, "d7": 51_871_782, "d7x": 77_147_166,
     "lite0": 3_243_470, "lite1": 4_248_318, "lite2": 5_252_334, "lite3": 8_350_862,
     "lite3x": 9_280_862, "lite4": 15_130_894,
 }
-# Paper / automl README FLOPs in billions (reference 1.8); the issue's bar is 3% for D0-D4.
+# Paper / automl README FLOPs in billions (arXiv 1911.09070 Table 2); the issue's bar is 3% for D0-D4.
 PAPER_GFLOPS = {"d0": 2.54, "d1": 6.10, "d2": 11.0, "d3": 24.9, "d4": 55.2}
 
 
@@ -55,7 +55,7 @@ def test_param_count_equals_golden_and_effdet(variant):
 
 @pytest.mark.parametrize("variant", ["d0", "d1", "d2", "d3"])
 def test_native_flavour_param_count_equals_effdet(variant):
-    # effdet's PyTorch-native configs drop the bias before BN (reference 1.1: 2,304 fewer for D0).
+    # effdet's PyTorch-native configs drop the bias before BN (effdet model_config.py: 2,304 fewer for D0).
     name = f"efficientdet_{variant}"
     with torch.device("meta"):
         assert count_params(create_model(name)) == count_params(_effdet(name, meta=True))
@@ -76,7 +76,7 @@ def test_macs_within_3_percent_of_paper(variant):
 
 
 def test_bifpn_nodes_match_reference_listing():
-    # reference 1.2: ids 5..12 for P3-P7
+    # google/automl tf2/fpn_configs.py: ids 5..12 for P3-P7
     expected = [(6, (3, 4)), (5, (2, 5)), (4, (1, 6)), (3, (0, 7)),
                 (4, (1, 7, 8)), (5, (2, 6, 9)), (6, (3, 5, 10)), (7, (4, 11))]
     assert [(n.level, n.inputs) for n in bifpn_nodes(3, 7)] == expected

@@ -19,7 +19,7 @@ from effml.layers import (
     (7, 3, 1, (1, 1)), (8, 5, 1, (2, 2)), (1, 3, 2, (1, 1)), (2, 3, 2, (0, 1)),
 ])
 def test_same_padding_matches_the_tf_formula(size, k, s, expected):
-    # reference/classification.md 1.6: stride 2 on even sizes pads (0, 1) for k3 and (1, 2) for k5
+    # timm get_same_padding: stride 2 on even sizes pads (0, 1) for k3 and (1, 2) for k5
     assert same_pad_1d(size, k, s) == expected
 
 
@@ -49,7 +49,7 @@ def test_same_convs_that_need_no_padding_logic_are_plain_convs():
 
 
 def test_tf_b0_has_exactly_the_reference_dynamic_convs():
-    # reference 1.6: conv_stem and the stride-2 depthwise convs of blocks 1, 2, 3 and 5
+    # timm tf_efficientnet_b0's Conv2dSame: conv_stem and the stride-2 depthwise convs of blocks 1, 2, 3 and 5
     model = effml.create_model("tf_efficientnet_b0")
     same = sorted(n for n, m in model.named_modules() if isinstance(m, Conv2dSame))
     assert same == ["blocks.1.0.conv_dw", "blocks.2.0.conv_dw", "blocks.3.0.conv_dw",
@@ -79,7 +79,7 @@ def test_channel_arithmetic_has_one_source_shared_with_the_layer_plan():
 
 
 def test_se_width_comes_from_the_block_input():
-    # reference 1.1: B0 stage 3 block 0, 16 in -> 96 mid -> SE 96 -> 4 -> 96
+    # tensorflow/tpu efficientnet_model.py MBConvBlock: B0 stage 3 block 0, 16 in -> 96 mid -> SE 96 -> 4 -> 96
     assert se_reduced_channels(16, 0.25) == 4
     block = effml.create_model("efficientnet_b0").blocks[1][0]
     assert block.se.conv_reduce.weight.shape == (4, 96, 1, 1)
@@ -87,7 +87,7 @@ def test_se_width_comes_from_the_block_input():
 
 
 def test_drop_path_schedule_is_linear_in_block_index():
-    # reference 1.5: B0 with 0.2 -> [0, .0125, ..., .1875]
+    # tensorflow/tpu efficientnet_model.py Model.call: B0 with 0.2 -> [0, .0125, ..., .1875]
     rates = drop_path_rates(0.2, 16)
     assert rates[0] == 0 and rates[1] == pytest.approx(0.0125) and rates[-1] == pytest.approx(0.1875)
     model = effml.create_model("efficientnet_b0", drop_path=0.2)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------- the reference tables
 
-# reference/detection.md 3.2, copied as written there (filters before multiplier, k3 unless k5,
+# tensorflow/models ssd_mobiledet_feature_extractor.py, transcribed (filters before multiplier, k3 unless k5,
 # `r` residual, `nr` none, `xN` repeated rows); parsed below independently of mobiledet.py.
 REFERENCE_TABLES = {
     "cpu": (16, """
@@ -100,7 +100,7 @@ def _reference_layers(text: str) -> list[list[tuple]]:
 
 
 def _round8(c: float) -> int:
-    return max(8, int(c / 8 + 0.5) * 8)  # reference 3.1 rounding
+    return max(8, int(c / 8 + 0.5) * 8)  # TF _scale_filters rounding
 
 
 def _built_layers(block: nn.Module) -> tuple:
@@ -142,7 +142,7 @@ def test_backbone_reproduces_the_reference_table(variant):
     built = [[_built_layers(b) for b in stage] for stage in net.blocks]
     assert built == expected
     assert net.strides == [2, 4, 8, 16, 32]  # one stage per endpoint C1..C5
-    # CPU: h-swish and SE on every IBN, SE width round8(expanded channels * 0.25) (reference 3.1);
+    # CPU: h-swish and SE on every IBN, SE width round8(expanded channels * 0.25) (TF ssd_mobiledet_feature_extractor);
     # the others: ReLU6, no SE.
     for block in (b for stage in net.blocks for b in stage):
         se, act = _se_and_act(block)
@@ -193,7 +193,7 @@ def test_ssdlite_forward_shapes_match_the_anchors():
 
 def test_ssd_anchor_count_and_values_at_320():
     # 3 anchors on the 20x20 C4 map (reduce_boxes_in_lowest_layer), 6 (5 ratios + the interpolated
-    # scale) on 10x10, 5x5, 3x3, 2x2, 1x1: 1200 + 600 + 150 + 54 + 24 + 6 = 2034 (reference 3.3).
+    # scale) on 10x10, 5x5, 3x3, 2x2, 1x1: 1200 + 600 + 150 + 54 + 24 + 6 = 2034 (TF OD API create_ssd_anchors).
     spec = SSDAnchorSpec()
     assert spec.num_anchors() == [3, 6, 6, 6, 6, 6]
     assert 20 * 20 * 3 + (100 + 25 + 9 + 4 + 1) * 6 == 2034
@@ -236,7 +236,7 @@ def test_bad_ssd_specs_are_clear_errors():
 
 # ---------------------------------------------------------------- golden counts
 
-# reference/detection.md 3.4: (params M, MulAdds B) of the SSDLite MobileDets at 320 px.
+# ssdlite_mobiledet_*_320x320_coco_sync_4x4.config headers: (params M, MulAdds B) of the SSDLite MobileDets at 320 px.
 REFERENCE_COUNTS = {"cpu": (4.21, 0.45), "edgetpu": (4.20, 1.53), "dsp": (7.16, 2.82), "gpu": (13.11, 5.07)}
 # Measured here (90 classes, trainable parameters; MACs of convs by torch's flop counter):
 #   cpu      4,157,030 params (-1.3%)    443,957,440 MACs (-1.3%)

@@ -1,4 +1,4 @@
-"""Parameter counts and MACs against the papers' tables (reference/classification.md 2.1, 2.2).
+"""Parameter counts and MACs against the papers' tables (EfficientNet arXiv 1905.11946 Table 2; MixConv arXiv 1907.09595).
 
 The papers round and count slightly differently from torch.utils.flop_counter (convs and
 matmuls only), so each model's measured gap is written down: a regression moves it.

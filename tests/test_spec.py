@@ -92,14 +92,14 @@ def test_spec_json_rejects_unknown_and_missing_keys():
 
 
 def test_round_filters_matches_the_tf_rule():
-    # reference/classification.md 1.3; values as in the structure table (B2 stem 32, B3 stem 40, ...)
+    # tensorflow/tpu round_filters; values as in REFERENCE_STAGES below (B2 stem 32, B3 stem 40, ...)
     assert [round_filters(32, w) for w in (1.0, 1.1, 1.2, 1.4, 1.6, 1.8, 2.0, 2.2, 4.3)] == \
         [32, 32, 40, 48, 48, 56, 64, 72, 136]
     assert round_filters(1280, 1.1) == 1408 and round_filters(16, 1.1) == 16
     assert [round_repeats(3, d) for d in (1.0, 1.1, 1.8, 3.1)] == [3, 4, 6, 10]
 
 
-# reference/classification.md section 1.2, "Resulting structure": stem, head, stages n x c.
+# timm tf_efficientnet_b1..l2 as built (_gen_efficientnet): stem, head, stages n x c.
 REFERENCE_STAGES = {
     "b1": (32, 1280, "2x16 3x24 3x40 4x80 4x112 5x192 2x320"),
     "b2": (32, 1408, "2x16 3x24 3x48 4x88 4x120 5x208 2x352"),

@@ -2,8 +2,8 @@
 against the reference table, bad specs, JSON, the classification variant, and learning.
 
 Sizes (models built on the meta device; MACs = torch FlopCounterMode flops / 2, convs and matmuls,
-at each model's input size; 90 classes) against tensorflow/tpu MODEL_ZOO.md (reference/
-detection.md 2.3), whose "FLOPs" are multiply-adds (R50-FPN's 97.0B at 640 is its MAC count):
+at each model's input size; 90 classes) against tensorflow/tpu
+models/official/detection/MODEL_ZOO.md, whose "FLOPs" are multiply-adds (R50-FPN's 97.0B at 640 is its MAC count):
 
   model                   params (ours / table / gap)    MACs (ours / table / gap)
   SpineNet-49S  @640      11.256M / 11.9M  / -5.4%        30.69B / 33.8B  / -9.2%   (see below)
@@ -31,7 +31,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import effml.detection.retinanet  # noqa: F401  (registers the RetinaNet-SpineNet zoo)
 from effml.detection.retinanet import RetinaNet, RetinaNetSpec, retinanet_spec
 from effml.zoo import spec_from_dict, spec_to_dict
 from effml.models.spinenet import (
@@ -44,7 +43,7 @@ from effml.models.spinenet_classifier import SpineNetClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# reference/detection.md 2.1, typed from the reference (not imported from effml): block id ->
+# tensorflow/models spinenet.py, typed from the reference (not imported from effml): block id ->
 # (level, block kind, parents, is_output); ids 0-1 are the stem's L2 bottlenecks.
 SPINENET49 = {
     2: (2, "bottleneck", (0, 1), False), 3: (4, "residual", (0, 1), False),
@@ -56,7 +55,7 @@ SPINENET49 = {
     14: (5, "bottleneck", (7, 12), True), 15: (7, "bottleneck", (5, 14), True),
     16: (6, "bottleneck", (12, 14), True), 17: (2, "bottleneck", (2, 13), True),
 }
-# reference/detection.md 2.2: the mobile rows (all mbconv); ids 0-1 are the stem's L1, L2 blocks.
+# tensorflow/models spinenet_mobile.py: the mobile rows (all mbconv); ids 0-1 are the stem's L1, L2 blocks.
 MOBILE49 = dict(zip(range(2, 18), [
     (2, (0, 1)), (2, (1, 2)), (4, (1, 2)), (3, (3, 4)), (4, (3, 5)), (6, (4, 6)), (4, (4, 6)), (5, (7, 8)),
     (7, (7, 9)), (5, (9, 10)), (5, (9, 11)), (4, (6, 11)), (3, (5, 11)), (5, (8, 13)), (7, (6, 15)),

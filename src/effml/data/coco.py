@@ -103,7 +103,7 @@ class CocoDetection(AugmentedDataset):
         self._images = [images[i] for i in ids]
         self._annotations = [anns_of[i] for i in ids]
         # Training targets: non-crowd boxes only (crowd regions are "ignore" in COCO, and
-        # reference 1.4 masks them out of the loss; they stay in ``coco_gt`` for evaluation).
+        # automl's / effdet's ``anchors.py`` mask them out of the loss; they stay in ``coco_gt`` for evaluation).
         self._boxes, self._labels = [], []
         for anns in self._annotations:
             kept = [a for a in anns if not a["iscrowd"]]

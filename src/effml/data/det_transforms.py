@@ -85,7 +85,7 @@ class DetectionTransform:
         bb = tv_tensors.BoundingBoxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * scale,
                                       format="XYXY", canvas_size=(nh, nw))
         top = left = 0
-        if self.random_crop:  # automl/effdet: a random window of the jittered image (reference 1.7)
+        if self.random_crop:  # automl/effdet: a random window of the jittered image (effdet ``RandomResizePad``)
             top = int(torch.randint(0, max(nh - size, 0) + 1, ()))
             left = int(torch.randint(0, max(nw - size, 0) + 1, ()))
         ch, cw = min(size, nh - top), min(size, nw - left)
@@ -109,7 +109,7 @@ class DetectionTransform:
 
 def detection_eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
                              fill: Fill = 0) -> DetectionTransform:
-    """Letterbox: resize the long side to ``image_size`` keeping aspect, pad bottom/right (reference 1.7)."""
+    """Letterbox: resize the long side to ``image_size`` keeping aspect, pad bottom/right (effdet ``ResizePad``)."""
     return DetectionTransform(image_size, mean, std, fill=fill)
 
 
@@ -118,7 +118,7 @@ def detection_train_transform(image_size: int, mean: Sequence[float], std: Seque
                               fill: Fill = 0) -> DetectionTransform:
     """Random scale jitter (long side = ``image_size * U(scale_range)``), random ``image_size``
     square crop (padded bottom/right when smaller), horizontal flip; the effdet/automl recipe
-    (reference/detection.md section 1.7)."""
+    (google/automl ``hparams_config.py``; effdet ``data/transforms.py``)."""
     return DetectionTransform(image_size, mean, std, scale_range=scale_range, hflip=hflip,
                               random_crop=True, fill=fill)
 
@@ -126,7 +126,7 @@ def detection_train_transform(image_size: int, mean: Sequence[float], std: Seque
 def _fill_value(fill: Fill, mean: Sequence[float]) -> list[int]:
     # Padding happens on uint8 pixels before normalising. automl pads its normalised image with
     # 0 (the mean colour); effdet fills (0, 0, 0) by default and its author trained with
-    # ``--fill-color mean`` (reference 1.7): "mean" gives that.
+    # ``--fill-color mean`` (effdet README): "mean" gives that.
     if isinstance(fill, str):
         if fill != "mean":
             raise InputError(f"fill must be a pixel value 0..255, three of them, or 'mean'; got {fill!r}")

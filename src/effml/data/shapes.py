@@ -1,6 +1,6 @@
 """The embedded synthetic detection data set: filled shapes on textured backgrounds, generated
-deterministically from a seed and written as a COCO folder (the "shapes" set of reference/
-detection.md section 6: small enough to train a small EfficientDet on a CPU in minutes)."""
+deterministically from a seed and written as a COCO folder (a "shapes" set like the toy one of
+zylo117/Yet-Another-EfficientDet-Pytorch#381: small enough to train a small EfficientDet on a CPU in minutes)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from effml.errors import InputError
 
 # (COCO category id, name). The ids are deliberately not 0..K-1 so that every user of the data
-# set exercises the id -> contiguous label mapping (the off-by-one trap of reference section 5).
+# set exercises the id -> contiguous label mapping (the off-by-one trap of google/automl#398).
 SHAPE_CATEGORIES = ((1, "circle"), (3, "square"), (7, "triangle"), (12, "star"))
 FORMAT_VERSION = 1  # bump when the generator's output changes: cached folders are then rebuilt
 MARKER = ".effml-shapes.json"

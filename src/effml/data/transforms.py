@@ -23,7 +23,7 @@ _INTERPOLATION = {
 def eval_transform(preprocess: Preprocess, input_size: int | None = None) -> v2.Compose:
     """PIL image -> normalised CHW float tensor: resize shorter side to size/crop_pct, center crop.
 
-    This is the TF/timm eval pipeline (reference/classification.md section 1.7); ``input_size``
+    This is the TF/timm eval pipeline (tensorflow/tpu efficientnet ``preprocessing.py``); ``input_size``
     overrides the size the weights were evaluated at, keeping their crop fraction.
     """
     size = input_size or preprocess.input_size

@@ -3,7 +3,7 @@
 Why the torch.export ("dynamo") exporter: since PyTorch 2.9 it is the default and the TorchScript
 exporter is deprecated. It traces TF 'SAME' padding (``Conv2dSame``) at the exported spatial size
 and keeps only the batch dimension symbolic, so the graph holds constant ``Pad`` sizes
-(reference/classification.md section 5: dynamic padding broke earlier exports).
+(huggingface/pytorch-image-models#646: dynamic padding broke earlier exports).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An ``AnchorSpec`` describes the anchor grid; ``generate_anchors(spec, image_size)`` turns it into
 one ``[N, 4]`` xyxy tensor in input-image pixels, levels P<min> first, and inside a level ordered
 (row, column, octave scale, aspect ratio) -- the order the heads' ``[A, C]`` channel layout
-flattens into (reference/detection.md 1.3-1.4). The generator is pure; callers cache its result.
+flattens into (google/automl ``tf2/anchors.py``; effdet ``anchors.py``). The generator is pure; callers cache its result.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ AspectRatio = float | tuple[float, float]
 class AnchorSpec:
     """Anchor grid of a feature pyramid: levels, octave scales per octave, aspect ratios, base scale.
 
-    Defaults are EfficientDet D0-D6's (reference/detection.md 1.1): P3-P7, 3 scales, ratios
+    Defaults are EfficientDet D0-D6's (google/automl ``hparams_config.py``): P3-P7, 3 scales, ratios
     1, 2, 0.5, anchor_scale 4 -> 9 anchors per location. ``anchor_scale`` may also be a tuple with
     one value per level (automl allows it; see google/automl#524).
     """
@@ -100,7 +100,7 @@ def _check_image_size(image_size: tuple[int, int]) -> tuple[int, int]:
 def feature_sizes(spec: AnchorSpec, image_size: tuple[int, int]) -> list[tuple[int, int]]:
     """(h, w) per level min_level..max_level: each level halves the previous one, rounding up."""
     # (s - 1) // 2 + 1 = ceil(s / 2), repeated from the input size: automl utils.get_feat_sizes,
-    # the size a stride-2 'SAME' conv/pool chain produces (reference/detection.md 1.2).
+    # the size a stride-2 'SAME' conv/pool chain produces (google/automl efficientdet/utils.py).
     h, w = _check_image_size(image_size)
     sizes = []
     for level in range(1, spec.max_level + 1):
@@ -138,7 +138,7 @@ def generate_anchors(spec: AnchorSpec, image_size: tuple[int, int]) -> torch.Ten
     levels = []
     for level, (feat_h, feat_w) in zip(range(spec.min_level, spec.max_level + 1), feature_sizes(spec, image_size)):
         # The stride is image / feature size, not 2**level: they differ when the input is not a
-        # multiple of 2**max_level, and the reference uses the ratio (reference/detection.md 1.4).
+        # multiple of 2**max_level, and the reference uses the ratio (automl tf2/anchors.py).
         # Float64 then float32, as the reference builds anchors in numpy and casts once.
         stride_y, stride_x = image_h / feat_h, image_w / feat_w
         cy = stride_y / 2 + torch.arange(feat_h, dtype=torch.float64) * stride_y

@@ -1,5 +1,5 @@
 """BiFPN (Tan et al., EfficientDet, CVPR 2020, section 3): repeated cells of weighted fusion
-nodes whose wiring is data (``BiFPNSpec.nodes``, reference/detection.md 1.2).
+nodes whose wiring is data (``BiFPNSpec.nodes``, google/automl ``tf2/fpn_configs.py``).
 
 Module and parameter names follow effdet (``resample``, ``cell.<i>.fnode.<j>.combine`` /
 ``after_combine``) so its checkpoints load without a key map.
@@ -31,7 +31,7 @@ class ResampleFeatureMap(nn.Sequential):
                                                 bias=redundant_bias, bn_eps=bn_eps, bn_momentum=bn_momentum))
         if out_level > in_level:
             stride = 2 ** (out_level - in_level)
-            # TF: kernel stride+1, 'SAME' padding (reference 1.2 step 1)
+            # TF: kernel stride+1, 'SAME' padding (automl ResampleFeatureMap)
             self.add_module("downsample", create_max_pool2d(stride + 1, stride, padding))
         self.upsample = out_level < in_level
 
@@ -73,7 +73,7 @@ class FeatureFusion(nn.Module):
 
 
 class FusionNode(nn.Module):
-    """One BiFPN node: fuse, then act -> separable 3x3 conv -> BN (activation first, reference 1.2)."""
+    """One BiFPN node: fuse, then act -> separable 3x3 conv -> BN (activation first, automl ``OpAfterCombine``)."""
 
     def __init__(self, combine: FeatureFusion, after_combine: nn.Module) -> None:
         super().__init__()
@@ -131,7 +131,7 @@ class BiFPN(nn.Module):
                            bn_momentum=bn_momentum)
         channels = list(in_channels)
         # Extra levels: P6 = 1x1 conv + BN + max-pool of the last tap; P7 = max-pool of P6
-        # (reference 1.2 "Extra levels"). Keys are the level's index, as effdet's.
+        # (automl efficientdet_keras.py EfficientDetNet). Keys are the level's index, as effdet's.
         self.resample = nn.ModuleDict()
         for idx in range(len(channels), spec.num_levels):
             level = spec.min_level + idx

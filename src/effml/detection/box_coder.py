@@ -1,7 +1,7 @@
 """Faster R-CNN box coder: xyxy boxes <-> ``[ty, tx, th, tw]`` deltas relative to anchors.
 
 Boxes and anchors are xyxy (torchvision); the deltas keep the reference's yx order so that box
-heads trained by google/automl and effdet load unchanged (reference/detection.md 1.4).
+heads trained by google/automl and effdet load unchanged (automl ``faster_rcnn_box_coder.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class BoxCoder:
     """Encodes boxes as anchor-relative deltas ``[ty, tx, th, tw]`` and decodes them back.
 
     ``scale_factors=None`` is EfficientDet's unscaled coder; ``(10, 10, 5, 5)`` is the SSD /
-    TF Object Detection API one (reference/detection.md 1.4, 3.3). ``eps`` floors box and anchor
+    TF Object Detection API one (``ssdlite_mobiledet_*`` configs). ``eps`` floors box and anchor
     sizes before the division and log, as automl's ``faster_rcnn_box_coder`` does.
     """
 
@@ -59,7 +59,7 @@ class BoxCoder:
         ty, tx, th, tw = deltas.unbind(-1)
         yca, xca, ha, wa = _centers_sizes(anchors)
         # No clamp on th/tw: the reference exponentiates the raw outputs, and parity with its
-        # detections matters more than guarding an untrained head (reference/detection.md 1.4).
+        # detections matters more than guarding an untrained head (automl ``faster_rcnn_box_coder.py``).
         h, w = torch.exp(th) * ha, torch.exp(tw) * wa
         yc, xc = ty * ha + yca, tx * wa + xca
         return torch.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], dim=-1)

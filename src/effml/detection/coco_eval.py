@@ -65,7 +65,7 @@ def evaluate_detections(coco_gt: dict | str | Path, detections: Iterable[Detecti
     metrics = {name: _fraction(v) for name, v in zip(METRIC_NAMES, evaluator.stats[:12])}
     if per_class:
         # precision is [IoU, recall, class, area, maxDets]; area 'all', maxDets 100, as automl's
-        # per-class ``AP_/name`` (reference/detection.md section 6).
+        # per-class ``AP_/name`` (google/automl efficientdet/coco_metric.py).
         precision = np.asarray(evaluator.eval["precision"])
         names = {c["id"]: str(c.get("name", c["id"])) for c in gt["categories"]}
         for k, cid in enumerate(evaluator.params.catIds):

@@ -21,7 +21,7 @@ class Detector(nn.Module):
     anchors from ``spec.anchors`` (an ``AnchorSpec``; SSD-style detectors override ``anchors``)."""
 
     classifier_prefixes = ("class_net.predict.",)  # what drop_classifier / reset_head replace
-    box_coder = BoxCoder()  # Faster R-CNN coder without scale factors (reference 1.4)
+    box_coder = BoxCoder()  # Faster R-CNN coder without scale factors (automl faster_rcnn_box_coder.py)
     spec: Any
     class_net: nn.Module
 

@@ -39,11 +39,11 @@ class Variant(NamedTuple):
     drop_path: float
 
 
-# reference/detection.md 1.1 (google/automl hparams_config.py efficientdet_model_param_dict;
+# Variant table: google/automl hparams_config.py (efficientdet_model_param_dict;
 # effdet config/model_config.py). The paper's scaling rules (W = 64 * 1.35**phi, ...) are only
 # approximate; the code's table is what the checkpoints were trained with. D6 and up use plain
 # sum fusion "for stability"; D7 is D6 at 1536 px with anchor scale 5; D7x adds P8.
-# Backbone drop path: automl disables it for D0, 0.2 elsewhere (reference 1.7).
+# Backbone drop path: automl disables it for D0, 0.2 elsewhere (google/automl#690).
 EFFICIENTDET_VARIANTS: dict[str, Variant] = {
     "d0": Variant(512, "b0", 64, 3, 3, 4.0, 7, "fastattn", 0.0),
     "d1": Variant(640, "b1", 88, 4, 3, 4.0, 7, "fastattn", 0.2),

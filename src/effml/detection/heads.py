@@ -1,4 +1,4 @@
-"""EfficientDet's class and box heads (reference/detection.md 1.3): separable convs shared by
+"""EfficientDet's class and box heads (google/automl ``efficientdet_keras.py``): separable convs shared by
 every pyramid level, one BN per level per repeat, then a prediction conv whose output is
 anchor-major (``[A, K]`` per location)."""
 
@@ -13,7 +13,7 @@ from effml.layers.init import glorot_uniform_, init_convs_, variance_scaling_
 from effml.layers.norm import BatchNormAct2d
 from effml.layers.separable import ConvNormAct, SeparableConv2d
 
-PRIOR_PROBABILITY = 0.01  # class bias -log((1 - pi) / pi) = -4.595 (RetinaNet, reference 1.3)
+PRIOR_PROBABILITY = 0.01  # class bias -log((1 - pi) / pi) = -4.595 (RetinaNet, arXiv 1708.02002 sec. 4.1)
 
 
 class LevelNorm(nn.Module):

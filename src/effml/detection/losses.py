@@ -1,7 +1,8 @@
 """Detection losses: sigmoid focal loss for classes, Huber for box deltas, normalised by positives.
 
-Defaults are EfficientDet's (reference/detection.md 1.5); SSDLite's (alpha 0.75, gamma 2,
-smooth-L1 = Huber with delta 1, box weight 1; 3.3) are the same loss with other constructor args.
+Defaults are EfficientDet's (google/automl ``tf2/train_lib.py``); SSDLite's (alpha 0.75, gamma 2,
+smooth-L1 = Huber with delta 1, box weight 1; TF ``ssdlite_mobiledet_*`` configs) are the same
+loss with other constructor args.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from effml.errors import SpecError
 def flatten_outputs(outputs: list[torch.Tensor], channels_per_anchor: int) -> torch.Tensor:
     """Per-level head maps ``[B, A*K, H, W]`` (P<min> first) -> ``[B, N, K]`` in anchor order."""
     # Channels are anchor-major ([A, K] per location), so NHWC then a reshape lines up with
-    # generate_anchors' (row, column, anchor) order (reference/detection.md 1.3).
+    # generate_anchors' (row, column, anchor) order (automl ``ClassNet``, effdet ``HeadNet``).
     batch = outputs[0].shape[0]
     return torch.cat([o.permute(0, 2, 3, 1).reshape(batch, -1, channels_per_anchor) for o in outputs], dim=1)
 
@@ -32,7 +33,7 @@ def sigmoid_focal_loss(
     targets = targets_onehot.to(logits.dtype)
     prob = logits.sigmoid()
     # alpha_t and the modulator use the hard target; smoothing only softens the BCE target, so
-    # the modulator cannot blow up the loss (reference/detection.md 1.5, automl train_lib).
+    # the modulator cannot blow up the loss (automl tf2/train_lib.py FocalLoss).
     p_t = targets * prob + (1 - targets) * (1 - prob)
     alpha_t = targets * alpha + (1 - targets) * (1 - alpha)
     modulator = (1 - p_t) ** gamma

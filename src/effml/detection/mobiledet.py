@@ -1,7 +1,7 @@
 """MobileDets (Xiong et al., "MobileDets: Searching for Object Detection Architectures for Mobile
 Accelerators", CVPR 2021): the four searched backbones as literal layer tables.
 
-Tables: reference/detection.md 3.2, from tensorflow/models
+Tables: from tensorflow/models
 ``research/object_detection/models/ssd_mobiledet_feature_extractor.py`` (``mobiledet_*_backbone``).
 Each table becomes a ``NetworkSpec`` built by the one builder: IBN is ``ir`` (MBConv),
 IBN without expansion ``ds``, fused IBN ``er`` (FusedMBConv), Tucker ``tucker`` (TuckerConv).

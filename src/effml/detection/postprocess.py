@@ -1,6 +1,6 @@
 """Detections from raw head outputs: top-k (anchor, class) pairs, decode, clip, NMS, keep the best.
 
-Follows reference/detection.md 1.6: effdet's hard class-aware NMS by default, or automl's
+Follows effdet ``bench.py`` / automl ``tf2/postprocess.py``: effdet's hard class-aware NMS by default, or automl's
 per-class gaussian soft-NMS (the COCO-eval setting) with ``soft_nms_sigma``.
 """
 

@@ -2,7 +2,7 @@
 
 The network stays pure (per-level raw outputs, what ONNX export takes); this wrapper adds what
 effdet's ``DetBenchPredict`` adds: anchors for the input size (cached), decoding, clipping,
-class-aware NMS and the detection cap (reference/detection.md 1.6).
+class-aware NMS and the detection cap (effdet ``bench.py``, ``anchors.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RetinaNet (Lin et al., ICCV 2017) on SpineNet backbones, as the SpineNet paper trains it:
 the backbone's P3-P7 endpoints go straight to the heads (decoder 'identity', no FPN).
 
-Heads (reference/detection.md 2.1 table): ``head_convs`` 3x3 convs shared by every level with a
+Heads (tensorflow/tpu ``configs/spinenet/*.yaml``): ``head_convs`` 3x3 convs shared by every level with a
 BN per level, then a prediction conv, for classes and for boxes; 4 x 256 (49S: 4 x 128, 190:
 7 x 512); SpineNet-Mobile: separable convs of 48/40/24 filters. Anchors: 3 octave scales, ratios
 0.5/1/2, anchor size 3 (49S, 49, 96, mobile) or 4 (143, 190) as the configs set it. Activation
@@ -31,7 +31,7 @@ from effml.models.spinenet import SpineNet, SpineNetSpec, spinenet_mobile_spec, 
 from effml.spec import ComposedSpec
 from effml.spec.entry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, Preprocess
 
-RETINANET_ASPECT_RATIOS = (0.5, 1.0, 2.0)  # TF RetinaNet anchor order (reference 2.1)
+RETINANET_ASPECT_RATIOS = (0.5, 1.0, 2.0)  # TF RetinaNet anchor order (tensorflow/models configs/retinanet.py)
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,10 @@ class Variant(NamedTuple):
     anchor_size: float
 
 
-# Input size and head from reference 2.1 / 2.2 and the configs they cite: tensorflow/tpu
+# Input size and head from the SpineNet RetinaNet configs: tensorflow/tpu
 # configs/spinenet/spinenet{49S,49,96,143,190}_retinanet.yaml and spinenet49_mbconv_retinanet.yaml,
 # tensorflow/models retinanet/coco_spinenet49{,s,xs}_mobile_tpu.yaml. Anchor size: those configs
-# set 3.0 for 49S, 49, 96 and the mobile models (reference 2.1 names only 49S); 143 and 190 keep
+# set 3.0 for 49S, 49, 96 and the mobile models; 143 and 190 keep
 # the default 4. Head width = endpoints_num_filters; the mobile heads are separable.
 RETINANET_VARIANTS: dict[str, Variant] = {
     "spinenet49s": Variant("49S", False, 640, 4, 3.0),

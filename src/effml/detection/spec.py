@@ -17,7 +17,7 @@ FUSIONS = ("fastattn", "attn", "sum")
 class FpnNode:
     """One fusion node: its pyramid level and the ids of the features it fuses.
 
-    Ids index the running list [inputs P_min..P_max, node 0, node 1, ...] (reference 1.2).
+    Ids index the running list [inputs P_min..P_max, node 0, node 1, ...] (google/automl ``tf2/fpn_configs.py``).
     """
 
     level: int
@@ -92,9 +92,9 @@ class EfficientDetSpec(ComposedSpec):
     backbone_indices: tuple[int, ...] = (2, 3, 4)  # stride 8, 16, 32 taps = P3..P5
     act: str = "swish"
     separable: bool = True
-    redundant_bias: bool = True  # TF ports keep the conv bias before BN (reference 1.2, 7.2)
+    redundant_bias: bool = True  # TF ports keep the conv bias before BN (effdet redundant_bias)
     padding: str = "same"
-    bn_eps: float = 1e-3  # TF BN momentum 0.99, eps 1e-3 (reference 1.2)
+    bn_eps: float = 1e-3  # TF BN momentum 0.99, eps 1e-3 (effdet norm_kwargs)
     bn_momentum: float = 0.01
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """SSD anchors (Liu et al., ECCV 2016) as the TF Object Detection API builds them: one scale per
 feature map, linear from ``min_scale`` to ``max_scale``, several aspect ratios plus one box at the
-scale interpolated with the next map (``ssd_anchor_generator``, reference/detection.md 3.3).
+scale interpolated with the next map (``ssd_anchor_generator``, TF OD API ``multiple_grid_anchor_generator.py``).
 
 A spec plus a pure generator, like ``effml.detection.anchors`` for the RetinaNet-style grid:
 ``generate_ssd_anchors(spec, image_size, feature_sizes)`` gives one ``[N, 4]`` xyxy tensor in

@@ -1,10 +1,10 @@
 """SSDLite (Sandler et al., MobileNetV2, CVPR 2018) on MobileDet backbones: the detectors of the
 MobileDets paper, registered as ``ssdlite_mobiledet_{cpu,dsp,edgetpu,gpu}`` at 320 px.
 
-From the TF configs ``ssdlite_mobiledet_*_320x320_coco_sync_4x4.config`` (reference/detection.md
-3.3): backbone endpoints C4 (stride 16) and C5 (stride 32), then four extra maps, each a 1x1 conv
-to depth/2 and a 3x3/2 depthwise-separable conv to depth (512, 256, 256, 128); every conv there
-has BN + ReLU6. Per map, a box and a class predictor, each a 3x3 depthwise conv (+ BN + ReLU6)
+From the TF configs ``ssdlite_mobiledet_*_320x320_coco_sync_4x4.config`` (tensorflow/models
+research/object_detection/samples/configs): backbone endpoints C4 (stride 16) and C5 (stride 32),
+then four extra maps, each a 1x1 conv to depth/2 and a 3x3/2 depthwise-separable conv to depth
+(512, 256, 256, 128); every conv there has BN + ReLU6. Per map, a box and a class predictor, each a 3x3 depthwise conv (+ BN + ReLU6)
 then a 1x1 conv with bias (class bias -4.6). SSD anchors (3 on the first map, 6 elsewhere), the
 Faster R-CNN coder with scales (10, 10, 5, 5), sigmoid scores over 90 classes. The forward returns
 per-map lists of ``[B, A*num_classes, H, W]`` and ``[B, A*4, H, W]``, anchor-major, first map
@@ -143,7 +143,7 @@ def init_ssd_layers(module: nn.Module) -> None:
 
 def init_backbone_he(module: nn.Module) -> None:
     """MobileDet backbone: He normal on fan-in for every conv; for a depthwise kernel the fan-in
-    is k*k, the reference's depthwise variant of He init (reference 3.1)."""
+    is k*k, the reference's depthwise variant of He init (TF ``ssd_mobiledet_feature_extractor.py``)."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

@@ -19,7 +19,7 @@ IGNORE = -2
 class AnchorLabeler:
     """Assigns each anchor a class and a box target by IoU arg-max matching.
 
-    The matcher is the reference ``ArgMaxMatcher`` (reference/detection.md 1.4): each anchor takes
+    The matcher is the reference ``ArgMaxMatcher`` (google/automl ``argmax_matcher.py``): each anchor takes
     its highest-IoU ground truth; IoU >= ``match_threshold`` -> positive, < ``unmatched_threshold``
     -> background, in between -> ignored; with ``force_match`` every ground truth also claims its
     best anchor, so small or odd-shaped objects still get a positive. EfficientDet uses 0.5/0.5

@@ -1,6 +1,6 @@
 """The auxiliary BatchNorm of AdvProp: one BN for clean inputs, a second one for adversarial inputs.
 
-AdvProp (Xie et al., CVPR 2020; reference/classification.md section 2.3) shares every conv and
+AdvProp (Xie et al., CVPR 2020; arXiv 1911.09665, section 4.2) shares every conv and
 dense weight between clean and adversarial examples but gives each BN layer an auxiliary twin
 with its own running statistics *and* its own affine gamma/beta, because the two kinds of input
 come from different distributions. Only the main BNs are used at evaluation time.

@@ -1,7 +1,7 @@
 """The fused inverted bottleneck: MobileDets' "fused IBN" (Xiong et al., CVPR 2021), the
 EfficientNet-EdgeTPU block that timm calls ``EdgeResidual``.
 
-Order (TF ``ssd_mobiledet_feature_extractor._fused_conv``, reference/detection.md 3.1):
+Order (TF ``ssd_mobiledet_feature_extractor._fused_conv``, tensorflow/models):
 ``full kxk conv (stride) to in*e -> BN -> act -> [SE] -> 1x1 project -> BN -> [drop path] +
 shortcut``. The expansion 1x1 and the depthwise kxk of MBConv are fused into one full conv, which
 runs faster on accelerators (EdgeTPU, DSP, GPU) than its MAC count suggests. Module names are

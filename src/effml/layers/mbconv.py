@@ -1,6 +1,6 @@
 """The two blocks of the MBConv family: depthwise-separable and MBConv (inverted residual).
 
-Order (TF ``MBConvBlock.call``, reference/classification.md section 1.1):
+Order (TF ``MBConvBlock.call``, tensorflow/tpu ``efficientnet_model.py``):
 ``[1x1 expand -> BN -> act] -> kxk depthwise (stride) -> BN -> act -> SE -> 1x1 project -> BN
 -> [drop path] + shortcut``. Module names are timm's, so timm state_dicts load unchanged.
 """

@@ -1,7 +1,7 @@
 """TF 'SAME' padding: static when the input size is known, dynamic otherwise.
 
 TF pads ``max((ceil(i/s) - 1) * s + (k - 1) * d + 1 - i, 0)`` in total, the smaller half before
-(reference/classification.md section 1.6). For stride 2 on an even size that is asymmetric, which
+(timm ``layers/padding.py::get_same_padding``). For stride 2 on an even size that is asymmetric, which
 PyTorch's symmetric ``padding`` cannot express; ported TF weights lose accuracy without it.
 """
 

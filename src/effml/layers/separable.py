@@ -2,7 +2,7 @@
 
 Key names follow effdet (``conv.weight``/``bn.*``; ``conv_dw``/``conv_pw``/``bn``) so its
 checkpoints load unchanged. The BN is optional: EfficientDet's heads keep one BN per pyramid level
-outside the shared conv (reference/detection.md 1.3).
+outside the shared conv (google/automl ``efficientdet_keras.py`` ``ClassNet`` / ``BoxNet``).
 """
 
 from __future__ import annotations

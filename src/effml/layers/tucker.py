@@ -3,7 +3,7 @@
 A full kxk conv is factorised as in a Tucker decomposition of its kernel: a 1x1 conv compresses
 the input channels to an input rank, a full kxk "core" conv maps it to an output rank, and a
 linear 1x1 conv restores the output width (TF ``ssd_mobiledet_feature_extractor._tucker_conv``,
-reference/detection.md 3.1): ``1x1 -> BN -> act -> kxk (stride) -> BN -> act -> 1x1 -> BN ->
+tensorflow/models): ``1x1 -> BN -> act -> kxk (stride) -> BN -> act -> 1x1 -> BN ->
 [drop path] + shortcut``. With compressions < 1 it is cheaper than a full conv and, unlike an
 IBN, has no depthwise conv (slow on EdgeTPU / DSP).
 """

@@ -16,7 +16,7 @@ from effml.spec.entry import (
 )
 from effml.spec import NetworkSpec, compound_scale, parse_arch
 
-# EfficientNet-B0, paper Table 1 / reference/classification.md section 1.1 (timm block notation).
+# EfficientNet-B0, arXiv 1905.11946 Table 1 / TF efficientnet_builder.py (timm block notation).
 B0_ARCH = [
     ["ds_r1_k3_s1_e1_c16_se0.25"],
     ["ir_r2_k3_s2_e6_c24_se0.25"],
@@ -28,7 +28,7 @@ B0_ARCH = [
 ]
 
 # (width, depth, resolution, dropout): TF efficientnet_builder.efficientnet_params,
-# reference/classification.md section 1.2.
+# tensorflow/tpu models/official/efficientnet.
 EFFICIENTNET_PARAMS: dict[str, tuple[float, float, int, float]] = {
     "b0": (1.0, 1.0, 224, 0.2),
     "b1": (1.0, 1.1, 240, 0.2),

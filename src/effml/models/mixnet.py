@@ -1,7 +1,7 @@
 """MixNet-S/M/L (Tan & Le, BMVC 2019): MixConv depthwise kernels and grouped 1x1 convs.
 
 Tables are the TF reference ``mnasnet/mixnet/mixnet_builder.py`` rows in timm's block notation
-(reference/classification.md section 1.9). Stem, head and the first stages use ReLU; later stages
+(tensorflow/tpu; timm ``_gen_mixnet_s`` / ``_gen_mixnet_m``). Stem, head and the first stages use ReLU; later stages
 override to swish (``nsw``). MixNet-L is MixNet-M with width x1.3, head kept at 1536. TF MixNet
 has no stochastic depth.
 """

@@ -3,8 +3,8 @@ backbones as data.
 
 A ``SpineNetSpec`` is the block table of ``spinenet_specs`` (rows ``(level, block_fn,
 input_offsets, is_output)``) plus the scaling-map numbers. ``spinenet_graph`` derives the wiring
-the reference code builds implicitly (reference/detection.md 2.1): each block's level, width and
-parents, the extra sums into output blocks, its stochastic-depth rate, and whether anything at
+the reference code builds implicitly (tensorflow/models
+``official/vision/modeling/backbones/spinenet.py``): each block's level, width and parents, the extra sums into output blocks, its stochastic-depth rate, and whether anything at
 P<min>..P<max> depends on it. ``SpineNet`` builds that graph: stem, per-parent cross-scale
 resampling, ``act(sum of parents)`` -> block group, endpoint 1x1 convs. The classification
 variant is ``effml.models.spinenet_classifier``; the detector, ``effml.detection.retinanet``.
@@ -36,7 +36,7 @@ from effml.models.spinenet_specs import (
 )
 from effml.spec.composite import replace_fields
 
-# Output width of a block = filters x this (reference 2.1: bottleneck 4x, residual 1x).
+# Output width of a block = filters x this (spinenet.py: bottleneck 4x, residual 1x).
 BLOCK_FNS = {"bottleneck": 4, "residual": 1, "mbconv": 1}
 # "resnet": 7x7/2 conv (64) + BN + act + 3x3/2 max-pool, then two L2 bottleneck groups (SpineNet);
 # "mobile": 3x3/2 conv + BN + act, then an MBConv group at L1 (stride 1) and one at L2 (stride 2).
@@ -256,7 +256,7 @@ def spinenet_mobile_spec(model_id: str = "49", **overrides: Any) -> SpineNetSpec
 
 
 class AlphaResample(nn.Module):
-    """SpineNet's cross-scale connection (reference 2.1 ``_resample_with_alpha``): 1x1 to
+    """SpineNet's cross-scale connection (spinenet.py ``_resample_with_alpha``): 1x1 to
     alpha x the parent's block filters + BN + act; down: 3x3/2 conv + BN + act, then a 3x3/2
     max-pool per further halving; up: nearest; 1x1 to the target width + BN."""
 
@@ -282,7 +282,7 @@ class AlphaResample(nn.Module):
 
 
 class DepthwiseResample(nn.Module):
-    """SpineNet-Mobile's cross-scale connection (reference 2.2): a depthwise 3x3/2 + BN + act
+    """SpineNet-Mobile's cross-scale connection (spinenet_mobile.py): a depthwise 3x3/2 + BN + act
     per halving, or nearest up, then 1x1 to the target width + BN."""
 
     def __init__(self, in_channels: int, steps: int, out_channels: int, bn: dict[str, Any]) -> None:

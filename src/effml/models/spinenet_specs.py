@@ -3,7 +3,7 @@ Recognition and Localization", CVPR 2020; SpineNet-Mobile: Du et al., arXiv 2010
 
 Literal tables with an explicit column schema, as tensorflow/models
 ``official/vision/modeling/backbones/spinenet.py`` and ``spinenet_mobile.py`` keep them
-(reference/detection.md 2.1-2.2). A row is ``(level, block_fn, input_offsets, is_output)``;
+(``SPINENET_BLOCK_SPECS``, ``SCALING_MAP``). A row is ``(level, block_fn, input_offsets, is_output)``;
 offsets index the running list of blocks (the two stem blocks are 0 and 1, spec row i is block
 i + 2).
 """
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 BLOCK_SPEC_SCHEMA = ("level", "block_fn", "input_offsets", "is_output")
 
-# The scale-permuted SpineNet-49 found by NAS (reference 2.1). The last row (a level-2 output)
+# The scale-permuted SpineNet-49 found by NAS (spinenet.py SPINENET_BLOCK_SPECS). The last row (a level-2 output)
 # feeds nothing at P3-P7 and is not built for them (the TF Keras model drops it too; the
 # tensorflow/tpu table that the MODEL_ZOO numbers come from leaves it out).
 SPINENET_BLOCK_SPECS = (
@@ -49,7 +49,7 @@ class Scaling(NamedTuple):
     block_repeats: int
 
 
-# reference 2.1 (spinenet.py SCALING_MAP). 96/143/190 repeat every block 2/3/4 times; 143L and
+# tensorflow/models spinenet.py SCALING_MAP. 96/143/190 repeat every block 2/3/4 times; 143L and
 # 190 widen every block by 1.3.
 SCALING_MAP = {
     "49S": Scaling(128, 0.65, 0.5, 1),
@@ -60,7 +60,7 @@ SCALING_MAP = {
     "190": Scaling(512, 1.3, 1.0, 4),
 }
 
-# SpineNet-Mobile (reference 2.2, spinenet_mobile.py): the same permutation with MBConv blocks.
+# SpineNet-Mobile (tensorflow/models spinenet_mobile.py): the same permutation with MBConv blocks.
 # Offsets differ from SpineNet-49's because the mobile stem's two blocks are at levels 1 and 2.
 SPINENET_MOBILE_BLOCK_SPECS = (
     (2, "mbconv", (0, 1), False),

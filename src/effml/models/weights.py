@@ -2,7 +2,7 @@
 
 Our modules use timm's state_dict names, so a timm checkpoint needs no mapping; the lukemelas
 ``efficientnet_pytorch`` layout goes through ``convert_efficientnet_pytorch``
-(reference/classification.md section 3.2). Reading never unpickles code (``weights_only=True``
+(lukemelas ``efficientnet_pytorch/model.py`` names -> timm's). Reading never unpickles code (``weights_only=True``
 or safetensors), and a checkpoint that does not fit is refused before the model is touched.
 """
 

@@ -6,10 +6,11 @@ from effml.spec.codec import from_dict, to_dict
 from effml.spec.composite import ComposedSpec
 from effml.spec.entry import ModelEntry, Preprocess
 from effml.spec.notation import format_arch, format_block, parse_arch, parse_block
+from effml.spec.plan import LayerPlan, NetworkPlan, plan
 from effml.spec.scaling import compound_scale, round_filters, round_repeats
 
 __all__ = [
-    "BLOCK_KINDS", "BlockSpec", "ComposedSpec", "ModelEntry", "NetworkSpec", "Preprocess", "compound_scale",
-    "format_arch", "format_block", "from_dict", "parse_arch", "parse_block", "round_filters",
-    "round_repeats", "to_dict",
+    "BLOCK_KINDS", "BlockSpec", "ComposedSpec", "LayerPlan", "ModelEntry", "NetworkPlan", "NetworkSpec",
+    "Preprocess", "compound_scale", "format_arch", "format_block", "from_dict", "parse_arch", "parse_block",
+    "plan", "round_filters", "round_repeats", "to_dict",
 ]

@@ -3,13 +3,13 @@
 Tokens after the kind: ``r`` repeats, ``k`` depthwise kernel(s) (``k3.5.7`` = MixConv), ``a`` /
 ``p`` expansion / projection 1x1 kernels (``a1.1`` = two groups), ``s`` stride, ``e`` expansion,
 ``c`` output channels, ``se`` SE ratio (of the block input), ``n<act>`` activation override,
-``noskip``. See reference/classification.md section 3.1.
+``noskip``. See timm ``_efficientnet_builder.py::_decode_block_str``.
 
 Kinds: ``ds`` depthwise-separable, ``ir`` MBConv, ``er`` FusedMBConv (timm's EdgeResidual code:
 ``er_r1_k3_s2_e4_c32`` is a full 3x3/2 conv to 4x the input channels, then a 1x1 to 32) and
 ``tucker`` TuckerConv, ours (timm has none), with ``ri`` / ``ro`` the input / output compression
 (TF ``input_rank_ratio`` / ``output_rank_ratio``) and no ``e`` token:
-``tucker_r1_k3_s1_c32_ri0.25_ro0.75`` (reference/detection.md 3.1).
+``tucker_r1_k3_s1_c32_ri0.25_ro0.75`` (tensorflow/models ``ssd_mobiledet_feature_extractor.py``).
 """
 
 from __future__ import annotations

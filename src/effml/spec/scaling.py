@@ -1,6 +1,6 @@
 """Compound scaling (EfficientNet paper, section 3.3) as a function spec -> spec.
 
-Rounding follows the TF reference exactly (reference/classification.md section 1.3,
+Rounding follows the TF reference exactly (tensorflow/tpu ``models/official/efficientnet``,
 ``efficientnet_model.round_filters`` / ``round_repeats``), which timm's ``make_divisible``
 and ``round_channels`` reproduce.
 """

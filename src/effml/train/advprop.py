@@ -2,7 +2,7 @@
 
 Each step makes PGD adversarial images from the clean batch through the auxiliary BNs, then
 minimises CE(clean, main BNs) + CE(adversarial, auxiliary BNs) with equal weights
-(reference/classification.md section 2.3). Evaluate with the main BNs only (``strip_aux_bn``).
+(arXiv 1911.09665, section 4.2, Algorithm 1). Evaluate with the main BNs only (``strip_aux_bn``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ Stats = Sequence[float] | torch.Tensor
 
 def paper_steps(epsilon: float) -> int:
     """PGD iterations the paper pairs with ``epsilon``: n = epsilon + 1, except n = 1 at epsilon = 1."""
-    # reference/classification.md 2.3 (paper sec. 5.1): eps in {1, 2, 3, 4} -> n in {1, 3, 4, 5}
+    # AdvProp, arXiv 1911.09665, section 5.1: eps in {1, 2, 3, 4} -> n in {1, 3, 4, 5}
     return 1 if epsilon <= 1 else math.ceil(epsilon) + 1
 
 
@@ -44,7 +44,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class PGDAttacker:
     """L-inf projected gradient descent in pixel space, epsilon and step in 0-255 units.
 
-    Defaults are the paper's (reference/classification.md 2.3): epsilon 1, step 1, paper_steps(eps)
+    Defaults are the paper's (arXiv 1911.09665, section 5.1): epsilon 1, step 1, paper_steps(eps)
     iterations. ``targeted``: descend the loss of a random *wrong* label, as in the authors' earlier
     adversarial-training code and the third-party AdvProp port (the paper does not say otherwise);
     ``targeted=False`` ascends the loss of the true label (Madry et al.), the usual robustness metric.

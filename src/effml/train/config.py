@@ -143,7 +143,7 @@ class DistillConfig:
 
 @dataclass
 class DetectConfig:
-    """Detection recipe (EfficientDet, reference/detection.md 1.4-1.7); used by detection models."""
+    """Detection recipe (EfficientDet, google/automl ``hparams_config.py``); used by detection models."""
 
     scale_range: tuple[float, float] = (0.1, 2.0)  # training scale jitter of the long side
     hflip: float = 0.5  # horizontal flip probability

@@ -1,5 +1,5 @@
 """Detection recipe pieces for the one engine: the focal + Huber objective on labelled anchors,
-and COCO mAP evaluation of a loader (reference/detection.md 1.4-1.6)."""
+and COCO mAP evaluation of a loader (google/automl ``tf2/train_lib.py``, ``tf2/postprocess.py``)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ Defaults: ``T = 4`` and ``alpha = 0.9``. Hinton et al. section 2 (read as quoted
 results came with "a considerably lower weight" on the hard-label term and that the soft term must
 be multiplied by ``T**2``; the values 4 / 0.9 are the usual classic-KD baseline (e.g. the CRD
 benchmark, arXiv 1910.10699), recalled and not re-read. The AKD paper's own temperature and weight
-are not verified (``reference/automl.md`` section 9); pass them explicitly once read.
+are not verified (to check in AKD, arXiv 1911.09074); pass them explicitly once read.
 """
 
 from __future__ import annotations

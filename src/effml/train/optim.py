@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules of the EfficientNet recipe (reference 1.8)."""
+"""Optimizers and learning-rate schedules of the EfficientNet recipe (tensorflow/tpu efficientnet main.py, utils.py)."""
 
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ class DetectionTask:
 
     def objective(self, cfg: Config, net: nn.Module, spec: Any, preprocess: Preprocess,
                   num_train: int, device: torch.device) -> Objective:
-        """Focal class loss + Huber box loss on labelled anchors (reference 1.5)."""
+        """Focal class loss + Huber box loss on labelled anchors (google/automl ``tf2/train_lib.py``)."""
         if cfg.advprop.enabled or cfg.distill.teacher:
             raise EffmlError("advprop and distill are classification recipes; turn them off for "
                              "detection models")
