@@ -26,7 +26,7 @@ def _members() -> list[torch.nn.Module]:
     """Three members of different sizes, so a sum cannot be mistaken for a multiple."""
     torch.manual_seed(0)
     spec = _tiny_spec()
-    members = [effml.create_model(spec), effml.create_model(effml.compound_scale(spec, 1.5, 2.0, 1.0)),
+    members = [effml.create_model(spec), effml.create_model(effml.compound_scale(spec, 1.5, 2.0)),
                effml.create_model(spec)]
     for m in members:
         with torch.no_grad():

@@ -24,6 +24,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1]) if parts[-1] == "__init__" else ".".join(parts)
 
 
+MODULES = {_module_name(p): p for p in ROOT.rglob("*.py")}
+
+
 def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
     """(imported effml module, at module level?) for every import statement in the file."""
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -37,8 +40,10 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            # `from effml.x import y` may name a submodule y: record both candidates
-            names = [base] + [f"{base}.{a.name}" for a in node.names]
+            # `from effml.x import y` imports the submodule effml.x.y when there is one (its
+            # package is then only the implicit parent, as for any submodule import), else
+            # names from effml.x itself.
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
         else:
             continue
         found += [(n, id(node) in top_level) for n in names if n == "effml" or n.startswith("effml.")]
@@ -46,10 +51,9 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
 
 
 def _graph() -> dict[str, list[tuple[str, bool]]]:
-    modules = {_module_name(p): p for p in ROOT.rglob("*.py")}
     graph = {}
-    for name, path in modules.items():
-        graph[name] = [(m, top) for m, top in _imports(path, name) if m in modules and m != name]
+    for name, path in MODULES.items():
+        graph[name] = [(m, top) for m, top in _imports(path, name) if m in MODULES and m != name]
     return graph
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -41,6 +43,32 @@ def parse_floats3(value: str, what: str) -> tuple[float, float, float]:
 def parse_names(value: str) -> list[str]:
     """'a, b' -> ['a', 'b']."""
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def echo(text: str = "") -> None:
+    """A line on stdout: a closed pipe (``| head``) ends the command quietly; a full disk or
+    another write error is an ``InputError``, not a traceback."""
+    try:
+        typer.echo(text)
+    except BrokenPipeError:
+        _detach_stdout()
+        raise typer.Exit(0) from None
+    except OSError as e:
+        _detach_stdout()
+        from effml.data.files import os_error
+
+        raise os_error(e, "write the output to", "standard output") from None
+
+
+def _detach_stdout() -> None:
+    # What could not be written stays in the buffer; Python's exit would retry it and print a
+    # second error, so stdout is pointed at the null device.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def warn(message: str) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from effml.cli._common import NumClassesOpt, WeightsOpt
+from effml.cli._common import NumClassesOpt, WeightsOpt, echo
 from effml.errors import EffmlError, InputError
 
 _CHUNK = 8  # images per forward pass
@@ -43,15 +43,45 @@ def detect(
 
     Unreadable images are reported and skipped (exit code 1 if any).
     """
+    from effml.data.files import make_output_dir, os_error, remove_empty_dirs, remove_files
+    from effml.data.transforms import max_image_pixels
+
+    max_image_pixels()  # a bad EFFML_MAX_IMAGE_PIXELS is one error, not one per image
+    # The folder is made and tried before any work; if the command fails, what it wrote goes.
+    created = make_output_dir(out_dir, "--out-dir")
+    written: list[Path] = []
+    try:
+        failed = _detect(model, images, weights, num_classes, input_size, score_threshold, iou_threshold,
+                         max_detections, out_dir, classes, written)
+    except typer.Exit:  # stdout closed (| head): the outputs written so far are kept
+        raise
+    except BaseException as e:  # full disk, an error, Ctrl-C: no half set of outputs is left
+        remove_files(written)
+        remove_empty_dirs(created)
+        if isinstance(e, OSError):
+            where = getattr(e, "effml_path", None) or out_dir
+            note = (f"the {len(written)} file(s) this run had written were removed" if written
+                    else "nothing was written")
+            raise os_error(e, "write", where, note=note) from None
+        raise
+    if failed:
+        typer.echo(f"error: {failed} of {len(images)} image(s) could not be read", err=True)
+        raise typer.Exit(1)
+
+
+def _detect(model: str, images: list[Path], weights: Path | None, num_classes: int | None,
+            input_size: int | None, score_threshold: float, iou_threshold: float, max_detections: int,
+            out_dir: Path, classes: Path | None, written: list[Path]) -> int:
+    """Run the detector over ``images``, write into ``out_dir`` (appending each file written to
+    ``written``); returns how many images could not be read."""
     import torch
 
     from effml.cli._common import resolve_model
     from effml.data import load_image
     from effml.data.det_transforms import detection_eval_transform
     from effml.detection.predictor import DetectionPredictor
+    from effml.train.checkpoint import atomic_write_text
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out-dir {out_dir} exists and is not a folder")
     resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
                              task="detect")
     net, preprocess = resolved.net, resolved.preprocess
@@ -63,7 +93,7 @@ def detect(
                                    score_threshold=score_threshold).eval()
 
     results: list[dict[str, Any]] = [{"image": str(path)} for path in images]
-    written = _output_names(images, out_dir)
+    outputs = _output_names(images, out_dir)
     failed = 0
     for start in range(0, len(images), _CHUNK):
         batch, slots, pictures, scales = [], [], [], []
@@ -96,19 +126,25 @@ def detect(
                 rows.append({"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
                              "class": names[label],
                              "category_id": category_ids[label] if category_ids else None})
-            _save_annotated(picture, boxes, rows, written[i])
-            results[i].update({"width": w, "height": h, "annotated": str(written[i]), "detections": rows})
+            _write(outputs[i], written, _save_annotated, picture, boxes, rows, outputs[i])
+            results[i].update({"width": w, "height": h, "annotated": str(outputs[i]), "detections": rows})
             _print_table(results[i])
 
-    from effml.train.checkpoint import atomic_write_text
-
     json_path = out_dir / "detections.json"
-    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    _write(json_path, written, atomic_write_text, json_path, json.dumps(results, indent=2) + "\n")
     done = len(images) - failed
-    typer.echo(f"wrote {done} annotated image(s) and {json_path}")
-    if failed:
-        typer.echo(f"error: {failed} of {len(images)} image(s) could not be read", err=True)
-        raise typer.Exit(1)
+    echo(f"wrote {done} annotated image(s) and {json_path}")
+    return failed
+
+
+def _write(path: Path, written: list[Path], write: Any, *args: Any) -> None:
+    """``write(*args)``, recording ``path`` as written, or on the ``OSError`` (as ``effml_path``)."""
+    try:
+        write(*args)
+    except OSError as e:
+        e.effml_path = path  # type: ignore[attr-defined]
+        raise
+    written.append(path)
 
 
 def coco_class_names() -> tuple[str, ...]:
@@ -153,7 +189,7 @@ def _fill(resolved: Any) -> int | str:
         from effml.train.config import load_config
 
         try:
-            return 0 if load_config(resolved.run_dir / "config.yaml").detect.fill == "black" else "mean"
+            return 0 if load_config(resolved.run_dir / "config.yaml", saved=True).detect.fill == "black" else "mean"
         except EffmlError:
             pass
     return "mean"
@@ -194,11 +230,11 @@ def _save_annotated(picture: Any, boxes: Any, rows: list[dict], path: Path) -> N
 
 def _print_table(result: dict[str, Any]) -> None:
     dets = result["detections"]
-    typer.echo(f"{result['image']} ({result['width']}x{result['height']}): {len(dets)} detection(s) "
-               f"-> {result['annotated']}")
+    echo(f"{result['image']} ({result['width']}x{result['height']}): {len(dets)} detection(s) "
+         f"-> {result['annotated']}")
     if dets:
         width = max(len(d["class"]) for d in dets)
-        typer.echo(f"  {'score':>6}  {'class':<{width}}  box (x1, y1, x2, y2)")
+        echo(f"  {'score':>6}  {'class':<{width}}  box (x1, y1, x2, y2)")
         for d in dets:
             box = ", ".join(f"{v:.1f}" for v in d["box"])
-            typer.echo(f"  {d['score']:>6.3f}  {d['class']:<{width}}  ({box})")
+            echo(f"  {d['score']:>6.3f}  {d['class']:<{width}}  ({box})")

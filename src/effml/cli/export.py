@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from effml.cli._common import InputSizeOpt, NumClassesOpt, WeightsOpt
+from effml.cli._common import InputSizeOpt, NumClassesOpt, WeightsOpt, echo
 
 
 def export(
@@ -42,8 +42,8 @@ def export(
                          dynamic_batch=dynamic_batch, opset=opset, atol=atol)
     batch = "N" if report.dynamic_batch else str(report.input_shape[0])
     shape = "x".join([batch, *(str(d) for d in report.input_shape[1:])])
-    typer.echo(f"verified with ONNX Runtime: max abs diff {report.max_abs_diff:.3g} (atol {atol:g})")
-    typer.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input {shape})")
+    echo(f"verified with ONNX Runtime: max abs diff {report.max_abs_diff:.3g} (atol {atol:g})")
+    echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input {shape})")
     if resolved.task == "detect":
-        typer.echo(f"outputs (pre-NMS, lowest level first): {', '.join(report.output_names)}; "
-                   f"anchors, box decoding and NMS are not in the graph")
+        echo(f"outputs (pre-NMS, lowest level first): {', '.join(report.output_names)}; "
+             f"anchors, box decoding and NMS are not in the graph")

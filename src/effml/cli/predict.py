@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from effml.cli._common import (
-    InputSizeOpt, ModelArg, NumClassesOpt, WeightsOpt, parse_floats3, warn_random_weights,
+    InputSizeOpt, ModelArg, NumClassesOpt, WeightsOpt, echo, parse_floats3, warn_random_weights,
 )
 from effml.errors import InputError
 
@@ -32,9 +32,12 @@ def predict(
     import torch
 
     from effml.data import class_names, eval_transform, load_image
+    from effml.data.transforms import max_image_pixels
     from effml.zoo import create_model, get_entry
 
     from effml.train.run_dir import is_run_dir, load_run
+
+    max_image_pixels()  # a bad EFFML_MAX_IMAGE_PIXELS is one error, not one per image
 
     trained = load_run(model) if is_run_dir(model) and weights is None else None
     preprocess = trained.preprocess if trained else get_entry(model).preprocess
@@ -75,14 +78,14 @@ def predict(
             ]
 
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        echo(json.dumps(results, indent=2))
     else:
         for r in results:
             if "predictions" not in r:
                 continue
-            typer.echo(r["image"])
+            echo(r["image"])
             for p in r["predictions"]:  # type: ignore[union-attr]
-                typer.echo(f"  {p['rank']:>2}  {p['prob']:.4f}  {p['label']} ({p['index']})")
+                echo(f"  {p['rank']:>2}  {p['prob']:.4f}  {p['label']} ({p['index']})")
     if failed:
         typer.echo(f"error: {failed} of {len(images)} image(s) could not be read", err=True)
         raise typer.Exit(1)

@@ -24,7 +24,11 @@ def train(
         "--show-config", help="Print every config field with its default and meaning, and exit.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
-    """Train a model (default: the embedded digits data set); works under torchrun for DDP."""
+    """Train a model (default: the embedded digits data set); works under torchrun for DDP.
+
+    With --resume RUN, the run's saved config is the base, a config file and overrides change it
+    (only what its checkpoint does not depend on: more epochs, intervals, workers...), and RUN is
+    the run directory whatever run.dir they give."""
     from effml.train.config import describe_config, load_config
     from effml.train.engine import fit
 
@@ -40,18 +44,31 @@ def train(
         raise typer.BadParameter(f"{bad[0]!r}: overrides are section.key=value; only the first "
                                  f"argument may be a config file")
     if resume is not None:
-        saved = resume / "config.yaml"
-        if not saved.is_file():
-            from effml.errors import EffmlError
-
-            raise EffmlError(f"{resume} has no config.yaml: not a run directory written by effml train")
-        cfg = load_config(saved, [*args, f"run.dir={resume}"])
-        if config_file:
-            cfg = load_config(config_file, args, base=cfg)
+        cfg = _resume_config(resume, config_file, args, quiet)
     else:
         cfg = load_config(config_file, args)
     result = fit(cfg, resume=resume is not None, quiet=quiet)
     typer.echo(f"done: {result.global_step} steps, {result.summary}; run directory {result.run_dir}")
+
+
+def _resume_config(run: Path, config_file: str | None, args: list[str], quiet: bool) -> Config:
+    """RUN's saved config, then the config file and overrides over it; run.dir is always RUN."""
+    from effml.train.config import config_from_dict, load_config
+    from effml.train.run_dir import CONFIG_YAML, read_run_config
+
+    if not run.is_dir():
+        from effml.errors import EffmlError
+
+        raise EffmlError(f"--resume {run}: no such run directory")
+    if not (run / CONFIG_YAML).is_file() and (run / "checkpoints" / "last.pt").is_file() and not quiet:
+        typer.echo(f"note: {run / CONFIG_YAML} is missing; resuming with the config recorded in its "
+                   f"checkpoint", err=True)
+    saved = read_run_config(run)
+    cfg = load_config(config_file, args, base=saved)
+    if cfg.run.dir != saved.run.dir and Path(cfg.run.dir).resolve() != run.resolve() and not quiet:
+        typer.echo(f"note: --resume {run} continues that run; run.dir={cfg.run.dir} from the config "
+                   f"file or overrides is ignored", err=True)
+    return config_from_dict({"run": {"dir": str(run)}}, cfg)
 
 
 def evaluate_run(
@@ -68,10 +85,9 @@ def evaluate_run(
     classifier, COCO AP/AR for a detector."""
     import torch
 
-    from effml.train.config import load_config
     from effml.train.data import build_datasets, eval_loader
     from effml.train.evaluate import evaluate
-    from effml.train.run_dir import load_run
+    from effml.train.run_dir import load_run, read_run_config
 
     trained = load_run(run_dir, weights)
     if trained.task == "detect" and pgd_epsilon is not None:
@@ -79,7 +95,7 @@ def evaluate_run(
 
         raise EffmlError(f"--pgd-epsilon evaluates classifiers under attack; {run_dir} is a detection "
                          f"run. Drop --pgd-epsilon to get its COCO AP")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = read_run_config(run_dir)
     bundle = build_datasets(cfg, trained.preprocess)
     loader = eval_loader(bundle.val, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.workers, 0, 1)
     if trained.task == "detect":

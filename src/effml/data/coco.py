@@ -91,6 +91,10 @@ class CocoDetection(AugmentedDataset):
             raise InputError(f"{len(missing)} of {len(ids)} image(s) listed in {where} are missing from "
                              f"{self.image_dir}: {shown}{' ...' if len(missing) > 5 else ''}; check the "
                              f"image folder, or pass on_missing='skip' to leave them out")
+        if missing and len(missing) == len(ids):
+            raise InputError(f"all {len(ids)} image(s) listed in {where} are missing from {self.image_dir} "
+                             f"(e.g. {images[missing[0]]['file_name']}); check that the image folder "
+                             f"belongs to this annotation file")
         if missing:
             self.issues["missing_images"] = len(missing)
             self._examples["missing_images"] = f"{images[missing[0]]['file_name']} (image id {missing[0]})"
@@ -134,6 +138,10 @@ class CocoDetection(AugmentedDataset):
                   "image_id": int(info["id"]), "orig_size": (int(info["height"]), int(info["width"])),
                   "scale": float(scale)}
         return pixels, target, index
+
+    def image_path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return self.image_dir / self._images[index]["file_name"]
 
     def boxes_and_labels(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``index``'s training boxes (xyxy, original pixels) and labels, without reading the image."""
@@ -294,9 +302,12 @@ def _read_image(path: Path) -> Image.Image:
     # undo that rotation so that the boxes fit.
     image = load_image(path)  # raises InputError naming the file
     try:
-        with Image.open(path) as raw:
+        with warnings.catch_warnings():  # load_image has checked the size against effml's limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            raw = Image.open(path)
+        with raw:
             orientation = raw.getexif().get(0x0112, 1)
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         orientation = 1
     undo = _UNDO_EXIF.get(orientation)
     return image.transpose(undo) if undo is not None else image

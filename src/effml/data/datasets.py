@@ -94,6 +94,7 @@ class FolderDataset(AugmentedDataset):
             empty = [c for c in classes if c not in found]
             raise InputError(f"dataset folder {root}: class folder(s) {empty[:5]} hold no images "
                              f"(extensions {', '.join(IMG_EXTENSIONS)}); add images or remove them")
+        self.root = root
         self.samples = samples[:limit] if limit is not None else samples
         self.classes = tuple(classes)
         self.on_corrupt = on_corrupt
@@ -101,6 +102,10 @@ class FolderDataset(AugmentedDataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def image_path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return Path(self.samples[index][0])
 
     def __getitem__(self, index: int) -> Sample | None:
         path, label = self.samples[index]
@@ -132,9 +137,52 @@ class IndexSubset(AugmentedDataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    @property
+    def root(self) -> Path | None:
+        """The folder the underlying data set reads (None for in-memory data)."""
+        return getattr(self.base, "root", None)
+
     def __getitem__(self, index: int) -> Sample | None:
         sample = self.base[self.indices[index]]
         return None if sample is None else (sample[0], sample[1], index)
+
+
+def image_file(dataset: Dataset, index: int) -> Path | None:
+    """The file sample ``index`` of ``dataset`` is read from; None for in-memory data (digits)."""
+    while isinstance(dataset, IndexSubset):
+        dataset, index = dataset.base, dataset.indices[index]
+    image_path = getattr(dataset, "image_path", None)
+    return Path(image_path(index)) if image_path is not None else None
+
+
+PROBE_TRIES = 64  # images tried, spread over a data set, before calling it unreadable
+
+
+def check_readable(dataset: Dataset, what: str, tries: int = PROBE_TRIES) -> None:
+    """Raise ``InputError`` unless one of ``tries`` images spread evenly over ``dataset`` decodes.
+
+    A data set read from files (see ``image_file``) whose images are all, or nearly all,
+    unreadable is refused at once instead of training on nothing (``data.on_corrupt=skip`` skips a
+    few bad files, not a broken data set). Stops at the first readable image: one read when healthy.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0 or image_file(dataset, 0) is None:
+        return
+    count = min(n, tries)
+    order = sorted({round(k * (n - 1) / max(count - 1, 1)) for k in range(count)})
+    errors = []
+    for index in order:
+        try:
+            load_image(image_file(dataset, index))  # type: ignore[arg-type]
+            return
+        except InputError as e:
+            errors.append(str(e))
+    root = getattr(dataset, "root", None) or getattr(dataset, "image_dir", None)
+    where = f" under {root}" if root is not None else ""
+    tried = f"none of its {n} images" if len(order) == n else \
+        f"none of {len(order)} images tried, spread over all {n},"
+    raise InputError(f"the {what}{where} has no readable images: {tried} could be read (first: "
+                     f"{errors[0]}); check those files (copied completely? the right folder?)")
 
 
 def collate_samples(samples: Sequence[Sample | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode, v2
 
+from effml.data.files import os_error_reason
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
 
@@ -42,25 +46,83 @@ def eval_transform(preprocess: Preprocess, input_size: int | None = None) -> v2.
     ])
 
 
-def load_image(path: str | Path) -> Image.Image:
+MAX_PIXELS_ENV = "EFFML_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: about 200 MB decoded as RGB
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) effml decodes: ``$EFFML_MAX_IMAGE_PIXELS`` or 64 megapixels."""
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None or not value.strip():
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise InputError(f"{MAX_PIXELS_ENV}={value!r} is not a positive number of pixels; set it to e.g. "
+                         f"{DEFAULT_MAX_PIXELS} (the default, {DEFAULT_MAX_PIXELS // 1_000_000} megapixels) "
+                         f"or unset it")
+    return limit
+
+
+def _too_big(path: Path, size: str, limit: int) -> InputError:
+    return InputError(f"image {path} is {size}, over effml's limit of "
+                      f"{limit / 1e6:g} megapixels, which keeps a huge or malicious file from taking "
+                      f"gigabytes of memory; downscale it, or raise the limit with "
+                      f"the environment variable {MAX_PIXELS_ENV}=<pixels>")
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Read an image file as 8-bit RGB (grayscale, 16-bit, palette, CMYK; alpha over white).
 
-    Raises ``InputError`` naming the file when it is missing, not an image, or truncated.
+    Raises ``InputError`` naming the file when it is missing, unreadable (permissions, I/O), not
+    an image, truncated, or larger than ``max_pixels`` (width x height; default
+    ``max_image_pixels()``: ``$EFFML_MAX_IMAGE_PIXELS`` or 64 megapixels). The size is checked from
+    the file's header, before anything is decoded.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"image {path} does not exist")
-    if not path.is_file():
-        raise InputError(f"image {path} is not a file")
+    limit = max_pixels if max_pixels is not None else max_image_pixels()
     try:
-        with Image.open(path) as img:
+        if not path.exists():
+            raise InputError(f"image {path} does not exist")
+        if not path.is_file():
+            raise InputError(f"image {path} is not a file")
+    except OSError as e:  # e.g. a folder on the path that may not be searched
+        raise _read_error(e, path) from None
+    # PIL refuses (error) or warns about (warning) images over its own limits when it opens them;
+    # effml's limit (checked below, with a message that says what to do) replaces both. PIL's
+    # is raised only when the user raised effml's above it.
+    if Image.MAX_IMAGE_PIXELS is not None and limit > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img_file = Image.open(path)
+        with img_file as img:
+            width, height = img.size
+            if width * height > limit:
+                raise _too_big(path, f"{width}x{height} pixels ({width * height / 1e6:.1f} megapixels)", limit)
             img.load()  # decode now: a truncated file fails here, not later in the transform
             img = ImageOps.exif_transpose(img) or img  # camera rotation, as viewers show it
             return _to_rgb(img)
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image PIL can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # over twice PIL's limit: refused before we see the size
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.1f} megapixels" if found else "larger than PIL allows"
+        raise _too_big(path, size, limit) from None
+    except OSError as e:
+        if e.errno is not None:  # the file system's error (permission, I/O), not a decoding one
+            raise _read_error(e, path) from None
         raise InputError(f"cannot read image {path}: {e}") from None
+    except (SyntaxError, ValueError, MemoryError) as e:
+        raise InputError(f"cannot read image {path}: {e or type(e).__name__}") from None
+
+
+def _read_error(e: OSError, path: Path) -> InputError:
+    cause, _ = os_error_reason(e, path)
+    return InputError(f"cannot read image {path}: {cause}; check the file and its permissions")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effml.data.files import file_in_the_way, os_error, remove_empty_dirs, remove_files
 from effml.errors import ExportError, InputError
 
 EXPORTER = "torch.onnx.export(dynamo=True)"
@@ -156,9 +157,7 @@ def export_onnx(
     h, w = _as_hw(input_size)
     channels = in_channels or model_in_channels(model)
     final = Path(path)
-    if final.is_dir():
-        raise InputError(f"ONNX output {final} is a directory; give a file name such as model.onnx")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    created = _prepare_output(final)
     # torch.export specialises a dimension seen with size 1, so a dynamic batch is traced with 2.
     trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
     gen = torch.Generator().manual_seed(0)
@@ -167,8 +166,11 @@ def export_onnx(
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmpdir: Path | None = None
+    moved: list[Path] = []
+    done = False
     try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         with torch.inference_mode():
             names = default_output_names(model, model(example[:1]))
         program = _export(model, example, names, dynamic_batch, opset)
@@ -188,20 +190,68 @@ def export_onnx(
                     f"raise atol if the difference is expected (e.g. fp16)"
                 )
         # External data first, the model last: once the model file is there, so is its data.
-        out_files = []
         for f in [f for f in written if f != tmp] + [tmp]:
             os.replace(f, final.parent / f.name)
-            out_files.append(final.parent / f.name)
+            moved.append(final.parent / f.name)
+        _fsync_dir(final.parent)
+        done = True
         return ExportReport(
-            path=final, files=tuple(out_files),
+            path=final, files=tuple(moved),
             input_shape=(batch_size, channels, h, w), dynamic_batch=dynamic_batch,
             opset=int(program.model.opset_imports.get("", 0)), output_names=tuple(names),
-            max_abs_diff=diff, atol=atol, size_bytes=sum(f.stat().st_size for f in out_files),
+            max_abs_diff=diff, atol=atol, size_bytes=sum(f.stat().st_size for f in moved),
             seconds=time.perf_counter() - start,
         )
+    except OSError as e:  # full disk, read-only or vanished folder, permissions: say which and where
+        raise os_error(e, "write the ONNX model", final, note=_NOTHING_WRITTEN) from None
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        if not done:  # a failure between the moves leaves no model without its data
+            remove_files(moved)
+            remove_empty_dirs(created)
         model.train(was_training)
+
+
+_NOTHING_WRITTEN = "nothing was written"
+
+
+def _prepare_output(final: Path) -> list[Path]:
+    """Refuse an output path that cannot be a model file; create its folder. Returns the folders
+    created (removed again if the export fails)."""
+    try:
+        if final.is_dir():
+            raise InputError(f"ONNX output {final} is a directory; give a file name such as model.onnx")
+        if final.exists() and not final.is_file():  # /dev/null, a FIFO: never replaced by a rename
+            raise InputError(f"ONNX output {final} exists and is not a regular file; give a file name "
+                             f"such as model.onnx")
+    except OSError as e:
+        raise os_error(e, "write the ONNX model", final, note=_NOTHING_WRITTEN) from None
+    blocker = file_in_the_way(final.parent)
+    if blocker is not None:
+        raise InputError(f"cannot write the ONNX model {final}: {blocker} is a file, not a folder; "
+                         f"choose another path")
+    created = [p for p in reversed(final.parents) if not p.exists()]
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        remove_empty_dirs(created)
+        raise os_error(e, "create the folder of the ONNX model", final.parent, note=_NOTHING_WRITTEN) from None
+    return created
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the renames in ``folder`` (where the platform allows opening a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _export(model: nn.Module, example: torch.Tensor, names: list[str], dynamic_batch: bool,

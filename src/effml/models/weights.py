@@ -355,6 +355,7 @@ def save_weights(
         with tmp.open("rb+") as f:
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600; a plain open() would honour the umask
         os.replace(tmp, target)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -364,6 +365,29 @@ def save_weights(
         raise
     fsync_dir(target.parent)
     return target
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; done once, at import
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask read at import), for temp files
+    that ``tempfile.mkstemp`` creates 0600 before they are renamed into place."""
+    return 0o666 & ~_UMASK
 
 
 def fsync_dir(folder: Path) -> None:

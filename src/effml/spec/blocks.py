@@ -138,6 +138,8 @@ class NetworkSpec:
             raise SpecError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
         if self.act not in ACTIVATIONS:
             raise SpecError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
+        if not isinstance(self.resolution, int) or isinstance(self.resolution, bool) or self.resolution < 1:
+            raise SpecError(f"resolution must be a positive int (input pixels), got {self.resolution!r}")
         if self.stem_channels < 1 or self.num_classes < 0 or self.in_channels < 1:
             raise SpecError("stem_channels and in_channels must be >= 1, num_classes >= 0")
         if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.drop_path < 1.0):

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from effml.errors import EffmlError
+from effml.models.weights import new_file_mode
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -22,7 +23,8 @@ class CheckpointError(EffmlError):
 def atomic_write_bytes(path: Path, write: Any) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
-    A crash at any moment leaves either the old file or the new one, never a truncated one.
+    A crash at any moment leaves either the old file or the new one, never a truncated one. The
+    file gets the mode the umask gives a new file (``mkstemp`` would leave it 0600).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,6 +33,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), new_file_mode())
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -13,8 +13,8 @@ from effml.data.coco import CocoDetection, collate_detection
 from effml.data.det_transforms import detection_eval_transform, detection_train_transform
 from effml.data.shapes import make_shapes_dataset
 from effml.data.datasets import (
-    AugmentedDataset, DigitsDataset, FolderDataset, IndexSubset, collate_samples, eval_tensor_transform,
-    train_transform,
+    AugmentedDataset, DigitsDataset, FolderDataset, IndexSubset, check_readable, collate_samples,
+    eval_tensor_transform, train_transform,
 )
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
@@ -62,6 +62,10 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
             return FolderDataset(root / "train", tf, seed, d.on_corrupt, limit=d.limit_train)
 
         train = train_split(train_tf)
+        if len(train.classes) < 2:
+            raise InputError(f"dataset folder {root / 'train'} has a single class folder "
+                             f"({train.classes[0]!r}): a classifier needs at least two classes, one "
+                             f"sub-folder of images each; add the other classes' folders")
         val = FolderDataset(root / "val", val_tf, seed, d.on_corrupt)
     if val.classes != train.classes:
         raise InputError(f"{d.root}/val has classes {list(val.classes)[:5]}... but {d.root}/train has "
@@ -86,10 +90,17 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 
 def _bundle(train: AugmentedDataset, val: AugmentedDataset, batch_size: int,
             holdout: AugmentedDataset | None = None) -> DataBundle:
+    if len(val) == 0:
+        source = getattr(val, "annotation_file", None) or getattr(val, "root", None)
+        raise InputError(f"the validation set{f' ({source})' if source else ''} has no images; add some "
+                         f"(an empty set would report a meaningless score)")
     if len(train) < batch_size:
         held = f" (after holding out {len(holdout)} for data.holdout)" if holdout is not None else ""
         raise InputError(f"the training set has {len(train)} images{held}, fewer than data.batch_size="
                          f"{batch_size}; lower the batch size")
+    # Fail at once, not after an epoch of skipped batches, when (nearly) no image decodes.
+    check_readable(train, "training set")
+    check_readable(val, "validation set")
     return DataBundle(train, val, train.classes, holdout)
 
 

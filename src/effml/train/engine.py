@@ -3,15 +3,25 @@ as a loop over a ``Trainer`` (``effml.train.trainer``).
 
 A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (a row per log interval and
 per epoch), ``checkpoints/last.pt`` (model, optimizer, scheduler, EMA, RNG and the position in
-the epoch), and at the end ``model.json``, ``run.json`` and the weights as safetensors. A run
-given a spec or a module in-process also keeps ``spec.json``, which its ``config.yaml`` names,
-so that ``effml train --resume`` rebuilds it. ``fit(..., write_run=False)`` writes nothing: an
-in-process trial of a search.
+the epoch) with ``checkpoints/model.json`` (the spec the checkpoint's weights belong to), and at
+the end ``model.json``, ``run.json`` and the weights as safetensors. A run given a spec or a
+module in-process also keeps ``spec.json``, which its ``config.yaml`` names, so that
+``effml train --resume`` rebuilds it. ``fit(..., write_run=False)`` writes nothing: an in-process
+trial of a search.
+
+One process trains into a run directory at a time (an OS lock on ``RUN/.lock``, by rank 0 under
+DDP). A fresh run never reuses a directory that holds a checkpoint or a finished run. A resume
+is checked before any file is touched: a config change to what the checkpoint depends on is
+refused (``effml.train.run_dir.SAFE_RESUME_CHANGES`` lists what may change; the changes made
+are recorded as a ``kind: resume`` row in ``metrics.jsonl``). Resuming a run that was killed
+after its last checkpoint writes its outputs as an uninterrupted run would have; resuming a
+finished run with train.epochs or train.max_steps raised trains it further (its ``run.json`` is
+removed until the outputs are written again); resuming a finished run with nothing left to train
+is an error, unless its outputs are damaged, which it then rewrites.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -23,9 +33,12 @@ from typing import Any
 import torch
 
 from effml.errors import EffmlError
-from effml.train import distributed
-from effml.train.checkpoint import CHECKPOINT_NAME, atomic_write_text, load_checkpoint
-from effml.train.config import Config, config_to_yaml
+from effml.models.weights import fsync_dir
+import effml.train.distributed as distributed
+from effml.train.checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint
+from effml.train.config import Config, config_from_dict, config_to_yaml
+from effml.train.run_dir import (RUN_INFO, RunDirError, RunLock, read_metrics, read_run_info,
+                                 resume_changes, spec_changes)
 from effml.train.objective import Objective
 from effml.train.step import StepFn, TrainingDiverged, train_step
 from effml.train.trainer import Trainer, model_spec, preserved_global_state
@@ -64,12 +77,16 @@ class _Log:
         self.quiet = quiet or not is_main
 
     def truncate_after(self, global_step: int) -> None:
-        """Drop rows written after the checkpoint a run resumes from."""
+        """Drop rows written after the checkpoint a run resumes from (and a half-written last row)."""
         if not (self.enabled and self.path.exists()):
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("global_step", 0) <= global_step]
+        keep = [line for line, row in read_metrics(self.path) if row.get("global_step", 0) <= global_step]
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+    def start(self) -> None:
+        """A fresh run: rows of an earlier attempt that never reached a checkpoint are dropped."""
+        if self.enabled and self.path.exists():
+            atomic_write_text(self.path, "")
 
     def row(self, **fields: Any) -> None:
         if self.enabled:
@@ -97,39 +114,147 @@ def fit(cfg: Config, *, model: Any = None, resume: bool = False, objective: Obje
         raise EffmlError("resume continues a run directory; it cannot be combined with write_run=False")
     with preserved_global_state():
         ctx = distributed.setup(cfg.train.device)
+        lock = RunLock(cfg.run.dir) if write_run and ctx.is_main else None
         try:
+            if lock is not None:
+                if resume and not Path(cfg.run.dir).is_dir():
+                    raise RunDirError(f"cannot resume {cfg.run.dir}: no such run directory")
+                lock.acquire()
             return _fit(cfg, ctx, model, resume, objective, step, on_epoch, write_run, quiet)
         finally:
+            if lock is not None:
+                lock.release()
             distributed.teardown()
+
+
+_STATE_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "batch_in_epoch", "global_step", "skipped")
+
+
+def _check_fresh(run_dir: Path, ckpt_path: Path) -> None:
+    """A fresh run never writes into a directory that holds a checkpoint or a finished run."""
+    if (run_dir / RUN_INFO).exists():
+        if ckpt_path.exists():
+            raise EffmlError(f"{run_dir} already holds a run, finished ({RUN_INFO}); choose another run.dir, "
+                             f"or train it further with `effml train --resume {run_dir} train.epochs=N` "
+                             f"(N more than it has trained)")
+        raise EffmlError(f"{run_dir} already holds a run, finished ({RUN_INFO}, its checkpoints removed); "
+                         f"choose another run.dir (to start from its weights: "
+                         f"model.weights={run_dir / 'weights.safetensors'})")
+    if ckpt_path.exists():
+        raise EffmlError(f"{run_dir} already holds a run; continue it with `effml train --resume "
+                         f"{run_dir}` or choose another run.dir")
+
+
+def _read_state(run_dir: Path, ckpt_path: Path) -> dict[str, Any]:
+    """The checkpoint a resume continues from, checked to be a whole effml training state."""
+    if not ckpt_path.is_file() and (run_dir / RUN_INFO).is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it is a finished run whose checkpoints were removed "
+                              f"(no {ckpt_path}), so it cannot be trained further; train a new run.dir "
+                              f"(to start from its weights: model.weights={run_dir / 'weights.safetensors'})")
+    state = load_checkpoint(ckpt_path)
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{ckpt_path} is not an effml training checkpoint (it lacks {missing}); "
+                              f"restore it from a copy of the run, or train a new run.dir")
+    return state
+
+
+def _outputs_complete(run_dir: Path) -> bool:
+    """True when a finished run's run.json, model.json and weights are all there and readable."""
+    try:
+        info = read_run_info(run_dir)
+        json.loads((run_dir / "model.json").read_text())
+    except (EffmlError, OSError, ValueError):
+        return False
+    return (run_dir / info["weights"]).is_file() and (run_dir / "weights.safetensors").is_file()
+
+
+def _longer(t: Trainer) -> str:
+    """The overrides that let a finished run train one more epoch."""
+    train = t.cfg.train
+    raised = []
+    if t.epoch >= train.epochs:
+        raised.append(f"train.epochs={t.epoch + 1}")
+    if train.max_steps and t.global_step >= train.max_steps:
+        raised.append(f"train.max_steps={t.global_step + t.steps_per_epoch}")
+    return " ".join(raised) or f"train.epochs={train.epochs + 1}"
+
+
+def _final_row(rows: list[tuple[str, dict[str, Any]]], global_step: int) -> dict[str, Any] | None:
+    """The evaluation row a run logged at ``global_step`` (its last, before the kill)."""
+    found = [row for _, row in rows if row.get("kind") == "epoch" and row.get("global_step") == global_step]
+    return found[-1] if found else None
 
 
 def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, objective: Objective | None,
          step: StepFn | None, on_epoch: EpochHook | None, write_run: bool, quiet: bool) -> RunResult:
     run_dir = Path(cfg.run.dir) if write_run else None
     ckpt_path = run_dir / "checkpoints" / CHECKPOINT_NAME if run_dir is not None else None
-    state = load_checkpoint(ckpt_path) if resume else None
-    if ckpt_path is not None and not resume and ckpt_path.exists():
-        raise EffmlError(f"{run_dir} already holds a run; continue it with `effml train --resume "
-                         f"{run_dir}` or choose another run.dir")
-    t = Trainer(cfg, model=model, objective=objective, step=step, ctx=ctx)
     spec_file = None
     if run_dir is not None and model is not None and not isinstance(model, str):
         spec_file = run_dir / "spec.json"
-        t.cfg = dataclasses.replace(t.cfg, model=dataclasses.replace(t.cfg.model, name=str(spec_file)))
+    # The config as the run will record it, checked against the checkpoint's before any work.
+    name = str(spec_file) if spec_file is not None else model if isinstance(model, str) else None
+    recorded_cfg = config_from_dict({"model": {"name": name}}, cfg) if name is not None else cfg
+    state = changes = None
+    if resume:
+        state = _read_state(run_dir, ckpt_path)
+        changes = resume_changes(run_dir, state.get("config"), recorded_cfg)
+    elif run_dir is not None:
+        _check_fresh(run_dir, ckpt_path)
+    t = Trainer(cfg, model=model, objective=objective, step=step, ctx=ctx)
+    if spec_file is not None:
+        t.cfg = config_from_dict({"model": {"name": str(spec_file)}}, t.cfg)
     cfg = t.cfg
+    spec_json = t.task.spec_json(t.spec) if run_dir is not None else ""
+    spec_record = run_dir / "checkpoints" / "model.json" if run_dir is not None else None
+    final_row = None
+    continuing_finished = False
+    if state is not None:
+        for record in (spec_record, spec_file):
+            if record is not None and record.is_file():
+                spec_changes(run_dir, record.read_text(), spec_json)
+                break
+        try:
+            t.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{ckpt_path} does not fit the model and optimizer built from the config "
+                                  f"({first[:300]}); resume with the config it was trained with, or train "
+                                  f"a new run.dir") from None
+        rows = read_metrics(run_dir / "metrics.jsonl")  # a damaged row stops the resume here, not later
+        finished_run = (run_dir / RUN_INFO).exists()
+        if t.finished:
+            if finished_run and _outputs_complete(run_dir):
+                raise EffmlError(f"{run_dir} is already finished ({t.global_step} steps, {t.epoch} epochs) and "
+                                 f"its outputs are whole; to train it further raise what ended it: "
+                                 f"`effml train --resume {run_dir} {_longer(t)}`")
+            final_row = _final_row(rows, t.global_step)  # killed before its outputs were written
+        else:
+            continuing_finished = finished_run
+    distributed.barrier()  # every process has checked the run before rank 0 writes to it
+
     log = _Log(run_dir, ctx.is_main, quiet)
     if ctx.is_main and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if spec_file is not None:
-            atomic_write_text(spec_file, t.task.spec_json(t.spec))
+        if continuing_finished:  # the directory reads as unfinished until the new outputs are whole
+            (run_dir / RUN_INFO).unlink()
+            fsync_dir(run_dir)
+        if spec_file is not None and (state is None or not spec_file.is_file()):
+            atomic_write_text(spec_file, spec_json)
+        if state is None or not spec_record.is_file():
+            atomic_write_text(spec_record, spec_json)
         atomic_write_text(run_dir / "config.yaml", config_to_yaml(cfg))
         for stale in ckpt_path.parent.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # a write a crash cut short
             stale.unlink()
+        if state is None:
+            log.start()
     if state is not None:
-        t.load_state_dict(state)
         log.truncate_after(t.global_step)
+        log.row(kind="resume", epoch=t.epoch, step=t.batch_in_epoch, global_step=t.global_step,
+                changes={k: list(v) for k, v in (changes or {}).items()})
         log.say(f"resumed {run_dir} at epoch {t.epoch + 1}, step {t.batch_in_epoch} "
-                f"(global step {t.global_step})")
+                f"(global step {t.global_step})" + (f"; changed {', '.join(changes)}" if changes else ""))
 
     def checkpoint() -> None:
         if ckpt_path is not None:
@@ -143,6 +268,12 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
     holdout: dict[str, float] | None = None
     ema_holdout: dict[str, float] | None = None
     stopped = False
+    if t.finished and final_row is not None:
+        val, ema_val = final_row.get("val") or {}, final_row.get("ema_val")
+        holdout, ema_holdout = final_row.get("holdout"), final_row.get("ema_holdout")
+    elif t.finished and state is not None:  # its last evaluation was never logged: do it now
+        row = _evaluate(t, log)
+        val, ema_val, holdout, ema_holdout = row["val"], row["ema_val"], row.get("holdout"), row.get("ema_holdout")
     start = time.perf_counter()
     steps_this_session = 0
     train = cfg.train
@@ -178,19 +309,9 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
         epoch_finished = t.end_epoch()
         last = t.finished
         if last or (epoch_finished and t.epoch % train.eval_every == 0):
-            val = t.evaluate("val")
-            ema_val = t.evaluate("val", ema=True) if t.ema else None
-            row: dict[str, Any] = dict(epoch=t.epoch, global_step=t.global_step, val=val, ema_val=ema_val,
-                                       skipped_images=t.skipped)
-            if t.bundle.holdout is not None:
-                holdout = t.evaluate("holdout")
-                ema_holdout = t.evaluate("holdout", ema=True) if t.ema else None
-                row.update(holdout=holdout, ema_holdout=ema_holdout)
-            log.row(kind="epoch", **row)
-            ema_text = f"; EMA {t.task.describe(ema_val)}" if ema_val else ""
-            held_text = f"; holdout {t.task.describe(holdout)}" if holdout else ""
-            log.say(f"epoch {t.epoch}: val {t.task.describe(val)}{ema_text}{held_text}"
-                    + (f" ({t.skipped} unreadable images skipped)" if t.skipped else ""))
+            row = _evaluate(t, log)
+            val, ema_val, holdout, ema_holdout = (row["val"], row["ema_val"], row.get("holdout"),
+                                                  row.get("ema_holdout"))
             stopped = bool(on_epoch is not None and on_epoch(t.epoch, row)) and not last
         checkpoint()
         if stopped:
@@ -209,6 +330,26 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
         (f"; holdout {t.task.describe(holdout)}" if holdout else "") + ("; stopped early" if stopped else "")
     return RunResult(run_dir, t.global_step, t.epoch, val, ema_val, t.skipped, summary, holdout,
                      ema_holdout, stopped)
+
+
+def _evaluate(t: Trainer, log: _Log) -> dict[str, Any]:
+    """Evaluate on val (and the holdout), log the epoch row and return it."""
+    val = t.evaluate("val")
+    ema_val = t.evaluate("val", ema=True) if t.ema else None
+    row: dict[str, Any] = dict(epoch=t.epoch, global_step=t.global_step, val=val, ema_val=ema_val,
+                               skipped_images=t.skipped)
+    if t.bundle.holdout is not None:
+        holdout = t.evaluate("holdout")
+        ema_holdout = t.evaluate("holdout", ema=True) if t.ema else None
+        row.update(holdout=holdout, ema_holdout=ema_holdout)
+    else:
+        holdout = None
+    log.row(kind="epoch", **row)
+    ema_text = f"; EMA {t.task.describe(ema_val)}" if ema_val else ""
+    held_text = f"; holdout {t.task.describe(holdout)}" if holdout else ""
+    log.say(f"epoch {t.epoch}: val {t.task.describe(val)}{ema_text}{held_text}"
+            + (f" ({t.skipped} unreadable images skipped)" if t.skipped else ""))
+    return row
 
 
 def _write_outputs(run_dir: Path, t: Trainer, val: dict, ema_val: dict | None, holdout: dict | None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from effml.errors import EffmlError
+from effml.data.datasets import image_file
+from effml.errors import EffmlError, InputError
 from effml.spec.entry import Preprocess
 from effml.zoo import get_entry, load_spec, resolve_spec
 from effml.train import distributed
@@ -161,6 +163,14 @@ class Trainer:
         self.step_fn: StepFn = step or default_step
         self.epoch, self.batch_in_epoch, self.global_step, self.skipped = 0, 0, 0, 0
         self.last_batch_size = 0  # images in the last step's batch (after skipping unreadable ones)
+        # Batches that lost so many unreadable images that fewer than ``min_batch`` were left are
+        # dropped (a BatchNorm cannot train on one image), counted here, and take no step.
+        self.dropped_batches = 0
+        self.min_batch = min(2, cfg.data.batch_size)
+        self._unusable: list[int] = [0, 0]  # images tried, unreadable, since the last usable batch
+        self._tried: list[int] = [0, 0]  # images tried, unreadable, in this session
+        self._unreadable_examples: list[str] = []
+        self._epoch_order: list[int] = []
         self._batches: Iterator | None = None
         self._eval_loaders: dict[str, DataLoader] = {}
 
@@ -194,10 +204,71 @@ class Trainer:
         train, bs = self.bundle.train, self.cfg.data.batch_size
         train.set_epoch(self.epoch)
         indices = epoch_indices(train, self.epoch, self.cfg.train.seed, self.ctx.rank, self.ctx.world)
+        self._epoch_order = indices
         self.train_mode()
         return iter(train_loader(train, indices[self.batch_in_epoch * bs:], bs, self.cfg.data.workers))
 
+    def _usable(self, images: torch.Tensor) -> bool:
+        """Whether the batch has ``min_batch`` images, on every process (they drop a batch together)."""
+        usable = len(images) >= self.min_batch
+        if self.ctx.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([0 if usable else 1], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            usable = not bool(flag.item())
+        return usable
+
+    def _check_unreadable(self, kept: torch.Tensor, n_skipped: int, usable: bool) -> None:
+        """Count a batch's unreadable images; raise when the training data is (nearly) all bad.
+
+        With T = max(64, 2 x batch_size) training images (at most one epoch's worth), it is an
+        error when T images in a row gave no usable batch, or when more than half of at least T
+        images tried were unreadable: ``data.on_corrupt=skip`` skips a few bad files, not a
+        broken data set. The message says how many were unreadable, where, and names some.
+        """
+        bs = self.cfg.data.batch_size
+        tried = len(kept) + n_skipped
+        self._tried[0] += tried
+        self._tried[1] += n_skipped
+        if usable:
+            self._unusable = [0, 0]
+        else:
+            self.dropped_batches += 1
+            self._unusable[0] += tried
+            self._unusable[1] += n_skipped
+        train = self.bundle.train
+        if n_skipped and len(self._unreadable_examples) < 3:
+            start = self.batch_in_epoch * bs
+            gone = sorted(set(self._epoch_order[start:start + bs]) - set(kept.tolist()))
+            files = [image_file(train, i) for i in gone[:3 - len(self._unreadable_examples)]]
+            self._unreadable_examples += [str(f) for f in files if f is not None]
+        limit = min(max(64, 2 * bs), max(self.steps_per_epoch * bs, 1))
+        root = getattr(train, "root", None) or getattr(train, "image_dir", None)
+        where = f" under {root}" if root is not None else ""
+        examples = f" (e.g. {', '.join(self._unreadable_examples)})" if self._unreadable_examples else ""
+        advice = ("data.on_corrupt=skip skips a few bad files, not a broken data set: check or remove "
+                  "the unreadable files")
+        if self._unusable[0] >= limit:
+            raise InputError(
+                f"training stopped: {self._unusable[1]} of the last {self._unusable[0]} training images "
+                f"tried{where} were unreadable{examples}, leaving no batch with the {self.min_batch} "
+                f"images a step needs; {advice}")
+        if self._tried[0] >= limit and 2 * self._tried[1] > self._tried[0]:
+            raise InputError(
+                f"training stopped: {self._tried[1]} of {self._tried[0]} training images tried{where} "
+                f"were unreadable{examples}, more than half; {advice}")
+        if not usable and self.dropped_batches == 1:
+            warnings.warn(f"dropped a training batch left with {len(kept)} readable image(s) of {bs} "
+                          f"(a step needs {self.min_batch}){examples}; such batches take no step and are "
+                          f"counted in Trainer.dropped_batches", stacklevel=3)
+
     def _next_batch(self, cross_epochs: bool) -> Batch | None:
+        """The next batch of the epoch with at least ``min_batch`` readable images.
+
+        Unreadable images (``data.on_corrupt=skip``) are left out of their batch; a batch left with
+        fewer than ``min_batch`` is dropped (its place in the epoch is used up, no step is taken,
+        ``dropped_batches`` counts it) rather than refilled, so that the epoch's order and a resume
+        stay exact. Mostly unreadable data raises (see ``_check_unreadable``).
+        """
         while True:
             if self.batch_in_epoch >= self.steps_per_epoch:
                 if not cross_epochs:
@@ -209,7 +280,9 @@ class Trainer:
                 self._batches = self._epoch_batches()
             images, targets, idx, n_skipped = next(self._batches)
             self.skipped += n_skipped
-            if len(images) == 0:  # every image of the batch was unreadable: its place is used up
+            usable = self._usable(images)
+            self._check_unreadable(idx, n_skipped, usable)
+            if not usable:
                 self.batch_in_epoch += 1
                 continue
             images = images.to(self.device, non_blocking=True)
