@@ -24,6 +24,7 @@ from torch import nn
 
 from effml.data.files import file_in_the_way, os_error, remove_empty_dirs, remove_files
 from effml.errors import ExportError, InputError
+from effml.models.weights import fsync_dir
 
 EXPORTER = "torch.onnx.export(dynamo=True)"
 INPUT_NAME = "input"
@@ -193,7 +194,7 @@ def export_onnx(
         for f in [f for f in written if f != tmp] + [tmp]:
             os.replace(f, final.parent / f.name)
             moved.append(final.parent / f.name)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         done = True
         return ExportReport(
             path=final, files=tuple(moved),
@@ -238,20 +239,6 @@ def _prepare_output(final: Path) -> list[Path]:
         remove_empty_dirs(created)
         raise os_error(e, "create the folder of the ONNX model", final.parent, note=_NOTHING_WRITTEN) from None
     return created
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the renames in ``folder`` (where the platform allows opening a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _export(model: nn.Module, example: torch.Tensor, names: list[str], dynamic_batch: bool,
