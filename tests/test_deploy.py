@@ -181,3 +181,11 @@ def test_benchmark_results_cover_every_runtime_and_batch():
 def test_benchmark_rejects_unknown_runtime():
     with pytest.raises(EffmlError, match="tensorrt"):
         benchmark(_tiny(), runtimes=("eager", "tensorrt"), input_size=16, iters=1, warmup=0)
+
+
+def test_export_writes_the_opset_asked_for_or_refuses(tmp_path):
+    path = tmp_path / "tiny.onnx"
+    assert export_onnx(_tiny(), path, input_size=16, opset=19).opset == 19
+    with pytest.raises(ExportError, match="cannot write ONNX opset 9: .*nothing was written"):
+        export_onnx(_tiny(), tmp_path / "old.onnx", input_size=16, opset=9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]

@@ -5,6 +5,7 @@ row is dropped, files keep the umask's permissions, and damaged metadata is a cl
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -417,3 +418,20 @@ class TestDamagedMetadata:
         (run / "run.json").write_text("{not json")
         line = _one_error_line(_effml("eval", str(run)))
         assert "run.json is not readable JSON" in line and f"effml train --resume {run}" in line
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_failed_atomic_write_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch, code):
+    from effml.train.checkpoint import atomic_write_text
+
+    target = tmp_path / "run.json"
+    target.write_text("old")
+
+    def fail(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(EffmlError, match=r"cannot write .*run\.json: .*intact"):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left

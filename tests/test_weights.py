@@ -383,3 +383,25 @@ def test_failed_save_keeps_old_file_and_leaves_no_temp(where, tmp_path, monkeypa
     assert path.read_bytes() == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
     assert torch.equal(read_checkpoint(path)["w"], torch.ones(4))
+
+
+def test_the_class_count_hint_names_options_that_exist(lite0_path, tmp_path):
+    with pytest.raises(WeightsError, match=r"num_classes=1000 \(effml predict/detect/export/bench: "
+                                           r"--num-classes 1000\).*model\.drop_classifier=true"):
+        effml.create_model("tf_efficientnet_lite0", num_classes=10, weights=lite0_path)
+    # a detector's class bias has one entry per anchor: the hint still names the class count
+    torch.save(effml.create_model("tf_efficientdet_lite0", num_classes=3).state_dict(), tmp_path / "d3.pth")
+    with pytest.raises(WeightsError, match="--num-classes 3"):
+        effml.create_model("tf_efficientdet_lite0", weights=tmp_path / "d3.pth")
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_torch_save_file_named_safetensors_is_read_by_its_content(lite0, tmp_path, legacy):
+    path = tmp_path / "lite0.safetensors"  # the name says safetensors, the bytes say torch.save
+    torch.save(lite0.state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    model = effml.create_model("tf_efficientnet_lite0")
+    load_weights(model, path)
+    assert torch.equal(model.conv_stem.weight, lite0.conv_stem.weight)
+    pickle.dump({"code": print}, (tmp_path / "evil.safetensors").open("wb"))
+    with pytest.raises(WeightsError, match="refused to load .*evil.safetensors"):
+        load_weights(model, tmp_path / "evil.safetensors")

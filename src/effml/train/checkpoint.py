@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from effml.data.files import os_error
 from effml.errors import EffmlError
 from effml.models.weights import new_file_mode
 
@@ -26,8 +27,11 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
     A crash at any moment leaves either the old file or the new one, never a truncated one. The
     file gets the mode the umask gives a new file (``mkstemp`` would leave it 0600).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise os_error(err, "write", path) from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -40,9 +44,11 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):  # a full disk, a read-only folder: say so, naming the file
+            raise os_error(err, "write", path, f"the previous {path.name} (if any) is intact") from err
         raise
 
 
