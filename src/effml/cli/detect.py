@@ -58,11 +58,12 @@ def detect(
     except BaseException as e:  # full disk, an error, Ctrl-C: no half set of outputs is left
         remove_files(written)
         remove_empty_dirs(created)
-        if isinstance(e, OSError):
+        cause = _os_cause(e)
+        if cause is not None:
             where = getattr(e, "effml_path", None) or out_dir
             note = (f"the {len(written)} file(s) this run had written were removed" if written
                     else "nothing was written")
-            raise os_error(e, "write", where, note=note) from None
+            raise os_error(cause, "write", where, note=note) from None
         raise
     if failed:
         typer.echo(f"error: {failed} of {len(images)} image(s) could not be read", err=True)
@@ -137,11 +138,21 @@ def _detect(model: str, images: list[Path], weights: Path | None, num_classes: i
     return failed
 
 
+def _os_cause(e: BaseException) -> OSError | None:
+    """The ``OSError`` behind ``e``: ``e`` itself, or the one an ``InputError`` was raised from
+    (the atomic writers turn a full disk into an ``InputError`` naming the file)."""
+    if isinstance(e, OSError):
+        return e
+    if isinstance(e, InputError) and isinstance(e.__cause__, OSError):
+        return e.__cause__
+    return None
+
+
 def _write(path: Path, written: list[Path], write: Any, *args: Any) -> None:
-    """``write(*args)``, recording ``path`` as written, or on the ``OSError`` (as ``effml_path``)."""
+    """``write(*args)``, recording ``path`` as written, or on failure ``path`` (as ``effml_path``)."""
     try:
         write(*args)
-    except OSError as e:
+    except (OSError, InputError) as e:
         e.effml_path = path  # type: ignore[attr-defined]
         raise
     written.append(path)
