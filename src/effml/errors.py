@@ -28,3 +28,7 @@ class InputError(EffmlError):
 
 class ExportError(EffmlError):
     """An export did not produce a model that matches PyTorch."""
+
+
+class SearchError(EffmlError, ValueError):
+    """A search space, search config, study or latency table is invalid or does not fit."""

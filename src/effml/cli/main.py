@@ -13,6 +13,7 @@ from effml.cli.detect import detect
 from effml.cli.export import export
 from effml.cli.models import models
 from effml.cli.predict import predict
+from effml.cli.search import search_app
 from effml.cli.train import evaluate_run, train
 from effml.errors import EffmlError
 
@@ -33,7 +34,7 @@ class _EffmlGroup(TyperGroup):
 app = typer.Typer(
     name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
     pretty_exceptions_show_locals=False,
-    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export.",
+    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search.",
 )
 
 
@@ -50,7 +51,7 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export."""
+    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search."""
 
 
 app.command("models")(models)
@@ -60,6 +61,7 @@ app.command("bench")(bench)
 app.command("export")(export)
 app.command("train")(train)
 app.command("eval")(evaluate_run)
+app.add_typer(search_app, name="search")
 
 if __name__ == "__main__":
     app()

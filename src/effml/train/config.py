@@ -35,6 +35,7 @@ class ConfigError(EffmlError, ValueError):
 # strict: no silent bool <-> number or text -> number conversion (YAML already types its values);
 # extra="forbid": a key the schema lacks is an error; validate_assignment: in-process edits too.
 _SCHEMA = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, validate_assignment=True)
+CONFIG_SCHEMA = _SCHEMA  # for other roots of sections (the search config)
 
 
 def _as_tuple(value: Any) -> Any:
@@ -76,10 +77,14 @@ class ModelConfig:
 class DataConfig:
     """Where images come from and how they are augmented."""
 
-    # digits: scikit-learn's 8x8 digits (embedded); folder: ImageFolder classes; detection:
+    # digits: scikit-learn's 8x8 digits (embedded); fashion_mnist: Fashion-MNIST's 28x28 IDX files
+    # (60k train, 10k test as val; default root /usr/share/datasets/fashion-mnist, from the Debian
+    # package dataset-fashion-mnist); folder: ImageFolder classes; detection:
     # shapes (embedded synthetic COCO-format set, generated once and cached) or coco (COCO json)
-    dataset: Literal["digits", "folder", "shapes", "coco"] = "digits"
-    root: str | None = None  # folder: root/train, root/val class sub-folders; coco: see train_split
+    dataset: Literal["digits", "fashion_mnist", "folder", "shapes", "coco"] = "digits"
+    # folder: root/train, root/val class sub-folders; fashion_mnist: the folder of the IDX files
+    # (train-images-idx3-ubyte[.gz], ...); coco: see train_split
+    root: str | None = None
     # coco: images in root/<split>/, annotations in root/<split>/annotations.json or
     # root/annotations/instances_<split>.json (the COCO 2017 layout: train2017, val2017)
     train_split: Annotated[str, Field(min_length=1)] = "train"
@@ -223,7 +228,7 @@ class Config:
 # Input paths, and the suffix that makes a value a path (model.name may also be a zoo name).
 # They resolve against the config file's folder (a YAML file) or the current folder (an
 # override, a run's saved config.yaml) and are stored absolute; run.dir, an output, stays as written.
-PATH_KEYS: dict[tuple[str, str], str] = {
+PATH_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
     ("model", "name"): ".json", ("model", "weights"): "", ("data", "root"): "",
     ("distill", "teacher"): ".json", ("distill", "teacher_weights"): "",
 }
@@ -260,14 +265,15 @@ def is_run_config(path: Path) -> bool:
         (path.parent / n).exists() for n in ("checkpoints", "metrics.jsonl", "run.json"))
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: Config | None = None, *,
-                saved: bool | None = None) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] = (), base: Any = None, *,
+                saved: bool | None = None, schema: type = Config, path_keys: dict | None = None) -> Any:
     """Read a YAML config (optional) and apply ``section.key=value`` overrides (YAML values).
 
     ``saved``: the file is a run's saved ``config.yaml`` (None: when ``is_run_config`` says so).
     Its paths are relative to the folder the run was started from, and keys of ``REMOVED_KEYS``
-    are dropped."""
-    config = base or Config()
+    are dropped. ``schema``/``path_keys``: another root of sections (the search config) and its
+    input paths (default: the training config's)."""
+    config = base if base is not None else schema()
     if path is not None:
         p = Path(path)
         if p.is_dir():
@@ -282,7 +288,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Config
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
         config = config_from_dict({} if data is None else data, config, source=str(p),
-                                  relative_to=Path.cwd() if saved else p.absolute().parent, saved=saved)
+                                  relative_to=Path.cwd() if saved else p.absolute().parent, saved=saved,
+                                  path_keys=path_keys)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -297,18 +304,22 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Config
         for part in parts[:-1]:
             cursor = cursor.setdefault(part, {})
         cursor[parts[-1]] = value
-        config = config_from_dict(nested, config, source=f"override {item!r}", relative_to=Path.cwd())
+        config = config_from_dict(nested, config, source=f"override {item!r}", relative_to=Path.cwd(),
+                                  path_keys=path_keys)
     return config
 
 
-def config_from_dict(data: Any, base: Config | None = None, source: str = "", *,
-                     relative_to: Path | None = None, saved: bool = False) -> Config:
-    """A validated config: ``data`` merged over ``base`` (defaults when None). Relative input
-    paths in ``data`` resolve against ``relative_to`` (None: left as they are); ``saved``: ``data``
-    is a run's saved config (or the copy in its checkpoint), whose ``REMOVED_KEYS`` are dropped."""
-    config = base or Config()
+def config_from_dict(data: Any, base: Any = None, source: str = "", *, relative_to: Path | None = None,
+                     saved: bool = False, path_keys: dict | None = None) -> Any:
+    """A validated config: ``data`` merged over ``base`` (a training ``Config`` of defaults when
+    None; another root of sections, e.g. the search config, when given). Relative input paths in
+    ``data`` resolve against ``relative_to`` (None: left as they are); ``saved``: ``data`` is a
+    run's saved config (or the copy in its checkpoint), whose ``REMOVED_KEYS`` are dropped. A
+    section that is itself a training ``Config`` (the search's proxy training) is merged likewise."""
+    config = base if base is not None else Config()
+    path_keys = PATH_KEYS if path_keys is None else path_keys
     where = f"{source}: " if source else ""
-    sections = [f.name for f in dataclasses.fields(Config)]
+    sections = [f.name for f in dataclasses.fields(config)]
     if not isinstance(data, dict):
         raise ConfigError(f"{where}expected a mapping of sections ({', '.join(sections)}), got {data!r}")
     changes, problems = {}, []
@@ -320,6 +331,10 @@ def config_from_dict(data: Any, base: Config | None = None, source: str = "", *,
         if not isinstance(values, dict):
             raise ConfigError(f"{where}{name}: expected a mapping of keys, got {values!r}")
         section = getattr(config, name)
+        if isinstance(section, Config):
+            changes[name] = config_from_dict(values, section, f"{where}{name}", relative_to=relative_to,
+                                             saved=saved)
+            continue
         known = [f.name for f in dataclasses.fields(section)]
         values = {k: v for k, v in values.items() if not (saved and (name, k) in REMOVED_KEYS)}
         for key in values:
@@ -327,7 +342,7 @@ def config_from_dict(data: Any, base: Config | None = None, source: str = "", *,
                 raise ConfigError(where + _unknown(str(key), known, f"{name}: ", "keys",
                                                    REMOVED_KEYS.get((name, key))))
         if relative_to is not None:
-            values = {k: _resolve(name, k, v, relative_to) for k, v in values.items()}
+            values = {k: _resolve(path_keys.get((name, k)), v, relative_to) for k, v in values.items()}
         try:
             changes[name] = dataclasses.replace(section, **values)
         except ValidationError as e:
@@ -337,9 +352,9 @@ def config_from_dict(data: Any, base: Config | None = None, source: str = "", *,
     return dataclasses.replace(config, **changes)
 
 
-def _resolve(section: str, key: str, value: Any, folder: Path) -> Any:
-    """An input path made absolute against ``folder``; any other value as it is."""
-    suffix = PATH_KEYS.get((section, key))
+def _resolve(suffix: str | tuple[str, ...] | None, value: Any, folder: Path) -> Any:
+    """An input path (a key of ``PATH_KEYS``: ``suffix``) made absolute against ``folder``; any
+    other value as it is."""
     if suffix is None or not isinstance(value, str) or not value or not value.endswith(suffix):
         return value
     return os.path.normpath(folder / Path(value).expanduser())

@@ -13,9 +13,10 @@ from effml.data.coco import CocoDetection, collate_detection
 from effml.data.det_transforms import detection_eval_transform, detection_train_transform
 from effml.data.shapes import make_shapes_dataset
 from effml.data.datasets import (
-    AugmentedDataset, DigitsDataset, FolderDataset, IndexSubset, check_readable, collate_samples,
-    eval_tensor_transform, train_transform,
+    AugmentedDataset, DigitsDataset, FashionMNISTDataset, FolderDataset, IndexSubset, check_readable,
+    collate_samples, eval_tensor_transform, train_transform,
 )
+from effml.data.fashion_mnist import FASHION_MNIST_ROOT
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
 from effml.train.config import Config
@@ -44,7 +45,8 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     mean, std = preprocess.mean, preprocess.std
     natural = d.dataset == "folder"
     train_tf = train_transform(d.augment, d.image_size, mean, std, natural_images=natural,
-                               ra_ops=d.randaugment_ops, ra_magnitude=d.randaugment_magnitude)
+                               ra_ops=d.randaugment_ops, ra_magnitude=d.randaugment_magnitude,
+                               hflip=d.dataset == "fashion_mnist")
     val_tf = eval_tensor_transform(d.image_size, mean, std, preprocess.crop_pct, natural_images=natural)
     seed = cfg.train.seed
     if d.dataset == "digits":
@@ -53,6 +55,14 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
 
         train = train_split(train_tf)
         val = DigitsDataset("val", d.image_size, val_tf, seed)
+    elif d.dataset == "fashion_mnist":
+        fashion_root = Path(d.root) if d.root else FASHION_MNIST_ROOT
+
+        def train_split(tf: Callable) -> AugmentedDataset:
+            return FashionMNISTDataset("train", fashion_root, tf, seed, limit=d.limit_train)
+
+        train = train_split(train_tf)
+        val = FashionMNISTDataset("val", fashion_root, val_tf, seed)
     else:
         if not d.root:
             raise InputError("data.dataset=folder needs data.root: a folder with train/ and val/ inside")

@@ -1,0 +1,128 @@
+"""How well a latency lookup table predicts measured latency, on random MnasNet-like networks.
+
+A family of networks on a MnasNet-A1-like base (arXiv 1807.11626, Fig. 7), with MnasNet's
+per-stage choices: op (MBConv 'ir', FusedMBConv 'er', depthwise-separable 'ds'), kernel 3/5,
+expansion 3/6, SE 0/0.25, filters x0.75/1/1.25, repeats -1/0/+1. The table holds every distinct
+layer of the sampled networks (as a table over a search space holds all of its layers), its overhead
+is calibrated on some networks, and the others are measured end to end and compared with the
+prediction. Prints the median, p90 and max absolute % error per runtime.
+
+Usage: python benchmarks/latency_table_accuracy.py [--networks 30] [--calibration 10]
+       [--resolution 96] [--runtimes eager,onnxruntime] [--threads 1] [--seed 0] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _timing import machine  # noqa: E402
+
+from effml.search.latency_table import build_latency_table, validate_table  # noqa: E402
+from effml.spec import BlockSpec, NetworkSpec  # noqa: E402
+from effml.spec.channels import scale_filters  # noqa: E402
+
+# MnasNet-A1 (paper Fig. 7; timm ``_gen_mnasnet_a1``): (kind, repeats, kernel, stride, expand, SE, filters)
+BASE_ROWS = [
+    ("ds", 1, 3, 1, 1, 0.0, 16),
+    ("ir", 2, 3, 2, 6, 0.0, 24),
+    ("ir", 3, 5, 2, 3, 0.25, 40),
+    ("ir", 4, 3, 2, 6, 0.0, 80),
+    ("ir", 2, 3, 1, 6, 0.25, 112),
+    ("ir", 3, 5, 2, 6, 0.25, 160),
+    ("ir", 1, 3, 1, 6, 0.0, 320),
+]
+OPS, KERNELS, EXPANSIONS, SES, WIDTHS, REPEATS = ("ir", "er", "ds"), (3, 5), (3, 6), (0.0, 0.25), \
+    (0.75, 1.0, 1.25), (-1, 0, 1)
+
+
+def base_spec(resolution: int) -> NetworkSpec:
+    """MnasNet-A1 at ``resolution`` (ReLU, stem 32, head 1280)."""
+    stages = tuple((BlockSpec(kind, c, repeats=r, kernel_size=(k,), stride=s, expand_ratio=float(e),
+                              se_ratio=se),) for kind, r, k, s, e, se, c in BASE_ROWS)
+    return NetworkSpec(stages=stages, stem_channels=32, head_channels=1280, act="relu",
+                       resolution=resolution, dropout=0.2)
+
+
+def sample(base: NetworkSpec, rng: random.Random) -> NetworkSpec:
+    """One member of the family: every stage's block row re-chosen with ``dataclasses.replace``."""
+    stages = []
+    for (row,) in base.stages:
+        op = rng.choice(OPS)
+        row = replace(row, kind=op, kernel_size=(rng.choice(KERNELS),),
+                      expand_ratio=1.0 if op == "ds" else float(rng.choice(EXPANSIONS)),
+                      se_ratio=rng.choice(SES), out_channels=scale_filters(row.out_channels, rng.choice(WIDTHS)),
+                      repeats=max(1, row.repeats + rng.choice(REPEATS)))
+        stages.append((row,))
+    return replace(base, stages=tuple(stages))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--networks", type=int, default=30, help="validation networks (held out of calibration)")
+    ap.add_argument("--calibration", type=int, default=10, help="networks that calibrate the overhead")
+    ap.add_argument("--resolution", type=int, default=96)
+    ap.add_argument("--runtimes", default="eager")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--save-tables", type=Path, default=None, help="folder to save each table in")
+    args = ap.parse_args()
+
+    rng = random.Random(args.seed)
+    base = base_spec(args.resolution)
+    seen: set[NetworkSpec] = set()
+    members: list[NetworkSpec] = []
+    while len(members) < args.networks + args.calibration:
+        spec = sample(base, rng)
+        if spec not in seen:
+            seen.add(spec)
+            members.append(spec)
+    calibration, validation = members[:args.calibration], members[args.calibration:]
+
+    print(f"machine: {machine()}")
+    print(f"{len(validation)} validation + {len(calibration)} calibration networks at "
+          f"{args.resolution} px, {args.threads} thread(s), batch 1, seed {args.seed}")
+    results = {}
+    for runtime in args.runtimes.split(","):
+        start = time.perf_counter()
+        last = [0.0]
+
+        def progress(done: int, total: int, what: str) -> None:
+            if time.perf_counter() - last[0] > 20:
+                last[0] = time.perf_counter()
+                print(f"  [{runtime} {time.perf_counter() - start:5.0f}s] {what}", flush=True)
+
+        table = build_latency_table(validation, runtime=runtime, threads=args.threads,
+                                    calibration_specs=calibration, progress=progress)
+        built = time.perf_counter() - start
+        v = validate_table(table, validation, progress=progress)
+        table = table.with_validation(v)
+        if args.save_tables:
+            table.save(args.save_tables / f"latency_table_{runtime}.json")
+        measured = sorted(v.measured_ms)
+        print(f"{runtime}: {len(table.entries)} distinct parts, table built in {built:.0f}s "
+              f"(+{time.perf_counter() - start - built:.0f}s validation); networks "
+              f"{measured[0]:.2f}-{measured[-1]:.2f} ms; overhead {table.overhead_ms:+.3f} ms "
+              f"(calibration residuals {min(table.calibration.residuals_ms):+.3f}.."
+              f"{max(table.calibration.residuals_ms):+.3f})")
+        print(f"{runtime}: abs error  median {v.median_abs_pct:.2f}%  p90 {v.p90_abs_pct:.2f}%  "
+              f"max {v.max_abs_pct:.2f}%  (n={v.n})")
+        signed = sorted((p - m) / m * 100 for p, m in zip(v.predicted_ms, v.measured_ms))
+        print(f"{runtime}: signed error  min {signed[0]:+.2f}%  median {signed[len(signed) // 2]:+.2f}%  "
+              f"max {signed[-1]:+.2f}%")
+        results[runtime] = {"entries": len(table.entries), "overhead_ms": table.overhead_ms,
+                            "validation": vars(v), "build_s": built}
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "machine": machine(), "results": results}, indent=1, default=list))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Latency measured on this machine: the timing primitives, the thread setting, one model's latency.
+
+MnasNet (arXiv 1807.11626, Sec. 3 and 5) optimises the latency measured on the target device
+rather than a proxy such as FLOPs; this module is that measurement for the user's CPU, under eager
+PyTorch or ONNX Runtime. ``effml.deploy.benchmark`` times with the same primitives, and the latency
+tables (search/latency_table.py) time each layer with them, so all three agree on what "ms" means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from effml.errors import EffmlError, InputError
+
+Runtime = Literal["eager", "onnxruntime"]
+RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime")
+ONNX_INPUT = "input"  # the input name effml's ONNX exports use (deploy/onnx_export.py)
+
+# Adaptive repeats: a timing is the median of at least MIN_REPEATS calls lasting MIN_TIME_MS in all,
+# so a 50 us layer gets thousands of calls and a 20 ms network a few dozen.
+MIN_REPEATS = 20
+MIN_TIME_MS = 100.0
+MAX_REPEATS = 100_000
+
+
+def machine_fingerprint() -> dict[str, Any]:
+    """The CPU model, logical cores, OS and library versions that a latency depends on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    try:
+        import onnxruntime
+
+        ort_version: str | None = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {
+        "cpu": cpu, "cores": os.cpu_count() or 1, "os": platform.platform(),
+        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort_version,
+    }
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Set torch's intra-op threads for a block (``None``: leave them); yields the count in effect."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def time_calls(fn: Callable[[], object], warmup: int, iters: int, *, min_time_ms: float = 0.0,
+               max_iters: int = MAX_REPEATS, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Milliseconds of each timed ``fn()`` after ``warmup`` untimed calls: ``iters`` calls, more
+    while their total is under ``min_time_ms`` (at most ``max_iters``)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    total = 0.0
+    while len(times) < iters or (total < min_time_ms and len(times) < max_iters):
+        t = clock()
+        fn()
+        ms = (clock() - t) * 1e3
+        times.append(ms)
+        total += ms
+    return times
+
+
+def time_interleaved(fns: Sequence[Callable[[], object]], *, warmup: int, rounds: int,
+                     clock: Callable[[], float] = time.perf_counter,
+                     progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
+    """Per function, the ms of one call in each of ``rounds`` rounds that visit every function in
+    turn (alternating direction), after ``warmup`` calls each.
+
+    One call per visit, like one pass of a network: a layer starts with the caches its neighbours
+    left, not with its own weights hot; and a slow spell of a shared machine falls on all alike.
+    """
+    for fn in fns:
+        time_calls(fn, warmup, 0, clock=clock)
+    samples: list[list[float]] = [[] for _ in fns]
+    order = list(range(len(fns)))
+    for r in range(rounds):
+        for i in (order if r % 2 == 0 else order[::-1]):
+            samples[i] += time_calls(fns[i], 0, 1, clock=clock)
+        if progress:
+            progress(r + 1, rounds)
+    return samples
+
+
+Clock = Literal["wall", "cpu"]
+
+
+def resolve_clock(clock: Clock | None, threads: int) -> Clock:
+    """The clock a measurement uses: ``None`` picks the calling thread's CPU time for one thread
+    (all the work runs on it, so other processes' turns on the core do not count) else wall time."""
+    if clock is None:
+        return "cpu" if threads == 1 else "wall"
+    if clock not in ("wall", "cpu"):
+        raise InputError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise InputError(f"clock 'cpu' times the calling thread only, so it needs threads=1 (got "
+                         f"{threads}); use clock='wall'")
+    return clock
+
+
+def clock_fn(clock: Clock) -> Callable[[], float]:
+    """The timer function (seconds) of a clock name."""
+    return time.thread_time if clock == "cpu" else time.perf_counter
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one model call (ms per batch) from repeated timed runs after a warm-up."""
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    runtime: str
+    threads: int
+    batch_size: int
+    repeats: int
+    clock: str = "wall"  # 'cpu': the calling thread's CPU time (see ``resolve_clock``)
+
+    @classmethod
+    def from_times(cls, times: Sequence[float], *, runtime: str, threads: int, batch_size: int,
+                   clock: str = "wall") -> LatencyStats:
+        """Summarise call times (ms)."""
+        a = np.asarray(times, dtype=float)
+        return cls(float(np.median(a)), float(np.percentile(a, 90)), float(a.mean()), runtime, threads,
+                   batch_size, len(a), clock)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stats as a JSON-ready dict."""
+        return asdict(self)
+
+
+def check_runtime(runtime: str) -> None:
+    """Refuse a runtime that latency measurement does not support."""
+    if runtime not in RUNTIMES:
+        raise InputError(f"latency runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
+
+
+def _check_cpu(model: nn.Module) -> None:
+    first = next(model.parameters(), None)
+    if first is not None and first.device.type != "cpu":
+        raise InputError(f"latency is measured on the CPU but the model is on {first.device}; pass model.cpu()")
+
+
+def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    hw = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise InputError(f"input_size must be a positive int or (height, width), got {input_size!r}")
+    return hw[0], hw[1]
+
+
+def _ort_session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: ORT warns about unused initializers
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
+    # The same exporter call as effml.deploy.export_onnx (dynamo, batch-only dynamic shape traced
+    # at batch >= 2, default opset), so a measured ORT latency is that of the model effml exports.
+    example = x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).contiguous()
+    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
+    levels = [lg.level for lg in quiet]
+    for lg in quiet:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        program = torch.onnx.export(
+            model, (example,), None, input_names=[ONNX_INPUT], output_names=["output"],
+            dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
+        )
+    except Exception as e:  # the exporter raises many types; the cause is what the user needs
+        raise EffmlError(f"cannot time {type(model).__name__} under onnxruntime: export failed: "
+                         f"{str(e)[:1000]}") from e
+    finally:
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
+    program.save(path, external_data=False)
+
+
+@contextlib.contextmanager
+def prepared_call(model: nn.Module, x: torch.Tensor, *, runtime: str = "eager",
+                  threads: int = 1) -> Iterator[Callable[[], object]]:
+    """A zero-argument call running ``model`` (in eval mode) on ``x`` under ``runtime``, for timing
+    inside the block (eager: under ``torch.inference_mode``; onnxruntime: a fresh session)."""
+    check_runtime(runtime)
+    _check_cpu(model)
+    was_training = model.training
+    model.eval()
+    try:
+        if runtime == "eager":
+            with torch.inference_mode():
+                yield lambda: model(x)
+            return
+        with tempfile.TemporaryDirectory(prefix="effml-latency-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            _export_onnx(model, x, path)
+            session = _ort_session(path, threads)
+            feed = {ONNX_INPUT: x.numpy()}
+            yield lambda: session.run(None, feed)
+    finally:
+        model.train(was_training)
+
+
+def measure_latency(
+    model: nn.Module,
+    input_size: int | tuple[int, int],
+    *,
+    runtime: Runtime = "eager",
+    batch_size: int = 1,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int | None = None,
+    min_time_ms: float = MIN_TIME_MS,
+    in_channels: int = 3,
+    clock: Clock | None = None,
+) -> LatencyStats:
+    """Latency of ``model`` on a random batch on this CPU: the median of timed runs after a warm-up
+    (``repeats=None``: at least ``MIN_REPEATS`` runs and ``min_time_ms`` in all; ``clock=None``:
+    CPU time of the calling thread with one thread, else wall time)."""
+    h, w = _as_hw(input_size)
+    if batch_size < 1 or threads < 1 or warmup < 0 or (repeats is not None and repeats < 1):
+        raise InputError(f"need batch_size >= 1, threads >= 1, warmup >= 0 and repeats >= 1 (got "
+                         f"batch_size={batch_size}, threads={threads}, warmup={warmup}, repeats={repeats})")
+    clock = resolve_clock(clock, threads)
+    x = torch.randn(batch_size, in_channels, h, w, generator=torch.Generator().manual_seed(0))
+    with torch_threads(threads) as n, prepared_call(model, x, runtime=runtime, threads=threads) as fn:
+        times = time_calls(fn, warmup, MIN_REPEATS if repeats is None else repeats,
+                           min_time_ms=min_time_ms if repeats is None else 0.0, clock=clock_fn(clock))
+    return LatencyStats.from_times(times, runtime=runtime, threads=n, batch_size=batch_size, clock=clock)

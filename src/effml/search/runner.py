@@ -1,0 +1,223 @@
+"""Running a search: one ask/tell loop, trials evaluated in parallel by local worker processes or
+by Ray tasks.
+
+The driver alone asks the strategy for trials and tells it their results, so the study reaches
+exactly its trial count and no finished trial is written twice, whichever runner evaluates them;
+a worker only trains and measures, and reports per-epoch accuracy to the storage for the pruner.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from effml.errors import EffmlError, SearchError
+from effml.search.config import SearchConfig
+from effml.search.objectives import LatencyModel, evaluate_sample
+from effml.search.space import Sample, SearchSpace
+from effml.search.study import finished_trials, open_storage, open_study
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """What a worker needs to run one trial."""
+
+    cfg: SearchConfig
+    sample: Sample
+    number: int
+    trial_id: int
+    seed: int
+
+
+def run_trial(job: TrialJob) -> dict[str, Any]:
+    """Train and score one trial (in a worker process or Ray task); per-epoch accuracy goes to the
+    study storage so that the pruner can stop it."""
+    import torch
+
+    torch.set_num_threads(job.cfg.search.threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    report: Callable[[int, float], bool] | None = None
+    if job.cfg.search.pruner != "none":
+        from effml.search.study import make_pruner
+
+        study = optuna.load_study(study_name=job.cfg.search.study, storage=open_storage(job.cfg.search.storage),
+                                  pruner=make_pruner(job.cfg.search.pruner))
+        trial = optuna.trial.Trial(study, job.trial_id)
+
+        def to_pruner(epoch: int, accuracy: float) -> bool:
+            if math.isfinite(accuracy):
+                trial.report(accuracy, epoch)
+            return trial.should_prune()
+
+        report = to_pruner
+
+    outcome = evaluate_sample(job.cfg, job.sample, job.seed, LatencyModel(job.cfg.objective), report)
+    return {"values": outcome.values, "metrics": outcome.metrics, "duration_s": outcome.duration_s,
+            "pruned": outcome.pruned, "history": outcome.history}
+
+
+class LocalExecutor:
+    """``workers`` processes on this machine (spawned: no inherited threads or locks)."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, job: TrialJob) -> Future:
+        """Start one trial."""
+        return self.pool.submit(run_trial, job)
+
+    def close(self) -> None:
+        """Stop the workers (a running trial is abandoned)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class RayExecutor:
+    """Trials as Ray tasks: on a local Ray instance, or on a cluster at ``address`` (`ray start`)."""
+
+    def __init__(self, address: str | None, threads: int) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise SearchError("search.runner=ray needs Ray: pip install 'effml[ray]' (or ray)") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": address} if address else {"include_dashboard": False}
+            ray.init(log_to_driver=False, configure_logging=False, **kwargs)
+        self.remote = ray.remote(num_cpus=threads)(run_trial)
+
+    def submit(self, job: TrialJob) -> Future:
+        """Start one trial as a Ray task; its result arrives as a ``Future``."""
+        return self.remote.remote(job).future()
+
+    def close(self) -> None:
+        """Leave the Ray instance as it was found only when we started it."""
+        self.ray.shutdown()
+
+
+@dataclass
+class SearchResult:
+    """How a search ended."""
+
+    study: optuna.Study
+    finished: int
+    failed: int
+
+
+# Called with one line per event (trial finished or failed), for progress output.
+Echo = Callable[[str], None]
+
+
+def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, echo: Echo = print,
+               sampler: Any = None) -> SearchResult:
+    """Run (or with ``resume`` continue) the search of ``cfg`` over ``space`` until the study has
+    ``search.trials`` finished trials."""
+    from effml.search.strategies import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = cfg.search
+    if cfg.objective.kind == "reward" and cfg.objective.target is None:
+        raise SearchError("objective.kind=reward needs objective.target: the latency target T "
+                          "(ms, or millions of MACs with objective.latency=flops)")
+    LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
+    if sampler is None:
+        sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=cfg.objective.kind == "multi",
+                               **s.strategy_options)
+    study = open_study(cfg, space, resume=resume, sampler=sampler)
+    executor = RayExecutor(s.ray_address, s.threads) if s.runner == "ray" else LocalExecutor(s.workers)
+    running: dict[Future, tuple[optuna.trial.Trial, float]] = {}
+    failed_in_a_row = failed = 0
+    start = time.monotonic()
+    done_at_start = len(finished_trials(study))
+    try:
+        while True:
+            done = len(finished_trials(study))
+            while len(running) < s.workers and done + len(running) < s.trials:
+                trial = study.ask()
+                try:
+                    sample = space.sample(trial)
+                except EffmlError as err:  # an invalid sample: recorded as failed, the study goes on
+                    _fail(study, trial, f"invalid sample: {err}", echo)
+                    failed += 1
+                    continue
+                trial.set_user_attr("spec", _spec_dict(sample.spec))
+                trial.set_user_attr("overrides", list(sample.overrides))
+                seed = s.seed + trial.number
+                trial.set_user_attr("seed", seed)
+                job = TrialJob(cfg, sample, trial.number, trial._trial_id, seed)
+                running[executor.submit(job)] = (trial, time.monotonic())
+            if not running:
+                break
+            ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in ready:
+                trial, _started = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as err:  # noqa: BLE001 - a failed trial is recorded, the study goes on
+                    _fail(study, trial, _describe(err), echo)
+                    failed += 1
+                    failed_in_a_row += 1
+                    if failed_in_a_row > s.max_failures:
+                        raise SearchError(f"{failed_in_a_row} trials failed in a row (the last: {_describe(err)}); "
+                                          f"the study stops (search.max_failures={s.max_failures})") from None
+                    continue
+                failed_in_a_row = 0
+                trial.set_user_attr("metrics", result["metrics"])
+                trial.set_user_attr("duration_s", round(result["duration_s"], 2))
+                if result["pruned"]:
+                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, result["values"])
+                echo(_progress(study, trial.number, result, s.trials, start, done_at_start))
+    finally:
+        for future in running:
+            future.cancel()
+        executor.close()
+    return SearchResult(study, len(finished_trials(study)), failed)
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    from effml.zoo.kinds import spec_to_dict
+
+    return spec_to_dict(spec)
+
+
+def _describe(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+def _fail(study: optuna.Study, trial: optuna.trial.Trial, why: str, echo: Echo) -> None:
+    trial.set_user_attr("error", why)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    echo(f"trial {trial.number} failed: {why}")
+
+
+def _progress(study: optuna.Study, number: int, result: dict[str, Any], total: int, start: float,
+              done_at_start: int) -> str:
+    """'trial n/N ...: reward, accuracy, latency, best so far, ETA'."""
+    done = len(finished_trials(study))
+    m = result["metrics"]
+    lat = f"{m['latency_ms']:.2f} ms" if "latency_ms" in m else f"{m.get('latency_mmacs', 0):.1f} MMACs"
+    what = "pruned" if result["pruned"] else (
+        f"reward {m['reward']:.4f}" if m.get("reward") is not None else f"acc {100 * m['accuracy']:.1f}%")
+    best = ""
+    if len(study.directions) == 1:
+        try:
+            best = f", best {study.best_value:.4f} (trial {study.best_trial.number})"
+        except ValueError:
+            best = ""
+    else:
+        best = f", Pareto front {len(study.best_trials)}"
+    elapsed = time.monotonic() - start
+    new = max(1, done - done_at_start)
+    eta = elapsed / new * max(0, total - done)
+    acc = f"{100 * m['accuracy']:.1f}%" if "accuracy" in m else "-"
+    return (f"trial {done}/{total} (#{number}): {what}, acc {acc}, {lat}, "
+            f"{m['macs'] / 1e6:.1f} MMACs{best}, ETA {int(eta // 60)}:{int(eta % 60):02d}")

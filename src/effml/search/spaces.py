@@ -1,0 +1,124 @@
+"""The named search spaces: MnasNet's, MobileDets', a MixNet kernel space and EfficientNet's
+compound-coefficient grid, each a ``SearchSpace`` over a base spec built here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from effml.errors import SearchError
+from effml.search.space import Choice, SearchSpace, compound_grid
+from effml.spec import BlockSpec, NetworkSpec
+
+# MobileNetV2 (Sandler et al., arXiv 1801.04381, Table 2): expansion t, filters c, repeats n,
+# stride s per block; MnasNet searches relative to it (arXiv 1807.11626, section 4.1).
+MOBILENET_V2_ROWS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                     (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def mnasnet_space(num_classes: int = 1000, resolution: int = 224, in_channels: int = 3) -> SearchSpace:
+    """MnasNet's factorized hierarchical space as Google released it
+    (google/vertex-ai-nas ``nas_architecture/tunable_mnasnet_search_space.py``): 7 blocks over
+    MobileNetV2; per block conv or MBConv, expansion {1, 3, 6}, kernel {3, 5}, SE {0, 0.25},
+    output filters {int(0.75 c), c, int(1.25 c)}, repeats {n - 1, n, n + 1} ({1, 2} when n = 1):
+    216 choices per block (144 where n = 1).
+
+    The paper's "regular conv" op is the fused IBN (``er``: a full kxk conv expands, 1x1
+    projects), as in EfficientNet-EdgeTPU; the paper's skip choice (pooling / identity / none)
+    is not in the released space and not here: a block has its residual when shapes allow.
+    """
+    rows = tuple((BlockSpec("ir", c, repeats=n, stride=s, expand_ratio=t),) for t, c, n, s in MOBILENET_V2_ROWS)
+    base = NetworkSpec(rows, stem_channels=32, head_channels=1280, num_classes=num_classes,
+                       in_channels=in_channels, act="relu", resolution=resolution, bn_eps=1e-3)
+    choices = []
+    for i, (_t, c, n, _s) in enumerate(MOBILENET_V2_ROWS):
+        choices += [
+            Choice("kind", ("ir", "er"), i, 0),
+            Choice("expand_ratio", (1.0, 3.0, 6.0), i, 0),
+            Choice("kernel_size", (3, 5), i, 0),
+            Choice("se_ratio", (0.0, 0.25), i, 0),
+            Choice("out_channels", (int(0.75 * c), c, int(1.25 * c)), i, 0),
+            Choice("repeats", (-1, 0, 1) if n > 1 else (0, 1), i, 0),
+        ]
+    return SearchSpace("mnasnet", base, tuple(choices))
+
+
+def mobiledet_space(num_classes: int = 1000, resolution: int = 320, in_channels: int = 3) -> SearchSpace:
+    """The MobileDets IBN + fused IBN + Tucker space (Xiong et al., arXiv 2004.14525, section 4):
+    per searchable layer an IBN (expansion {4, 8}, kernel {3, 5}), a fused IBN (the same) or a
+    Tucker convolution (input and output compression {0.25, 0.75}, kernel 3).
+
+    The macro structure (strides, widths, residuals) is MobileDet-DSP's (tensorflow/models
+    ``ssd_mobiledet_feature_extractor.py``, ``mobiledet_dsp_backbone``), one row per layer; its
+    first layer (a depthwise-separable conv) is fixed. The paper's per-layer width multipliers
+    and layer skipping are not included: their values are not stated in the public sources.
+    """
+    from effml.detection.mobiledet import MOBILEDET_TABLES
+
+    table = MOBILEDET_TABLES["dsp"]
+    stages, choices = [], []
+    for s, endpoint in enumerate(table.endpoints):
+        rows = []
+        for r, layer in enumerate(endpoint):
+            if s == 0:
+                rows.append(BlockSpec("ds", layer.filters, kernel_size=(3,), stride=layer.stride,
+                                      skip=layer.residual))
+                continue
+            rows.append(BlockSpec("ir", layer.filters, kernel_size=(3,), stride=layer.stride,
+                                  expand_ratio=4.0, skip=layer.residual))
+            choices += [
+                Choice("kind", ("ir", "er", "tucker"), s, r),
+                Choice("expand_ratio", (4.0, 8.0), s, r, kinds=("ir", "er")),
+                Choice("kernel_size", (3, 5), s, r, kinds=("ir", "er")),
+                Choice("input_compression", (0.25, 0.75), s, r, kinds=("tucker",)),
+                Choice("output_compression", (0.25, 0.75), s, r, kinds=("tucker",)),
+            ]
+        stages.append(tuple(rows))
+    base = NetworkSpec(tuple(stages), stem_channels=table.stem, head_channels=1280, num_classes=num_classes,
+                       in_channels=in_channels, act=table.act, resolution=resolution, bn_eps=0.01,
+                       bn_momentum=0.01)
+    return SearchSpace("mobiledet", base, tuple(choices))
+
+
+# MixNet (Tan & Le, arXiv 1907.09595, section 4.1): a MixConv with 1-4 channel groups whose
+# kernels grow as 3x3, 5x5, 7x7, 9x9.
+MIXNET_KERNELS = ((3,), (3, 5), (3, 5, 7), (3, 5, 7, 9))
+
+
+def mixnet_kernel_space(num_classes: int = 1000, resolution: int = 224, in_channels: int = 3) -> SearchSpace:
+    """MixNet-S with the MixConv kernel groups of every MBConv row searched."""
+    from effml.models.mixnet import mixnet_spec
+
+    base = mixnet_spec("s").replace(num_classes=num_classes, resolution=resolution, in_channels=in_channels)
+    choices = tuple(Choice("kernel_size", MIXNET_KERNELS, s, r)
+                    for s, stage in enumerate(base.stages) for r, b in enumerate(stage) if b.kind == "ir")
+    return SearchSpace("mixnet_kernels", base, choices)
+
+
+def efficientnet_compound_space(num_classes: int = 1000, resolution: int = 224,
+                                in_channels: int = 3) -> SearchSpace:
+    """EfficientNet's compound-coefficient grid (arXiv 1905.11946, section 3.3: phi = 1, alpha *
+    beta^2 * gamma^2 ~= 2, step 0.05) over B0; the paper found alpha 1.2, beta 1.1, gamma 1.15."""
+    from effml.models.efficientnet import efficientnet_b0_spec
+
+    base = efficientnet_b0_spec().replace(
+        num_classes=num_classes, resolution=resolution, in_channels=in_channels)
+    return SearchSpace("efficientnet_compound", base, (Choice("compound", compound_grid()),))
+
+
+SPACES: dict[str, Callable[..., SearchSpace]] = {
+    "mnasnet": mnasnet_space,
+    "mobiledet": mobiledet_space,
+    "mixnet_kernels": mixnet_kernel_space,
+    "efficientnet_compound": efficientnet_compound_space,
+}
+
+
+def named_space(name: str, **options: int) -> SearchSpace:
+    """A named space (``SPACES``) for ``num_classes`` / ``resolution`` / ``in_channels``."""
+    if name not in SPACES:
+        raise SearchError(f"unknown search space {name!r}; named spaces are {sorted(SPACES)} "
+                          "(or give a space file: .json or .yaml)")
+    try:
+        return SPACES[name](**options)
+    except TypeError as err:
+        raise SearchError(f"space {name!r}: {err}; options are num_classes, resolution, in_channels") from None

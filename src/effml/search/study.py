@@ -1,0 +1,182 @@
+"""Studies that survive: an Optuna study in a SQLite file or any database URL, with every trial's
+spec, overrides, metrics and seed recorded, resumable after a crash or ``kill -9``.
+
+``optuna-dashboard sqlite:///search.db`` shows a study as it is: the architecture decisions are
+ordinary Optuna parameters and the metrics ordinary user attributes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from effml.errors import SearchError
+from effml.search.config import SearchConfig, search_config_to_dict
+from effml.search.space import SearchSpace, space_from_dict
+from effml.search.spaces import named_space
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+INTERRUPTED = "interrupted: the search stopped while this trial ran; a resumed search samples a new one"
+
+
+def storage_url(storage: str) -> str:
+    """A database URL: ``storage`` as it is when it is one, else a SQLite file (its folder made)."""
+    if "://" in storage:
+        return storage
+    path = Path(storage).expanduser().absolute()
+    if path.is_dir():
+        raise SearchError(f"search.storage {path} is a folder; give a file name such as {path / 'search.db'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SearchError(f"search.storage {path}: cannot create its folder ({err.strerror})") from None
+    return f"sqlite:///{path}"
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """The study storage at ``storage`` (file or URL); a clear error when it cannot be opened."""
+    url = storage_url(storage)
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
+        reason = " ".join(str(err).split())[:300]
+        raise SearchError(f"cannot open the study storage {url}: {reason}; give a writable SQLite file "
+                          f"(search.storage=search.db) or a database URL Optuna accepts "
+                          f"(postgresql://user:pass@host/db, with its driver installed)") from None
+
+
+def build_space(cfg: SearchConfig, num_classes: int) -> SearchSpace:
+    """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes at the
+    search's resolution (default: the proxy's input size)."""
+    resolution = cfg.search.resolution or cfg.proxy.data.image_size
+    name = cfg.search.space
+    if name.endswith((".json", ".yaml", ".yml")):
+        space = load_space(name)
+        return SearchSpace(space.name, space.base.replace(num_classes=num_classes, resolution=resolution),
+                           space.choices, space.hyper, space.phi)
+    return named_space(name, num_classes=num_classes, resolution=resolution)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """A space file (JSON or YAML, as ``SearchSpace.to_dict`` writes)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SearchError(f"space file {path} cannot be read ({err.strerror}); check the path") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise SearchError(f"space file {path} is not valid {path.suffix[1:].upper()}: "
+                          f"{' '.join(str(err).split())}") from None
+    return space_from_dict(data, source=str(path))
+
+
+def directions(cfg: SearchConfig) -> list[str]:
+    """maximize the reward, or maximize accuracy and minimize latency."""
+    return ["maximize"] if cfg.objective.kind == "reward" else ["maximize", "minimize"]
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    """Optuna's median or successive-halving pruner over the per-epoch accuracy, or none."""
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(cfg: SearchConfig, space: SearchSpace, *, resume: bool, sampler: Any = None) -> optuna.Study:
+    """Create the study, or with ``resume`` load it, check it is the same search, and mark the
+    trials a killed search left running as failed (they are sampled anew)."""
+    storage = open_storage(cfg.search.storage)
+    name = cfg.search.study
+    exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    if exists and not resume:
+        raise SearchError(f"study {name!r} already exists in {storage_url(cfg.search.storage)}; continue it with "
+                          f"--resume, or choose another search.study")
+    if resume and not exists:
+        raise SearchError(f"cannot resume study {name!r}: {storage_url(cfg.search.storage)} has no such study "
+                          f"(studies there: {sorted(s.study_name for s in optuna.get_all_study_summaries(storage))})")
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions(cfg), sampler=sampler,
+                                pruner=make_pruner(cfg.search.pruner), load_if_exists=resume)
+    record = {"space": space.to_dict(), "objective": _objective_record(cfg)}
+    if not exists:
+        for key, value in record.items():
+            study.set_user_attr(key, value)
+        study.set_user_attr("config", search_config_to_dict(cfg))
+        return study
+    for key, value in record.items():
+        if json.loads(json.dumps(value)) != study.user_attrs.get(key):
+            raise SearchError(f"study {name!r} was made with another {key}; a resumed search must search "
+                              f"the same {key} (start a new study with another search.study)")
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return study
+
+
+def _objective_record(cfg: SearchConfig) -> dict[str, Any]:
+    o = cfg.objective
+    return {"kind": o.kind, "latency": o.latency, "runtime": o.runtime, "target": o.target,
+            "constraint": o.constraint, "alpha": o.alpha, "beta": o.beta, "accuracy": o.accuracy,
+            "threads": o.threads, "batch_size": o.batch_size}
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that count towards the study's trial count: complete and pruned."""
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def load_study(storage: str, name: str | None = None) -> optuna.Study:
+    """An existing study (the only one in the storage when ``name`` is None)."""
+    store = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(store)]
+    if name is None:
+        if len(names) != 1:
+            raise SearchError(f"{storage_url(storage)} holds {len(names)} studies ({names}); name one with --study")
+        name = names[0]
+    if name not in names:
+        raise SearchError(f"{storage_url(storage)} has no study {name!r} (studies there: {names})")
+    return optuna.load_study(study_name=name, storage=store)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A trial picked for export: its number, spec and metrics."""
+
+    number: int
+    spec: Any
+    metrics: dict[str, Any]
+
+
+def choose_trial(study: optuna.Study, number: int | None = None) -> Chosen:
+    """Trial ``number``, or the best: the highest reward; for accuracy-vs-latency studies the most
+    accurate trial on the Pareto front within the target (when one was set)."""
+    from effml.zoo.kinds import spec_from_dict
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "spec" in t.user_attrs]
+    if not done:
+        raise SearchError(f"study {study.study_name!r} has no finished trial yet; run or resume the search first")
+    if number is not None:
+        match = [t for t in done if t.number == number]
+        if not match:
+            raise SearchError(f"study {study.study_name!r} has no finished trial {number} "
+                              f"(finished: {sorted(t.number for t in done)[:20]}...)")
+        trial = match[0]
+    elif len(study.directions) == 1:
+        trial = max(done, key=lambda t: t.values[0])
+    else:
+        target = (study.user_attrs.get("objective") or {}).get("target")
+        front = study.best_trials
+        within = [t for t in front if target is None or t.values[1] <= target] or front
+        trial = max(within, key=lambda t: t.values[0])
+    return Chosen(trial.number, spec_from_dict(trial.user_attrs["spec"], f"trial {trial.number}"),
+                  trial.user_attrs.get("metrics", {}))
