@@ -200,6 +200,9 @@ def test_best_trials_multi_objective_front_by_latency(multi_study: optuna.Study)
     assert [t.number for t in best_trials(study, k=None)] == front
     # A cut keeps both ends of the front, evenly spaced.
     assert [t.number for t in best_trials(study, k=4)] == [10, 7, 11, 9]
+    assert [t.number for t in best_trials(study, k=1)] == [10]
+    with pytest.raises(SearchError, match="best 0 trials; ask for 1 or more"):
+        best_trials(study, k=0)
     lat = [t.values[1] for t in best_trials(study, k=10)]
     assert lat == sorted(lat)
 
@@ -218,6 +221,9 @@ class _Page(HTMLParser):
         self.links: list[str] = []
         self.scripts = 0
         self.cells: list[list[str]] = []
+        self.heads: list[str] = []
+        self.highlighted: list[int] = []  # row indices with class "best"
+        self._in_head = False
         self._in_body = False
         self._in_cell = False
 
@@ -228,6 +234,11 @@ class _Page(HTMLParser):
         elif tag == "tr" and self._in_body:
             self.rows += 1
             self.cells.append([])
+            if a.get("class") == "best":
+                self.highlighted.append(self.rows - 1)
+        elif tag == "th":
+            self._in_head = True
+            self.heads.append("")
         elif tag == "td" and self._in_body:
             self._in_cell = True
             self.cells[-1].append("")
@@ -244,10 +255,14 @@ class _Page(HTMLParser):
             self._in_body = False
         elif tag == "td":
             self._in_cell = False
+        elif tag == "th":
+            self._in_head = False
 
     def handle_data(self, data: str) -> None:
         if self._in_cell:
             self.cells[-1][-1] += data
+        elif self._in_head:
+            self.heads[-1] += data
 
 
 def _parse(text: str) -> _Page:
@@ -290,12 +305,13 @@ def test_write_report_reward_study(reward_study: optuna.Study, reward_report: Re
     assert all(link.startswith("data:image/png;base64,") for link in page.links) and len(page.links) == 2
     assert [base64.b64decode(src.split(",", 1)[1]) for src in page.imgs] == [
         report.pareto_latency.read_bytes(), report.pareto_macs.read_bytes()]
-    assert page.rows == 10
+    assert page.rows == 10 and page.highlighted == [0]
+    assert page.heads == ["#", "trial", "reward", "accuracy %", "latency ms", "MACs M", "params M", "architecture"]
     want = [t.number for t in best_trials(study, k=10)]
     assert [int(row[1]) for row in page.cells] == want
     first = page.cells[0]
     acc, lat, macs = REWARD_POINTS[want[0]]
-    assert first[:7] == ["1", str(want[0]), f"{_reward(acc, lat):.4g}", f"{acc * 100:.2f}", f"{lat:.2f}",
+    assert first[:7] == ["1", str(want[0]), f"{_reward(acc, lat):.4f}", f"{acc * 100:.2f}", f"{lat:.2f}",
                          f"{macs / 1e6:.1f}", f"{(4_000_000 + 10_000 * want[0]) / 1e6:.2f}"]
     assert first[7].startswith(("ds_r1_k3_s1_e1_c16", "ds_r1_k3_s1_e1_c16_se0.25"))  # the spec's block strings
     assert "Search report: reward &lt;b&gt;&amp;&quot;study&quot;" in text  # the name is escaped
@@ -316,6 +332,11 @@ def test_write_report_multi_objective(multi_study: optuna.Study, tmp_path: Path)
     page = _parse(report.html.read_text())
     assert page.rows == 10 and [int(r[1]) for r in page.cells] == [10, 8, 0, 7, 1, 6, 11, 3, 12, 9]
     assert "multi-objective" in report.html.read_text()
+    # The objectives are the accuracy and latency columns, so no value columns repeat them; the
+    # highlighted trial is the most accurate on the front within T = 15 ms: trial 6 (0.77, 14 ms).
+    assert page.heads == ["#", "trial", "accuracy %", "latency ms", "MACs M", "params M", "architecture"]
+    assert [page.cells[i][1] for i in page.highlighted] == ["6"]
+    assert "evenly spaced" not in report.html.read_text()
     lat_img = _check_png(report.pareto_latency)
     assert _has_colour(lat_img, FRONT_COLOR, 200) and _has_colour(lat_img, TARGET_COLOR, 100)
     # Without a target no line is drawn: the target colour is absent.
@@ -332,6 +353,17 @@ def test_write_report_flops_study_has_no_latency_plot_data(tmp_path: Path) -> No
     assert _check_png(report.pareto_latency) and _parse(report.html.read_text()).rows == 3
     assert _has_colour(Image.open(report.pareto_macs), TARGET_COLOR, 100)  # T is in MACs here
     assert not _has_colour(Image.open(report.pareto_latency), FRONT_COLOR, 50)
+
+
+def test_write_report_hard_constraint_objective(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="hard", direction="maximize")
+    study.set_user_attr("objective", {"kind": "reward", "latency": "table", "runtime": "eager",
+                                      "target": 80.0, "constraint": "hard", "alpha": None, "beta": None})
+    for n, (acc, lat, macs) in enumerate(REWARD_POINTS[:3]):
+        study.add_trial(_trial(n, acc, lat, int(macs), values=[acc]))
+    text = write_report(study, tmp_path / "out").html.read_text()
+    assert "T = 80 ms, w = α = 0 if LAT ≤ T, else β = -1 (hard constraint)" in text
+    assert "predicted from a latency table (eager)" in text
 
 
 def test_write_report_without_a_finished_trial(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-from effml.errors import EffmlError, InputError
+from effml.errors import EffmlError, SearchError
+from effml.search import named_space
 from effml.search.strategies import (
     STRATEGIES,
     RegularizedEvolutionSampler,
@@ -20,18 +21,12 @@ from effml.search.strategies import (
     make_sampler,
 )
 
-# The factorized hierarchical space of MnasNet (arXiv 1807.11626 Sec. 4): 7 blocks, each with
-# its own op, kernel, expansion, squeeze-excite ratio, filter multiplier and repeat delta.
-DECISIONS: dict[str, tuple[Any, ...]] = {
-    "op": ("ir", "er", "ds"),
-    "kernel": (3, 5),
-    "expansion": (1, 3, 6),
-    "se": (0.0, 0.25),
-    "filters": (0.75, 1.0, 1.25),
-    "repeats": (-1, 0, 1),
-}
-NAMES = [f"block{b}_{d}" for b in range(7) for d in DECISIONS]
-CHOICES = {name: DECISIONS[name.split("_", 1)[1]] for name in NAMES}
+# The MnasNet factorized hierarchical space itself (arXiv 1807.11626 Sec. 4; Google's released
+# version): 7 blocks, each with its op, expansion, kernel, SE ratio, output filters and repeats.
+SPACE = named_space("mnasnet", num_classes=10, resolution=32)
+CHOICES: dict[str, tuple[Any, ...]] = {c.name: tuple(c.options) for c in SPACE.choices}
+NAMES = list(CHOICES)
+DECISIONS_PER_BLOCK = 6
 _hidden = np.random.default_rng(2019)
 TARGET = {name: choices[_hidden.integers(len(choices))] for name, choices in CHOICES.items()}
 
@@ -39,7 +34,7 @@ SEEDS = range(5)
 BUDGET = 80  # trials per search in the comparison with random search
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _quiet_optuna():
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,21 +42,24 @@ def _quiet_optuna():
     optuna.logging.set_verbosity(level)
 
 
-def _sample_synthetic(trial: optuna.Trial) -> dict[str, Any]:
-    """One architecture from the MnasNet-shaped space (later: ``space.sample(trial)``)."""
-    return {name: trial.suggest_categorical(name, CHOICES[name]) for name in NAMES}
+def _sample_synthetic(trial: optuna.Trial, blocks: int = 7) -> dict[str, Any]:
+    """One member of the MnasNet space (its first ``blocks`` blocks' decisions when fewer than 7,
+    to keep the SQLite tests fast): the decisions taken."""
+    if blocks == 7:
+        return SPACE.sample(trial).params
+    return {name: trial.suggest_categorical(name, CHOICES[name]) for name in NAMES[: blocks * DECISIONS_PER_BLOCK]}
 
 
 def _reward(arch: dict[str, Any], number: int) -> float:
     """Fraction of decisions equal to the hidden optimum, plus noise fixed by the trial number."""
     noise = np.random.default_rng(number).normal(0.0, 0.01)
-    return sum(arch[n] == TARGET[n] for n in NAMES) / len(NAMES) + noise
+    return sum(arch[n] == TARGET[n] for n in arch) / len(arch) + noise
 
 
-def _search(study: optuna.Study, n_trials: int) -> optuna.Study:
+def _search(study: optuna.Study, n_trials: int, blocks: int = 7) -> optuna.Study:
     for _ in range(n_trials):
         trial = study.ask()
-        study.tell(trial, _reward(_sample_synthetic(trial), trial.number))
+        study.tell(trial, _reward(_sample_synthetic(trial, blocks), trial.number))
     return study
 
 
@@ -80,7 +78,9 @@ def _state(sampler: Any, study: optuna.Study) -> Any:
     return [(t.number, t.params) for t in sampler.population(study)]
 
 
-_OPTIONS = {"evolution": {"population_size": 8, "sample_size": 3}, "reinforce": {}}
+_OPTIONS = {"evolution": {"population_size": 4, "sample_size": 2}, "reinforce": {}}
+# SQLite commits every suggested value (slow on a plain disk): storage tests search one block.
+_BLOCKS = 1
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,8 @@ def random_median() -> float:
 
 @pytest.mark.parametrize("name", ["evolution", "reinforce", "tpe"])
 def test_strategy_beats_random_search(name, random_median):
-    # Measured over 20 seeds: see the report in the issue; the margin is several noise widths.
+    # On the MnasNet space, seeds 0-4 and 5-9, the median best reward at 80 trials was 0.60/0.60
+    # for random search, 0.71/0.72 for evolution, 0.73/0.71 for TPE and 0.83/0.78 for REINFORCE.
     assert statistics.median(_best_rewards(name)) > random_median + 0.04
 
 
@@ -114,17 +115,17 @@ def test_reinforce_raises_probability_of_the_optimum(direction):
 
 @pytest.mark.parametrize("name", ["evolution", "reinforce"])
 def test_resumed_study_continues_as_if_uninterrupted(name, tmp_path):
-    def create(path: str) -> optuna.Study:
-        return optuna.create_study(study_name="nas", storage=f"sqlite:///{tmp_path / path}",
-                                   direction="maximize", sampler=make_sampler(name, seed=3, **_OPTIONS[name]))
-
-    whole = _search(create("whole.db"), 24)
-    _search(create("resumed.db"), 12)  # then the process "dies": a new sampler and study object
+    whole = _search(optuna.create_study(direction="maximize", sampler=make_sampler(name, seed=3, **_OPTIONS[name])),
+                    12, _BLOCKS)
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    first = optuna.create_study(study_name="nas", storage=url, direction="maximize",
+                                sampler=make_sampler(name, seed=3, **_OPTIONS[name]))
+    _search(first, 6, _BLOCKS)  # then the process "dies": a new sampler and a new study object
     sampler = make_sampler(name, seed=3, **_OPTIONS[name])
-    resumed = _search(optuna.load_study(study_name="nas", storage=f"sqlite:///{tmp_path / 'resumed.db'}",
-                                        sampler=sampler), 12)
+    resumed = _search(optuna.load_study(study_name="nas", storage=url, sampler=sampler), 6, _BLOCKS)
     assert [t.params for t in resumed.trials] == [t.params for t in whole.trials]
-    assert _state(sampler, resumed) == _state(whole.sampler, whole)
+    fresh = make_sampler(name, **_OPTIONS[name])
+    assert _state(sampler, resumed) == _state(whole.sampler, whole) == _state(fresh, resumed)
 
 
 @pytest.mark.parametrize("name", ["evolution", "reinforce"])
@@ -133,21 +134,20 @@ def test_two_workers_share_one_study(name, tmp_path):
     optuna.create_study(study_name="nas", storage=url, direction="maximize")
     one, two = (optuna.load_study(study_name="nas", storage=url,
                                   sampler=make_sampler(name, seed=s, **_OPTIONS[name])) for s in (1, 2))
-    for _ in range(8):
+    for _ in range(4):
         # Worker one holds a long trial while worker two finishes two trials numbered after it.
         slow = one.ask()
-        slow_arch = _sample_synthetic(slow)
+        slow_arch = _sample_synthetic(slow, _BLOCKS)
         for _ in range(2):
             fast = two.ask()
-            two.tell(fast, _reward(_sample_synthetic(fast), fast.number))
+            two.tell(fast, _reward(_sample_synthetic(fast, _BLOCKS), fast.number))
         one.tell(slow, _reward(slow_arch, slow.number))
     trials = one.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == 24
+    assert len(trials) == 12
     fresh = make_sampler(name, **_OPTIONS[name])
     assert _state(one.sampler, one) == _state(two.sampler, two) == _state(fresh, one)
-    if name == "evolution":  # after the population fills, every child is one mutation from a parent
-        children = [t for t in trials if t.number >= 12]
-        assert all(any(_hamming(c.params, p.params) == 1 for p in trials[: c.number]) for c in children)
+    if name == "evolution":  # from trial 5 on, four trials are complete at each ask: all children
+        assert all(any(_hamming(c.params, p.params) == 1 for p in trials[: c.number]) for c in trials[5:])
 
 
 @pytest.mark.parametrize("direction", ["minimize", "maximize"])
@@ -209,17 +209,17 @@ def test_failed_pruned_and_running_trials_are_ignored(name):
 
 
 def test_bad_strategy_name_or_options_raise_clear_errors():
-    with pytest.raises(InputError, match=r"unknown search strategy 'annealing'.*'evolution'"):
+    with pytest.raises(SearchError, match=r"unknown search strategy 'annealing'.*'evolution'"):
         make_sampler("annealing")
-    with pytest.raises(InputError, match=r"no option 'population'.*'population_size'"):
+    with pytest.raises(SearchError, match=r"no option 'population'.*'population_size'"):
         make_sampler("evolution", population=10)
-    with pytest.raises(InputError, match=r"'reinforce' optimises one objective.*'nsga2'"):
+    with pytest.raises(SearchError, match=r"'reinforce' optimises one objective.*'nsga2'"):
         make_sampler("reinforce", multi_objective=True)
-    with pytest.raises(InputError, match="sample_size"):
+    with pytest.raises(SearchError, match="sample_size"):
         make_sampler("evolution", population_size=4, sample_size=5)
-    with pytest.raises(InputError, match="learning_rate"):
+    with pytest.raises(SearchError, match="learning_rate"):
         make_sampler("reinforce", learning_rate=0.0)
-    with pytest.raises(InputError, match="'nsga2'"):
+    with pytest.raises(SearchError, match="'nsga2'"):
         make_sampler("nsga2", population_size=1)  # Optuna's own check, re-raised as ours
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=ReinforceSampler())
     with pytest.raises(EffmlError, match="one objective"):

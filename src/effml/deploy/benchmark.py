@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from torch import nn
 from effml.deploy.fuse import fuse_for_inference
 from effml.deploy.onnx_export import INPUT_NAME, export_onnx, model_in_channels, onnx_session
 from effml.errors import EffmlError, InputError
+from effml.search.latency import require_cpu, time_calls, torch_threads
 
 RUNTIMES = ("eager", "channels_last", "fused", "fused_channels_last", "onnxruntime")
 DEFAULT_RUNTIMES = ("eager", "channels_last", "onnxruntime")
@@ -40,28 +39,6 @@ class BenchResult:
         return asdict(self)
 
 
-def _time_calls(fn: Callable[[], object], warmup: int, iters: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[int]:
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
 def _resolve(model_or_name: nn.Module | str, input_size: int | None) -> tuple[nn.Module, int]:
     if isinstance(model_or_name, str):
         from effml.zoo import create_model
@@ -69,10 +46,7 @@ def _resolve(model_or_name: nn.Module | str, input_size: int | None) -> tuple[nn
         model = create_model(model_or_name)
     else:
         model = model_or_name
-    first = next(model.parameters(), None)
-    if first is not None and first.device.type != "cpu":
-        raise InputError(f"benchmark times CPU inference but the model is on {first.device}; "
-                         f"pass model.cpu()")
+    require_cpu(model, "benchmark")
     if input_size is None:
         spec = getattr(model, "spec", None)
         input_size = int(spec.resolution) if spec is not None else 224
@@ -106,10 +80,10 @@ def benchmark(
     gen = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, channels, size, size, generator=gen) for b in batch_sizes}
     results: list[BenchResult] = []
-    with _torch_threads(threads) as n_threads:
+    with torch_threads(threads) as n_threads:
         for runtime in runtimes:
             for b, fn in _runners(runtime, model, inputs, size, threads):
-                times = np.asarray(_time_calls(fn, warmup, iters))
+                times = np.asarray(time_calls(fn, warmup, iters))
                 mean = float(times.mean())
                 results.append(BenchResult(
                     runtime=runtime, batch_size=b, input_size=size, threads=n_threads, iters=iters,

@@ -4,13 +4,16 @@ MnasNet (arXiv 1807.11626, Sec. 3 and 5) optimises the latency measured on the t
 rather than a proxy such as FLOPs; this module is that measurement for the user's CPU, under eager
 PyTorch or ONNX Runtime. ``effml.deploy.benchmark`` times with the same primitives, and the latency
 tables (search/latency_table.py) time each layer with them, so all three agree on what "ms" means.
+
+With one thread the default clock is the calling thread's CPU time, not the wall clock: all the work
+runs on that thread, so on an idle core the two agree, while on a shared machine the wall clock also
+counts the turns other processes take on the core (measured here: 2x the CPU time under load).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import platform
 import tempfile
@@ -158,10 +161,11 @@ def check_runtime(runtime: str) -> None:
         raise InputError(f"latency runtime {runtime!r} is unknown; choose one of {', '.join(RUNTIMES)}")
 
 
-def _check_cpu(model: nn.Module) -> None:
+def require_cpu(model: nn.Module, what: str = "latency measurement") -> None:
+    """Refuse a model whose weights are not on the CPU (``what`` names the caller in the message)."""
     first = next(model.parameters(), None)
     if first is not None and first.device.type != "cpu":
-        raise InputError(f"latency is measured on the CPU but the model is on {first.device}; pass model.cpu()")
+        raise InputError(f"{what} times CPU inference but the model is on {first.device}; pass model.cpu()")
 
 
 def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
@@ -210,7 +214,7 @@ def prepared_call(model: nn.Module, x: torch.Tensor, *, runtime: str = "eager",
     """A zero-argument call running ``model`` (in eval mode) on ``x`` under ``runtime``, for timing
     inside the block (eager: under ``torch.inference_mode``; onnxruntime: a fresh session)."""
     check_runtime(runtime)
-    _check_cpu(model)
+    require_cpu(model)
     was_training = model.training
     model.eval()
     try:

@@ -6,7 +6,11 @@ so a search costs thousands of candidates for the price of one measurement each.
 planned block (``effml.spec.plan``), keyed by everything that sets its cost; the stem and the head
 (1x1 conv, pool, classifier) are parts too; what the parts miss (the network's own call, the input
 and the caches as a whole network sees them) is one ``overhead_ms``, the median gap on calibration
-networks. ``validate_table`` measures other networks end to end and records the error.
+networks. Validation networks, held out of the calibration, are measured end to end and compared.
+
+Parts and networks are timed together in interleaved rounds, one call each per round, on the
+calling thread's CPU time when there is one thread: on a shared machine a busy spell then slows
+everything alike, and time spent waiting for a core is not counted (see ``effml.search.latency``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import hashlib
 import json
 import math
 import statistics
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,7 +42,7 @@ from effml.spec import NetworkSpec, to_dict
 from effml.spec.plan import LayerPlan, NetworkPlan, plan
 from effml.train.checkpoint import atomic_write_text
 
-FORMAT = "effml.latency_table"
+FORMAT = "effml.latency_table"  # the file's "format" and "version" fields (_TableFile)
 VERSION = 1
 REBUILD = ("rebuild it on this machine with `effml search latency-table ...` (or "
            "effml.search.latency_table.build_latency_table), or use latency: measured")
@@ -155,8 +160,8 @@ def _collect(items: Iterable[Item]) -> dict[str, _Part]:
                 raise LatencyTableError(f"a latency table item ({what!r}, spec) needs a LayerPlan, "
                                         f"'stem' or 'head' first, got {type(what).__name__}")
         else:
-            raise LatencyTableError(f"latency table items are NetworkSpecs or (LayerPlan, NetworkSpec) "
-                                    f"pairs, got {type(item).__name__}")
+            raise LatencyTableError(f"latency table items are NetworkSpecs or (LayerPlan | 'stem' | "
+                                    f"'head', NetworkSpec) pairs, got {type(item).__name__}")
         for part in found:
             parts.setdefault(part.key, part)
     return parts
@@ -313,8 +318,9 @@ def build_latency_table(
     progress: Progress | None = None,
 ) -> LatencyTable:
     """Time each distinct part of ``items`` (NetworkSpecs, (LayerPlan, spec) or ('stem' | 'head',
-    spec) pairs) once on this machine, fit the overhead on ``calibration_specs`` (timed in the same
-    rounds), and validate on ``validation_specs``."""
+    spec) pairs) on this machine, fit the overhead on ``calibration_specs`` and validate on
+    ``validation_specs``; all are timed in the same interleaved rounds, so a slow spell of the
+    machine falls on parts and networks alike."""
     check_runtime(runtime)
     if threads < 1 or batch_size < 1:
         raise LatencyTableError(f"threads and batch_size must be >= 1 (got {threads}, {batch_size})")
@@ -323,8 +329,9 @@ def build_latency_table(
         raise LatencyTableError(f"settings need warmup >= 0, rounds >= 1 and chunk >= 1, got {settings}")
     settings = replace(settings, clock=resolve_clock(settings.clock, threads))  # type: ignore[arg-type]
     calibration_specs, validation_specs = list(calibration_specs), list(validation_specs)
-    parts = _collect([*items, *calibration_specs])
-    networks = {p.key: p for p in map(_network_part, calibration_specs)}
+    _check_disjoint(map(spec_id, calibration_specs), validation_specs)
+    parts = _collect([*items, *calibration_specs, *validation_specs])
+    networks = {p.key: p for p in map(_network_part, calibration_specs + validation_specs)}
     measured = _measure([*parts.values(), *networks.values()], runtime, threads, batch_size, settings,
                         progress, f"{len(parts)} parts + {len(networks)} networks")
     entries = {k: measured[k] for k in parts}
@@ -334,65 +341,69 @@ def build_latency_table(
         table = replace(table, overhead_ms=statistics.median(residuals), calibration=Calibration(
             tuple(spec_id(s) for s in calibration_specs), residuals))
     if validation_specs:
-        table = table.with_validation(validate_table(table, validation_specs, progress=progress))
+        table = table.with_validation(_compare(
+            [predict(table, s) for s in validation_specs],
+            [measured[_network_part(s).key] for s in validation_specs]))
     return table
+
+
+def _check_disjoint(calibration_ids: Iterable[str], validation: Sequence[NetworkSpec]) -> None:
+    used = set(calibration_ids)
+    reused = [i for i, s in enumerate(validation) if spec_id(s) in used]
+    if reused:
+        raise LatencyTableError(f"validation networks {reused} also calibrate the table's overhead; "
+                                f"validate on other networks")
+
+
+def _compare(predicted: Sequence[float], measured: Sequence[float]) -> Validation:
+    errors = sorted(abs(p - m) / m * 100 for p, m in zip(predicted, measured))
+    return Validation(
+        n=len(errors), median_abs_pct=statistics.median(errors),
+        p90_abs_pct=errors[min(len(errors) - 1, math.ceil(0.9 * len(errors)) - 1)],
+        max_abs_pct=errors[-1], measured_ms=tuple(measured), predicted_ms=tuple(predicted),
+    )
 
 
 def validate_table(table: LatencyTable, specs: Sequence[NetworkSpec], *,
                    progress: Progress | None = None) -> Validation:
-    """Measure ``specs`` end to end as the table was measured and compare with its predictions."""
+    """Measure ``specs`` end to end now, as the table was measured, and compare with its predictions
+    (unlike the validation at build time, this also sees how the machine changed since)."""
     specs = list(specs)
     if not specs:
         raise LatencyTableError("validate_table needs at least one network spec")
     _check_machine(table, "the latency table")
-    reused = sorted({i for i, s in enumerate(specs) if spec_id(s) in set(table.calibration.spec_ids)})
-    if reused:
-        raise LatencyTableError(f"validation networks {reused} were used to calibrate the table's "
-                                f"overhead; validate on other networks")
+    _check_disjoint(table.calibration.spec_ids, specs)
     predicted = [predict(table, s) for s in specs]  # a missing layer fails before any timing
     networks = [_network_part(s) for s in specs]
-    measured_by_key = _measure(list({p.key: p for p in networks}.values()), table.runtime, table.threads,
-                               table.batch_size, table.settings, progress, f"{len(specs)} validation networks")
-    measured = [measured_by_key[p.key] for p in networks]
-    errors = sorted(abs(p - m) / m * 100 for p, m in zip(predicted, measured))
-    return Validation(
-        n=len(specs), median_abs_pct=statistics.median(errors),
-        p90_abs_pct=errors[min(len(errors) - 1, math.ceil(0.9 * len(errors)) - 1)],
-        max_abs_pct=errors[-1], measured_ms=tuple(measured), predicted_ms=tuple(predicted),
-    )
+    measured = _measure(list({p.key: p for p in networks}.values()), table.runtime, table.threads,
+                        table.batch_size, table.settings, progress, f"{len(specs)} validation networks")
+    return _compare(predicted, [measured[p.key] for p in networks])
 
 
 # ---------------------------------------------------------------------------------------------- files
 
 
 class _TableFile(BaseModel):
-    """The JSON schema of a saved table (pydantic checks types and ranges on load)."""
+    """The JSON layout of a saved table; pydantic checks every field's type on load."""
 
     model_config = ConfigDict(extra="forbid")
 
-    format: str
-    version: int
+    format: Literal["effml.latency_table"]
+    version: Literal[1]
     fingerprint: dict[str, Any]
-    runtime: str
+    runtime: Literal["eager", "onnxruntime"]
     threads: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    entries: dict[str, float]
     overhead_ms: float
-    calibration: dict[str, list[Any]]
-    validation: dict[str, Any] | None
-    settings: dict[str, Any]
+    calibration: Calibration
+    validation: Validation | None
+    settings: Settings
+    entries: dict[str, float]
 
 
 def _to_json(table: LatencyTable) -> str:
-    data = {
-        "format": FORMAT, "version": VERSION, "fingerprint": table.fingerprint, "runtime": table.runtime,
-        "threads": table.threads, "batch_size": table.batch_size, "overhead_ms": table.overhead_ms,
-        "calibration": {"spec_ids": list(table.calibration.spec_ids),
-                        "residuals_ms": list(table.calibration.residuals_ms)},
-        "validation": None if table.validation is None else {
-            k: list(v) if isinstance(v, tuple) else v for k, v in vars(table.validation).items()},
-        "settings": vars(table.settings), "entries": dict(sorted(table.entries.items())),
-    }
+    data = {"format": FORMAT, "version": VERSION, **asdict(table),
+            "entries": dict(sorted(table.entries.items()))}
     return json.dumps(data, indent=1) + "\n"
 
 
@@ -418,23 +429,17 @@ def load_latency_table(path: str | Path, *, runtime: str | None = None, threads:
         raise _bad(path, f"cannot be read as JSON ({e})") from None
     try:
         data = _TableFile.model_validate(raw)
-        if data.format != FORMAT or data.version != VERSION:
-            raise _bad(path, f"field format/version is {data.format!r} v{data.version}, expected {FORMAT!r} "
-                             f"v{VERSION}")
-        table = LatencyTable(
-            fingerprint=data.fingerprint, runtime=data.runtime, threads=data.threads,
-            batch_size=data.batch_size, entries=data.entries, overhead_ms=data.overhead_ms,
-            calibration=Calibration(**{k: tuple(v) for k, v in data.calibration.items()}),
-            validation=None if data.validation is None else Validation(**{
-                k: tuple(v) if isinstance(v, list) else v for k, v in data.validation.items()}),
-            settings=Settings(**data.settings),
-        )
     except ValidationError as e:
         err = e.errors()[0]
-        raise _bad(path, f"field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    except TypeError as e:  # an unknown or missing key inside calibration/validation/settings
-        raise _bad(path, f"malformed record ({e})") from None
+        where = ".".join(map(str, err["loc"])) or "(top level)"
+        raise _bad(path, f"field {where}: {err['msg']}") from None
+    table = LatencyTable(**{f.name: getattr(data, f.name) for f in fields(LatencyTable)})
     _check_machine(table, f"latency table {path}")
+    library = "torch" if table.runtime == "eager" else "onnxruntime"
+    if table.fingerprint.get(library) != machine_fingerprint()[library]:
+        warnings.warn(f"latency table {path} was measured with {library} {table.fingerprint.get(library)} "
+                      f"and this is {machine_fingerprint()[library]}; its figures may be off, rebuild it "
+                      f"if predictions matter", stacklevel=2)
     for name, want in (("runtime", runtime), ("threads", threads), ("batch_size", batch_size)):
         if want is not None and getattr(table, name) != want:
             raise _bad(path, f"field {name} is {getattr(table, name)!r} but {want!r} was asked for")

@@ -110,6 +110,13 @@ def proxy_config(cfg: SearchConfig, sample: Sample, seed: int) -> Any:
                              "train": {"seed": seed, "threads": cfg.search.threads}}, proxy)
 
 
+def check_proxy(cfg: SearchConfig) -> None:
+    """The proxy can score what the objective asks for."""
+    if cfg.objective.accuracy == "holdout" and not cfg.proxy.data.holdout:
+        raise SearchError("objective.accuracy=holdout needs proxy.data.holdout > 0 (e.g. 0.2): the "
+                          "reward is measured on training images kept out of training, never on val")
+
+
 def evaluate_sample(cfg: SearchConfig, sample: Sample, seed: int, latency: LatencyModel,
                     report: Reporter | None = None) -> TrialOutcome:
     """Train ``sample`` on the proxy task and score it: accuracy on the held-out training images
@@ -129,9 +136,7 @@ def evaluate_sample(cfg: SearchConfig, sample: Sample, seed: int, latency: Laten
         return bool(report and report(epoch, acc))
 
     proxy = proxy_config(cfg, sample, seed)
-    if key == "holdout" and not proxy.data.holdout:
-        raise SearchError("objective.accuracy=holdout needs proxy.data.holdout > 0 (e.g. 0.2): the "
-                          "reward is measured on training images kept out of training, never on val")
+    check_proxy(cfg)
     result = fit(proxy, model=sample.spec, on_epoch=on_epoch, write_run=False, quiet=True)
     final = {"holdout": result.ema_holdout or result.holdout, "val": result.ema_val or result.val}[key]
     accuracy = final["top1"] / 100

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from effml.errors import SearchError, SpecError
+from effml.search.objectives import CONSTRAINTS
 from effml.spec.notation import format_arch
 from effml.train.checkpoint import atomic_write_bytes, atomic_write_text
 from effml.zoo import spec_from_dict
@@ -36,8 +37,6 @@ TRIAL_COLOR = "#5b7fa6"
 FRONT_COLOR = "#e8590c"
 BEST_COLOR = "#c92a2a"
 TARGET_COLOR = "#6741d9"
-# MnasNet section 3: (alpha, beta) of the soft and hard latency constraints (as objectives.py).
-_CONSTRAINTS = {"soft": (-0.07, -0.07), "hard": (0.0, -1.0)}
 _MAX_ERRORS = 20  # failed trials listed in the report; the rest are counted
 _MAX_ERROR_CHARS = 300
 
@@ -81,6 +80,8 @@ def pareto_front(points: Sequence[tuple[float, float]], maximize_first: bool = T
 
 def best_trials(study: optuna.Study, k: int | None = 10) -> list[FrozenTrial]:
     """The ``k`` best complete trials: by value, or for two objectives the Pareto front by latency."""
+    if k is not None and k < 1:
+        raise SearchError(f"study {study.study_name!r}: asked for the best {k} trials; ask for 1 or more")
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.values is not None and all(math.isfinite(v) for v in t.values)]
     directions = study.directions
@@ -98,8 +99,8 @@ def best_trials(study: optuna.Study, k: int | None = 10) -> list[FrozenTrial]:
     if k is None or len(front) <= k:
         return front
     # Evenly spaced along the front, so a cut keeps both its fast end and its accurate end.
-    if k <= 1:
-        return front[:k]
+    if k == 1:
+        return front[:1]
     return [front[round(i * (len(front) - 1) / (k - 1))] for i in range(k)]
 
 
@@ -107,11 +108,11 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, k: int = 10) -> Re
     """Write ``report.html``, the two Pareto plots and ``best_trials.csv`` into ``out_dir``."""
     out = Path(out_dir)
     counts = _state_counts(study)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         raise SearchError(f"study {study.study_name!r} has no finished trial yet ({_counts_text(counts)}); "
                           f"run or resume the search until a trial completes, then write the report"
-                          + _first_error_hint(study))
+                          + _last_error_hint(study))
     objective = _Objective.of(study)
     top = best_trials(study, k)
     best = _headline(study, objective, top)
@@ -126,7 +127,8 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, k: int = 10) -> Re
     atomic_write_bytes(report.pareto_latency, lambda f: f.write(lat_png))
     atomic_write_bytes(report.pareto_macs, lambda f: f.write(macs_png))
     atomic_write_text(report.csv, _csv_text(rows, study))
-    atomic_write_text(report.html, _html(study, objective, counts, rows, lat_png, macs_png))
+    atomic_write_text(report.html, _html(study, objective, counts, rows, None if best is None else best.number,
+                                         lat_png, macs_png))
     return report
 
 
@@ -155,7 +157,7 @@ class _Objective:
         kind = get("kind") or ("multi" if len(study.directions) == 2 else "value")
         target = rec.get("target_ms") if rec.get("target_ms") is not None else get("target")
         constraint = get("constraint")
-        alpha, beta = _CONSTRAINTS.get(constraint or "soft", (None, None))
+        alpha, beta = CONSTRAINTS.get(constraint or "soft", (None, None))
         if get("alpha") is not None:
             alpha = float(get("alpha"))
         if get("beta") is not None:
@@ -181,7 +183,7 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {state}" for state, n in counts.items() if n or state != "waiting")
 
 
-def _first_error_hint(study: optuna.Study) -> str:
+def _last_error_hint(study: optuna.Study) -> str:
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     errors = [t.user_attrs["error"] for t in failed if t.user_attrs.get("error")]
     return f"; the last failed trial says: {_short(str(errors[-1]))}" if errors else ""
@@ -280,7 +282,9 @@ def _plot_png(trials: list[FrozenTrial], x_key: str, x_label: str, x_scale: floa
             left = bx > (min(xs) + max(xs)) / 2
             low = by > (min(ys) + max(ys)) / 2
             unit = "ms" if x_key == "latency_ms" else "M MACs"
-            ax.annotate(f"best: trial {best.number}\n{by:.1f}% · {bx:.3g} {unit}", (bx, by), xytext=(-14 if left else 14, -30 if low else 22), textcoords="offset points",
+            # The label goes towards the middle of the plot, so it stays inside the axes.
+            ax.annotate(f"best: trial {best.number}\n{by:.1f}% · {bx:.3g} {unit}", (bx, by),
+                        xytext=(-14 if left else 14, -30 if low else 22), textcoords="offset points",
                         ha="right" if left else "left", va="top" if low else "bottom", fontsize=8.5,
                         color=BEST_COLOR, zorder=6,
                         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": BEST_COLOR, "lw": 0.8},
@@ -353,19 +357,34 @@ def _objective_html(objective: _Objective, study: optuna.Study) -> str:
     return f"{formula}<br>latency: {e(latency)}"
 
 
-def _table_html(rows: list[dict[str, Any]], study: optuna.Study, objective: _Objective) -> str:
+def _values_shown(rows: list[dict[str, Any]], study: optuna.Study) -> bool:
+    """Whether the table needs value columns: not for two objectives that are the accuracy and
+    latency columns already (the record's accuracy-latency study)."""
+    if len(study.directions) == 1:
+        return True
+    return not all(r["accuracy"] is not None and r["latency_ms"] is not None
+                   and math.isclose(r["values"][0], r["accuracy"]) and math.isclose(r["values"][1], r["latency_ms"])
+                   for r in rows)
+
+
+def _table_html(rows: list[dict[str, Any]], study: optuna.Study, objective: _Objective, best: int | None) -> str:
     e = html.escape
-    heads = ["#", "trial", *_value_header(study, objective), "accuracy %", "latency ms", "MACs M", "params M",
-             "architecture"]
-    out = ["<table class=\"best\"><thead><tr>", *(f"<th>{e(h)}</th>" for h in heads), "</tr></thead><tbody>"]
+    shown = _values_shown(rows, study)
+    heads = ["#", "trial", *(_value_header(study, objective) if shown else []), "accuracy %", "latency ms",
+             "MACs M", "params M"]
+    out = ["<div class=\"scroll\"><table class=\"best\"><thead><tr>", *(f"<th>{e(h)}</th>" for h in heads),
+           "<th class=\"arch\">architecture</th></tr></thead><tbody>"]
+    # Rewards lie in [0, 1]: fixed decimals keep the column aligned.
+    spec = ".4f" if objective.kind == "reward" else ".4g"
     for r in rows:
-        values = [f"{v:.4g}" for v in r["values"]]
+        values = [format(v, spec) for v in r["values"]] if shown else []
         cells = [str(r["rank"]), str(r["trial"]), *values, _fmt(r["accuracy"], ".2f", 100),
                  _fmt(r["latency_ms"], ".2f"), _fmt(r["macs"], ".1f", 1e-6), _fmt(r["params"], ".2f", 1e-6)]
         title = " ".join(r["overrides"])
-        out.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells)
+        out.append(("<tr class=\"best\">" if r["trial"] == best else "<tr>")
+                   + "".join(f"<td>{e(c)}</td>" for c in cells)
                    + f"<td class=\"arch\"><code title=\"{e(title)}\">{e(r['arch'])}</code></td></tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -393,8 +412,9 @@ h1{font-size:22px;margin:0 0 2px} h2{font-size:16px;margin:22px 0 8px}
 .count.failed b{color:#c92a2a} .count.complete b{color:#2b8a3e}
 table{border-collapse:collapse;width:100%;font-size:12.5px}
 th,td{padding:4px 8px;border-bottom:1px solid #d8dee4;text-align:right;vertical-align:top;white-space:nowrap}
-th{background:#f6f8fa;font-weight:600} tbody tr:first-child{background:#fff4e6}
-td.arch{text-align:left;white-space:normal;width:55%}
+th{background:#f6f8fa;font-weight:600} tr.best{background:#fff4e6}
+td.arch,th.arch{text-align:left;white-space:normal;width:55%;min-width:360px}
+.scroll{overflow-x:auto}
 code{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:11px;color:#24292f;
  word-break:break-word}
 .plots{display:flex;flex-wrap:wrap;gap:16px}
@@ -407,7 +427,7 @@ footer{margin-top:24px;font-size:11.5px;color:#8c959f}
 
 
 def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], rows: list[dict[str, Any]],
-          lat_png: bytes, macs_png: bytes) -> str:
+          best: int | None, lat_png: bytes, macs_png: bytes) -> str:
     e = html.escape
     name = study.study_name
     config = (study.user_attrs.get("config") or {}).get("search") or {}
@@ -423,11 +443,16 @@ def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], ro
                          for state, n in counts.items() if n or state != "waiting")
     if len(study.directions) == 2:
         table_note = "the Pareto-optimal trials (accuracy vs latency), fastest first"
+        if len(rows) < len(best_trials(study, k=None)):
+            table_note += ", evenly spaced along the front"
     else:
         table_note = "ranked by " + ("reward" if objective.kind == "reward" else "value")
+    table_note += "; accuracy is held-out top-1"
+    if best is not None:
+        table_note += "; highlighted: the trial the plots mark best"
     # Nothing may load from outside the file; the policy makes a browser refuse it if anything tries.
     csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-    uri = "data:image/png;base64,"
+    lat_uri, macs_uri = (f"data:image/png;base64,{base64.b64encode(png).decode()}" for png in (lat_png, macs_png))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{csp}">
@@ -440,13 +465,13 @@ def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], ro
 <div class="objective">{_objective_html(objective, study)}</div>
 <div class="counts">{count_html}</div>
 <h2>Best trials</h2>
-<p class="muted">{e(table_note)}; accuracy is held-out top-1.</p>
-{_table_html(rows, study, objective)}
+<p class="muted">{e(table_note)}.</p>
+{_table_html(rows, study, objective, best)}
 <h2>Pareto plots</h2>
 <div class="plots">
-<figure><img alt="accuracy vs latency (ms) of every complete trial" src="{uri}{base64.b64encode(lat_png).decode()}">
+<figure><img alt="accuracy vs latency (ms) of every complete trial" src="{lat_uri}">
 <figcaption>Every complete trial; the Pareto front (orange) is the best accuracy reachable at each latency.</figcaption></figure>
-<figure><img alt="accuracy vs MACs (millions) of every complete trial" src="{uri}{base64.b64encode(macs_png).decode()}">
+<figure><img alt="accuracy vs MACs (millions) of every complete trial" src="{macs_uri}">
 <figcaption>The same trials against MACs (multiply-accumulates), the hardware-independent cost.</figcaption></figure>
 </div>
 {_errors_html(study)}

@@ -20,7 +20,7 @@ import optuna
 
 from effml.errors import EffmlError, SearchError
 from effml.search.config import SearchConfig
-from effml.search.objectives import LatencyModel, evaluate_sample
+from effml.search.objectives import LatencyModel, check_proxy, evaluate_sample
 from effml.search.space import Sample, SearchSpace
 from effml.search.study import finished_trials, open_storage, open_study
 
@@ -126,6 +126,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
         raise SearchError("objective.kind=reward needs objective.target: the latency target T "
                           "(ms, or millions of MACs with objective.latency=flops)")
     LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
+    check_proxy(cfg)
     if sampler is None:
         sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=cfg.objective.kind == "multi",
                                **s.strategy_options)

@@ -354,8 +354,8 @@ def config_from_dict(data: Any, base: Any = None, source: str = "", *, relative_
 
 def _resolve(suffix: str | tuple[str, ...] | None, value: Any, folder: Path) -> Any:
     """An input path (a key of ``PATH_KEYS``: ``suffix``) made absolute against ``folder``; any
-    other value as it is."""
-    if suffix is None or not isinstance(value, str) or not value or not value.endswith(suffix):
+    other value (a URL such as ``sqlite:///x.db`` too) as it is."""
+    if suffix is None or not isinstance(value, str) or not value or not value.endswith(suffix) or "://" in value:
         return value
     return os.path.normpath(folder / Path(value).expanduser())
 

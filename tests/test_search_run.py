@@ -1,0 +1,216 @@
+"""Searches as a user runs them: the reward, the trial record, local and Ray runners, resume
+after kill -9, failed trials, export -> train, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from effml.errors import SearchError
+from effml.models.counting import count_macs, count_params
+from effml.models.network import EfficientNet
+from effml.search.config import load_search_config
+from effml.search.objectives import mnasnet_reward, spec_cost
+from effml.search.runner import run_search
+from effml.search.study import INTERRUPTED, build_space, choose_trial, load_study
+from effml.spec import NetworkSpec, parse_arch
+from effml.zoo.kinds import spec_to_dict
+
+EFFML = shutil.which("effml") or str(Path(sys.executable).parent / "effml")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+TINY = NetworkSpec(stages=parse_arch([["ds_r1_k3_s1_e1_c8"], ["ir_r1_k3_s2_e3_c16"], ["ir_r1_k3_s2_e3_c24"]]),
+                   stem_channels=8, head_channels=32, num_classes=10, resolution=16)
+
+
+def test_mnasnet_reward_soft_and_hard_by_hand():
+    # soft, alpha = beta = -0.07 (MnasNet section 3): 0.8 * (5/10)^-0.07 = 0.8 * 1.049717
+    assert mnasnet_reward(0.8, 5, 10) == pytest.approx(0.8 * 2 ** 0.07)
+    assert mnasnet_reward(0.8, 10, 10) == pytest.approx(0.8)
+    assert mnasnet_reward(0.8, 20, 10) == pytest.approx(0.8 * 2 ** -0.07)
+    assert mnasnet_reward(0.8, 5, 10) > mnasnet_reward(0.8, 10, 10) > mnasnet_reward(0.8, 20, 10)
+    # hard, alpha = 0, beta = -1: no bonus under the target, accuracy halved at twice the target
+    assert mnasnet_reward(0.8, 5, 10, 0.0, -1.0) == pytest.approx(0.8)
+    assert mnasnet_reward(0.8, 10, 10, 0.0, -1.0) == pytest.approx(0.8)
+    assert mnasnet_reward(0.8, 20, 10, 0.0, -1.0) == pytest.approx(0.4)
+    # the soft trade-off: twice the latency for 5% more accuracy is (about) even
+    assert mnasnet_reward(0.8 * 1.05, 20, 10) == pytest.approx(mnasnet_reward(0.8, 10, 10), rel=2e-3)
+    with pytest.raises(SearchError):
+        mnasnet_reward(0.8, 0, 10)
+
+
+def test_spec_cost_equals_the_built_model():
+    cost = spec_cost(TINY)
+    net = EfficientNet(TINY)
+    assert cost["params"] == count_params(net)
+    assert cost["macs"] == count_macs(net, 16)
+
+
+def _config(tmp_path: Path, **search) -> Path:
+    """A tiny search: 2 decisions over TINY, digits at 16 px, 3 proxy steps, latency as MACs."""
+    space = {"name": "tiny", "base": spec_to_dict(TINY),
+             "choices": [{"at": "s1.r0", "field": "kernel_size", "options": [3, 5]},
+                         {"at": "s2.r0", "field": "expand_ratio", "options": [3.0, 6.0]}]}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    cfg = {
+        "search": {"space": "space.yaml", "trials": 4, "strategy": "random", "storage": "out/search.db",
+                   "study": "tiny", "workers": 2, "threads": 1, **search},
+        "objective": {"kind": "reward", "target": 0.2, "latency": "flops"},
+        "proxy": {"data": {"dataset": "digits", "image_size": 16, "batch_size": 32, "holdout": 0.2},
+                  "optim": {"name": "adamw", "lr": 0.003}, "schedule": {"warmup_epochs": 0},
+                  "train": {"epochs": 1, "max_steps": 3, "ema_decay": None, "log_interval": 100}},
+    }
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _effml(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("search")
+    config = _config(tmp)
+    proc = _effml("search", config, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "trial 4/4" in proc.stdout and "best" in proc.stdout and "ETA" in proc.stdout
+    return tmp
+
+
+def test_a_search_records_every_trial(finished_search):
+    study = load_study(str(finished_search / "out" / "search.db"))
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 4 == len(study.trials)
+    for t in trials:
+        m = t.user_attrs["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and m["macs"] > 0 and m["params"] > 0
+        assert m["reward"] == pytest.approx(mnasnet_reward(m["accuracy"], m["latency_mmacs"], 0.2))
+        assert t.values == [m["reward"]]
+        assert t.user_attrs["spec"]["kind"] == "efficientnet" and t.user_attrs["seed"] == t.number
+        assert set(t.params) == {"s1.r0.kernel_size", "s2.r0.expand_ratio"}
+    assert study.user_attrs["objective"]["kind"] == "reward"
+    assert study.user_attrs["space"]["name"] == "tiny"
+
+
+def test_export_then_train_and_report(finished_search):
+    tmp = finished_search
+    proc = _effml("search", "export", "out/search.db", "-o", "best.json", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    study = load_study(str(tmp / "out" / "search.db"))
+    assert f"trial {study.best_trial.number}" in proc.stdout
+    assert json.loads((tmp / "best.json").read_text()) == study.best_trial.user_attrs["spec"]
+    proc = _effml("train", "model.name=best.json", "data.image_size=16", "train.max_steps=2",
+                  "run.dir=runs/best", "--quiet", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    proc = _effml("search", "report", "out/search.db", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp / "out" / "report" / "report.html").is_file()
+    with pytest.raises(SearchError, match="no finished trial 99"):
+        choose_trial(study, 99)
+
+
+def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
+    config = _config(tmp_path, trials=4, workers=1)
+    db = tmp_path / "out" / "search.db"
+    proc = subprocess.Popen([EFFML, "search", str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    done: list = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                done = load_study(str(db)).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            except Exception:  # noqa: BLE001 - the study may not exist yet
+                continue
+            if len(done) >= 1:
+                break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 1 <= len(done) < 4, "the search ended before the kill"
+    before = {t.number: (t.params, t.values) for t in load_study(str(db)).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,))}
+
+    out = _effml("search", config, "--resume", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    study = load_study(str(db))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 4
+    after = {t.number: (t.params, t.values) for t in complete}
+    assert all(after[n] == before[n] for n in before)  # every finished trial is there, unchanged, once
+    for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
+        assert t.user_attrs["error"] == INTERRUPTED  # the one that was running when killed
+    # a second --resume of a study that reached its count runs nothing
+    again = _effml("search", config, "--resume", cwd=tmp_path)
+    assert again.returncode == 0 and len(load_study(str(db)).trials) == len(study.trials)
+
+
+def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = _config(tmp_path, trials=3, workers=1, max_failures=10)
+    data = yaml.safe_load(config.read_text())
+    space = yaml.safe_load((tmp_path / "space.yaml").read_text())
+    space["hyper"] = [{"key": "optim.lr", "kind": "categorical", "options": [0.003, 1.0e12]}]
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    config.write_text(yaml.safe_dump(data))
+    cfg = load_search_config(config)
+    lines: list[str] = []
+    result = run_search(cfg, build_space(cfg, 10), echo=lines.append)
+    study = result.study
+    failed = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 3 and result.finished == 3
+    assert failed and all(t.params["optim.lr"] == 1.0e12 for t in failed)
+    assert all("TrainingDiverged" in t.user_attrs["error"] for t in failed)
+    assert all(t.params["optim.lr"] == 0.003 for t in complete)
+    assert any("failed" in line for line in lines)
+
+
+def test_too_many_failures_in_a_row_stop_the_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_search_config(_config(tmp_path, workers=1, max_failures=1), ["proxy.optim.lr=1.0e12"])
+    with pytest.raises(SearchError, match="failed in a row"):
+        run_search(cfg, build_space(cfg, 10), echo=lambda line: None)
+
+
+def test_the_ray_runner_fills_the_same_kind_of_study(tmp_path):
+    pytest.importorskip("ray")
+    config = _config(tmp_path, trials=2, runner="ray")
+    proc = _effml("search", config, cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    study = load_study(str(tmp_path / "out" / "search.db"))
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == 2 and all("metrics" in t.user_attrs for t in complete)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.storage=postgresql://nobody@127.0.0.1:1/none", "cannot open the study storage"),
+    ("search.storage=sqlite:////proc/no/such/dir/s.db", "cannot open the study storage"),
+    ("search.space=nasnet", "unknown search space 'nasnet'"),
+    ("objective.target=null", "needs objective.target"),
+    ("objective.latency=table", "needs objective.table"),
+    ("objective.accuracy=holdout", "needs proxy.data.holdout"),
+])
+def test_bad_search_input_is_one_clear_error(tmp_path, monkeypatch, override, message):
+    monkeypatch.chdir(tmp_path)
+    extra = ["proxy.data.holdout=0.0"] if "holdout" in override else []
+    with pytest.raises(SearchError, match=message.replace("(", r"\(")):
+        cfg = load_search_config(_config(tmp_path, workers=1), [override, *extra])
+        run_search(cfg, build_space(cfg, 10), echo=lambda line: None)
+
+
+def test_the_cli_reports_a_taken_study_name_in_one_line(finished_search):
+    proc = _effml("search", finished_search / "search.yaml", cwd=finished_search)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: study 'tiny' already exists") and "--resume" in proc.stderr
