@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from effml.errors import SearchError, SpecError
 from effml.search.objectives import CONSTRAINTS
+from effml.search.study import recommended_trial
 from effml.spec.notation import format_arch
 from effml.train.checkpoint import atomic_write_bytes, atomic_write_text
 from effml.zoo import spec_from_dict
@@ -115,7 +116,7 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, k: int = 10) -> Re
                           + _last_error_hint(study))
     objective = _Objective.of(study)
     top = best_trials(study, k)
-    best = _headline(study, objective, top)
+    best = _headline(study, top)
     rows = [_row(rank, t) for rank, t in enumerate(top, start=1)]
 
     lat_png = _plot_png(complete, "latency_ms", "latency (ms)", 1.0, objective,
@@ -220,16 +221,12 @@ def _row(rank: int, trial: FrozenTrial) -> dict[str, Any]:
             "overrides": list(trial.user_attrs.get("overrides") or [])}
 
 
-def _headline(study: optuna.Study, objective: _Objective, top: list[FrozenTrial]) -> FrozenTrial | None:
+def _headline(study: optuna.Study, top: list[FrozenTrial]) -> FrozenTrial | None:
     """The trial the plots mark as best: the top value; for two objectives the most accurate trial
     on the front within the target (as ``choose_trial`` picks it)."""
     if not top:
         return None
-    if len(study.directions) == 1:
-        return top[0]
-    front = best_trials(study, k=None)
-    within = [t for t in front if objective.target is None or t.values[1] <= objective.target] or front
-    return max(within, key=lambda t: (t.values[0], -t.number))
+    return recommended_trial(study)
 
 
 def _short(text: str, limit: int = _MAX_ERROR_CHARS) -> str:

@@ -147,6 +147,17 @@ def load_study(storage: str, name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=store)
 
 
+def recommended_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The trial a search recommends: the best value; for accuracy-vs-latency studies the most
+    accurate trial on the Pareto front within the target (when one was set)."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    target = (study.user_attrs.get("objective") or {}).get("target")
+    front = study.best_trials
+    within = [t for t in front if target is None or t.values[1] <= target] or front
+    return max(within, key=lambda t: (t.values[0], -t.number))
+
+
 @dataclass(frozen=True)
 class Chosen:
     """A trial picked for export: its number, spec and metrics."""
@@ -171,12 +182,7 @@ def choose_trial(study: optuna.Study, number: int | None = None) -> Chosen:
             raise SearchError(f"study {study.study_name!r} has no finished trial {number} "
                               f"(finished: {sorted(t.number for t in done)[:20]}...)")
         trial = match[0]
-    elif len(study.directions) == 1:
-        trial = max(done, key=lambda t: t.values[0])
     else:
-        target = (study.user_attrs.get("objective") or {}).get("target")
-        front = study.best_trials
-        within = [t for t in front if target is None or t.values[1] <= target] or front
-        trial = max(within, key=lambda t: t.values[0])
+        trial = recommended_trial(study)
     return Chosen(trial.number, spec_from_dict(trial.user_attrs["spec"], f"trial {trial.number}"),
                   trial.user_attrs.get("metrics", {}))
