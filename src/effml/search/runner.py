@@ -13,6 +13,7 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +68,20 @@ class LocalExecutor:
     """``workers`` processes on this machine (spawned: no inherited threads or locks)."""
 
     def __init__(self, workers: int) -> None:
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.workers = workers
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def submit(self, job: TrialJob) -> Future:
-        """Start one trial."""
-        return self.pool.submit(run_trial, job)
+        """Start one trial (on a fresh pool if a worker died, e.g. killed for memory)."""
+        try:
+            return self.pool.submit(run_trial, job)
+        except BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._start()
+            return self.pool.submit(run_trial, job)
 
     def close(self) -> None:
         """Stop the workers (a running trial is abandoned)."""
@@ -190,6 +200,8 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
 
 
 def _describe(err: BaseException) -> str:
+    if isinstance(err, BrokenProcessPool):
+        return "BrokenProcessPool: the worker process died (killed, out of memory?); a new trial is sampled"
     text = " ".join(str(err).split()) or type(err).__name__
     return f"{type(err).__name__}: {text}"[:500]
 
