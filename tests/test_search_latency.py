@@ -53,12 +53,18 @@ def test_time_calls_runs_at_least_iters_and_min_time():
     assert time_calls(lambda: None, 0, 3, clock=_fake_clock()) == [tick] * 3
 
 
-def test_time_interleaved_visits_every_function_once_per_round_alternating():
+def test_time_interleaved_visits_every_function_once_per_round_in_shuffled_order():
     order: list[str] = []
-    fns = [lambda n=n: order.append(n) for n in "abc"]
-    samples = time_interleaved(fns, warmup=1, rounds=3, clock=_fake_clock())
-    assert order == list("abc") + list("abc") + list("cba") + list("abc")
-    assert [len(s) for s in samples] == [3, 3, 3]
+    fns = [lambda n=n: order.append(n) for n in "abcd"]
+    samples = time_interleaved(fns, warmup=1, rounds=6, clock=_fake_clock())
+    assert order[:4] == list("abcd")  # the warm-up
+    rounds = ["".join(order[i:i + 4]) for i in range(4, len(order), 4)]
+    assert len(rounds) == 6 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1  # not the same neighbours every round
+    assert [len(s) for s in samples] == [6] * 4
+    order.clear()
+    time_interleaved(fns, warmup=0, rounds=6, clock=_fake_clock())
+    assert ["".join(order[i:i + 4]) for i in range(0, 24, 4)] == rounds  # seeded: reproducible
 
 
 def test_torch_threads_restores_the_thread_count():
@@ -134,12 +140,14 @@ def test_table_measures_each_distinct_layer_once(monkeypatch):
     assert all(ms > 0 for ms in t.entries.values())
 
 
-def test_table_accepts_layer_plan_pairs():
-    spec = _spec()
-    net = plan(spec)
-    pairs = [(layer, spec) for layer in net.layers] + [("stem", spec), ("head", spec)]
+def test_table_accepts_layer_plan_pairs_with_the_stem_and_head_of_their_spec():
+    spec, wider = _spec(), _spec().replace(stages=_spec().stages[:2] + ((BlockSpec("ir", 48, stride=2),),))
+    pairs = [(layer, spec) for layer in plan(spec).layers] + [(plan(wider).layers[-1], wider)]
     t = build_latency_table(pairs, settings=replace(FAST, rounds=1))
-    assert set(t.entries) == {layer_key(layer, spec) for layer in net.layers} | {stem_key(net), head_key(net)}
+    assert set(t.entries) == ({layer_key(layer, spec) for layer in plan(spec).layers}
+                              | {layer_key(plan(wider).layers[-1], wider)}
+                              | {stem_key(plan(spec)), head_key(plan(spec)), head_key(plan(wider))})
+    assert predict(t, spec) > 0 and predict(t, wider) > 0
     with pytest.raises(LatencyTableError, match="LayerPlan"):
         build_latency_table([(3, spec)], settings=FAST)
 

@@ -136,9 +136,15 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
                 continue
             if len(done) >= 1:
                 break
+    workers = _children(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and 1 <= len(done) < 4, "the search ended before the kill"
+    assert workers, "the search had no worker process"
+    deadline = time.time() + 10
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers outlived the killed search"
     before = {t.number: (t.params, t.values) for t in load_study(str(db)).get_trials(
         states=(optuna.trial.TrialState.COMPLETE,))}
 
@@ -154,6 +160,15 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
     # a second --resume of a study that reached its count runs nothing
     again = _effml("search", config, "--resume", cwd=tmp_path)
     assert again.returncode == 0 and len(load_study(str(db)).trials) == len(study.trials)
+
+
+def _children(pid: int) -> list[int]:
+    """The process ids of ``pid``'s children (Linux /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
 
 
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch):

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import platform
+import random
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -88,20 +89,23 @@ def time_calls(fn: Callable[[], object], warmup: int, iters: int, *, min_time_ms
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], *, warmup: int, rounds: int,
-                     clock: Callable[[], float] = time.perf_counter,
+                     clock: Callable[[], float] = time.perf_counter, seed: int = 0,
                      progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
-    """Per function, the ms of one call in each of ``rounds`` rounds that visit every function in
-    turn (alternating direction), after ``warmup`` calls each.
+    """Per function, the ms of one call in each of ``rounds`` rounds that visit every function once,
+    in a fresh random order each round, after ``warmup`` calls each.
 
     One call per visit, like one pass of a network: a layer starts with the caches its neighbours
-    left, not with its own weights hot; and a slow spell of a shared machine falls on all alike.
+    left, not with its own weights hot. A shared machine's slow spells fall on all functions alike,
+    and the shuffle keeps any one from always following the same neighbours.
     """
     for fn in fns:
         time_calls(fn, warmup, 0, clock=clock)
     samples: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
+    rng = random.Random(seed)
     for r in range(rounds):
-        for i in (order if r % 2 == 0 else order[::-1]):
+        rng.shuffle(order)
+        for i in order:
             samples[i] += time_calls(fns[i], 0, 1, clock=clock)
         if progress:
             progress(r + 1, rounds)

@@ -48,7 +48,7 @@ REBUILD = ("rebuild it on this machine with `effml search latency-table ...` (or
            "effml.search.latency_table.build_latency_table), or use latency: measured")
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being measured)
-Item = NetworkSpec | tuple[LayerPlan | str, NetworkSpec]
+Item = NetworkSpec | tuple[LayerPlan, NetworkSpec]
 
 
 class LatencyTableError(EffmlError):
@@ -144,24 +144,26 @@ def _parts_of(net: NetworkPlan) -> list[_Part]:
 
 
 def _collect(items: Iterable[Item]) -> dict[str, _Part]:
-    """The distinct parts of specs and of (LayerPlan | 'stem' | 'head', spec) pairs, by key."""
+    """The distinct parts of specs (all of them) and of (LayerPlan, spec) pairs (the layer, and the
+    stem and head of the spec it was planned under, so a space's stem and head variants come too)."""
     parts: dict[str, _Part] = {}
+    planned: set[int] = set()  # specs whose stem and head are in (pairs share a few specs)
     for item in items:
         if isinstance(item, NetworkSpec):
             found = _parts_of(plan(item))
         elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], NetworkSpec):
-            what, spec = item
-            if isinstance(what, LayerPlan):
-                found = [_layer_part(what, spec)]
-            elif what in ("stem", "head"):
+            layer, spec = item
+            if not isinstance(layer, LayerPlan):
+                raise LatencyTableError(f"a latency table item (layer, spec) needs a LayerPlan first, "
+                                        f"got {type(layer).__name__}")
+            found = [_layer_part(layer, spec)]
+            if id(spec) not in planned:
+                planned.add(id(spec))
                 whole = _parts_of(plan(spec))
-                found = [whole[0] if what == "stem" else whole[-1]]
-            else:
-                raise LatencyTableError(f"a latency table item ({what!r}, spec) needs a LayerPlan, "
-                                        f"'stem' or 'head' first, got {type(what).__name__}")
+                found += [whole[0], whole[-1]]
         else:
-            raise LatencyTableError(f"latency table items are NetworkSpecs or (LayerPlan | 'stem' | "
-                                    f"'head', NetworkSpec) pairs, got {type(item).__name__}")
+            raise LatencyTableError(f"latency table items are NetworkSpecs or (LayerPlan, NetworkSpec) "
+                                    f"pairs, got {type(item).__name__}")
         for part in found:
             parts.setdefault(part.key, part)
     return parts
@@ -317,8 +319,8 @@ def build_latency_table(
     settings: Settings | None = None,
     progress: Progress | None = None,
 ) -> LatencyTable:
-    """Time each distinct part of ``items`` (NetworkSpecs, (LayerPlan, spec) or ('stem' | 'head',
-    spec) pairs) on this machine, fit the overhead on ``calibration_specs`` and validate on
+    """Time each distinct part of ``items`` (NetworkSpecs, or (LayerPlan, spec) pairs such as a
+    space's ``layer_variants()``) on this machine, fit the overhead on ``calibration_specs`` and validate on
     ``validation_specs``; all are timed in the same interleaved rounds, so a slow spell of the
     machine falls on parts and networks alike."""
     check_runtime(runtime)
