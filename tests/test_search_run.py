@@ -81,7 +81,7 @@ def _effml(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def finished_search(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("search")
-    config = _config(tmp)
+    config = _config(tmp, pruner="median")  # workers report per-epoch accuracy to the shared storage
     proc = _effml("search", config, cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     assert "trial 4/4" in proc.stdout and "best" in proc.stdout and "ETA" in proc.stdout
@@ -229,3 +229,24 @@ def test_the_cli_reports_a_taken_study_name_in_one_line(finished_search):
     proc = _effml("search", finished_search / "search.yaml", cwd=finished_search)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: study 'tiny' already exists") and "--resume" in proc.stderr
+
+
+def test_latency_table_and_show_from_the_command_line(finished_search):
+    tmp = finished_search
+    proc = _effml("search", "latency-table", "space.yaml", "--resolution", "16", "--num-classes", "10",
+                  "--calibrate", "2", "--validate", "3", "-o", "lut.json", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "predicted vs measured on 3 networks" in proc.stdout
+    table = json.loads((tmp / "lut.json").read_text())
+    assert table["runtime"] == "eager" and table["threads"] == 1
+    # the search takes it: latency from the table, no trial measured
+    cfg = load_search_config(tmp / "search.yaml", ["objective.latency=table", f"objective.table={tmp / 'lut.json'}",
+                                                   "objective.target=5"])
+    from effml.search.objectives import LatencyModel
+    model = LatencyModel(cfg.objective)
+    space = build_space(cfg, 10)
+    assert model(space.largest().spec) > 0
+    proc = _effml("search", "show", "space.yaml", "-o", "copy.json", cwd=tmp)
+    assert proc.returncode == 0 and "4 distinct networks" in proc.stdout, proc.stderr
+    assert json.loads((tmp / "copy.json").read_text())["choices"] == yaml.safe_load(
+        (tmp / "space.yaml").read_text())["choices"]

@@ -59,6 +59,22 @@ class _StorageDerivedSampler(BaseSampler):
     def _make_plan(self, study: Study, trial: FrozenTrial, rng: np.random.Generator) -> Any:
         raise NotImplementedError
 
+    def _value(self, study: Study, trial: FrozenTrial, name: str, dist: BaseDistribution) -> Any:
+        """One parameter's value under this trial's plan."""
+        raise NotImplementedError
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        """Every parameter of the relative space (the evolution child's genome: the parent's values
+        with one mutated; the controller's learned decisions, each from its softmax)."""
+        return {name: self._value(study, trial, name, search_space[name]) for name in sorted(search_space)}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        """A parameter outside it: one the parent lacks or the controller has not learned yet
+        (uniform, the initial policy), or a float/int (uniform)."""
+        return self._value(study, trial, param_name, param_distribution)
+
     def _require_single_objective(self, study: Study) -> None:
         if len(study.directions) > 1:
             raise SearchError(
@@ -140,16 +156,6 @@ class RegularizedEvolutionSampler(_StorageDerivedSampler):
         """The parent's parameters (none while the population fills up): the child's genome."""
         _, child = self._plan(study, trial)
         return dict(child.parent.distributions) if child.parent is not None else {}
-
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        """The child: the parent's values with one decision mutated (random while filling up)."""
-        return {name: self._value(study, trial, name, search_space[name]) for name in sorted(search_space)}
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        """A parameter the parent lacks (the space changed shape): sampled at random."""
-        return self._value(study, trial, param_name, param_distribution)
 
     def _value(self, study: Study, trial: FrozenTrial, name: str, dist: BaseDistribution) -> Any:
         rng, child = self._plan(study, trial)
@@ -277,16 +283,6 @@ class ReinforceSampler(_StorageDerivedSampler):
         """The decisions the controller has already learned about."""
         _, table = self._plan(study, trial)
         return {name: dist for name, (dist, _) in table.items()}
-
-    def sample_relative(self, study: Study, trial: FrozenTrial,
-                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        """Every learned decision, each from its own softmax."""
-        return {name: self._value(study, trial, name, search_space[name]) for name in sorted(search_space)}
-
-    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        """A decision not learned yet (uniform, the initial policy) or a float/int (uniform)."""
-        return self._value(study, trial, param_name, param_distribution)
 
     def _value(self, study: Study, trial: FrozenTrial, name: str, dist: BaseDistribution) -> Any:
         rng, table = self._plan(study, trial)
