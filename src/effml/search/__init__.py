@@ -1,7 +1,21 @@
-"""AutoML: search spaces over the spec, objectives, strategies, studies and runners."""
+"""AutoML: search spaces over the spec, objectives, strategies, studies and runners.
 
+Three lines of Python run what ``effml search CONFIG`` runs::
+
+    cfg = load_search_config("configs/search_digits.yaml", ["search.trials=8"])
+    result = run_search(cfg, build_space(cfg, num_classes=10))
+    print(choose_trial(result.study).spec)
+"""
+
+from effml.search.config import SearchConfig, load_search_config
+from effml.search.objectives import mnasnet_reward, spec_cost
+from effml.search.runner import SearchResult, run_search
 from effml.search.space import Choice, HyperChoice, Sample, SearchSpace, compound_grid, space_from_dict
 from effml.search.spaces import SPACES, named_space
+from effml.search.strategies import STRATEGIES, make_sampler
+from effml.search.study import build_space, choose_trial, load_space, load_study
 
-__all__ = ["SPACES", "Choice", "HyperChoice", "Sample", "SearchSpace", "compound_grid", "named_space",
-           "space_from_dict"]
+__all__ = ["SPACES", "STRATEGIES", "Choice", "HyperChoice", "Sample", "SearchConfig", "SearchResult",
+           "SearchSpace", "build_space", "choose_trial", "compound_grid", "load_search_config", "load_space",
+           "load_study", "make_sampler", "mnasnet_reward", "named_space", "run_search", "space_from_dict",
+           "spec_cost"]
