@@ -130,8 +130,10 @@ def latency_table(
                           loaded.choices, loaded.hyper, loaded.phi)
     else:
         sp = named_space(space, num_classes=num_classes, resolution=resolution)
-    rng = random.Random(seed)
-    members = [sp.random_member(rng).spec for _ in range(calibrate + validate)]
+    members = _distinct_members(sp, calibrate + validate, random.Random(seed))
+    if len(members) < calibrate + validate:
+        echo(f"note: the space has {len(members)} distinct members; {min(calibrate, len(members))} calibrate, "
+             f"{max(0, len(members) - calibrate)} validate")
     layers = list(sp.layer_variants())
     echo(f"space {sp.name}: {len(layers)} distinct layers; {calibrate} calibration + {validate} validation "
          f"networks ({runtime}, {threads} thread(s), batch {batch_size})")
@@ -173,6 +175,16 @@ def show(
         text = yaml.safe_dump(data, sort_keys=False) if out.suffix in (".yaml", ".yml") else json.dumps(data, indent=2)
         atomic_write_text(out, text + ("" if text.endswith("\n") else "\n"))
         echo(f"wrote {out}")
+
+
+def _distinct_members(space: Any, n: int, rng: Any) -> list[Any]:
+    """Up to ``n`` different random members (calibration and validation networks must differ)."""
+    found: dict[Any, None] = {}
+    for _ in range(50 * max(n, 1)):
+        if len(found) == n:
+            break
+        found.setdefault(space.random_member(rng).spec)
+    return list(found)
 
 
 def _num_classes(proxy: Any) -> int:
