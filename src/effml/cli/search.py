@@ -121,15 +121,9 @@ def latency_table(
     import random
 
     from effml.search.latency_table import build_latency_table
-    from effml.search.study import load_space
-    from effml.search.spaces import named_space
+    from effml.search.study import space_for
 
-    if space.endswith((".json", ".yaml", ".yml")):
-        loaded = load_space(space)
-        sp = type(loaded)(loaded.name, loaded.base.replace(num_classes=num_classes, resolution=resolution),
-                          loaded.choices, loaded.hyper, loaded.phi)
-    else:
-        sp = named_space(space, num_classes=num_classes, resolution=resolution)
+    sp = space_for(space, num_classes, resolution)
     members = _distinct_members(sp, calibrate + validate, random.Random(seed))
     if len(members) < calibrate + validate:
         echo(f"note: the space has {len(members)} distinct members; {min(calibrate, len(members))} calibrate, "

@@ -52,8 +52,11 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
 def build_space(cfg: SearchConfig, num_classes: int) -> SearchSpace:
     """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes at the
     search's resolution (default: the proxy's input size)."""
-    resolution = cfg.search.resolution or cfg.proxy.data.image_size
-    name = cfg.search.space
+    return space_for(cfg.search.space, num_classes, cfg.search.resolution or cfg.proxy.data.image_size)
+
+
+def space_for(name: str, num_classes: int, resolution: int) -> SearchSpace:
+    """A named space or a space file (.json/.yaml) for ``num_classes`` classes at ``resolution``."""
     if name.endswith((".json", ".yaml", ".yml")):
         space = load_space(name)
         return SearchSpace(space.name, space.base.replace(num_classes=num_classes, resolution=resolution),
