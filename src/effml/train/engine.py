@@ -75,6 +75,7 @@ class _Log:
         self.path = run_dir / "metrics.jsonl" if run_dir is not None else None
         self.enabled = is_main and run_dir is not None
         self.quiet = quiet or not is_main
+        self.t0 = time.perf_counter()
 
     def truncate_after(self, global_step: int) -> None:
         """Drop rows written after the checkpoint a run resumes from (and a half-written last row)."""
@@ -89,7 +90,9 @@ class _Log:
             atomic_write_text(self.path, "")
 
     def row(self, **fields: Any) -> None:
+        """One metrics row; ``session_s``: wall seconds since this process started the run (or resumed it)."""
         if self.enabled:
+            fields["session_s"] = round(time.perf_counter() - self.t0, 1)
             with open(self.path, "a") as f:
                 f.write(json.dumps(fields) + "\n")
 
@@ -333,7 +336,10 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
 
 
 def _evaluate(t: Trainer, log: _Log) -> dict[str, Any]:
-    """Evaluate on val (and the holdout), log the epoch row and return it."""
+    """Evaluate on val (and the holdout), log the epoch row and return it; with
+    ``train.bn_recalibrate``, the BatchNorm statistics are re-estimated first."""
+    if t.cfg.train.bn_recalibrate:
+        t.recalibrate_bn(t.cfg.train.bn_recalibrate)
     val = t.evaluate("val")
     ema_val = t.evaluate("val", ema=True) if t.ema else None
     row: dict[str, Any] = dict(epoch=t.epoch, global_step=t.global_step, val=val, ema_val=ema_val,

@@ -26,6 +26,7 @@ from effml.errors import EffmlError, InputError
 from effml.spec.entry import Preprocess
 from effml.zoo import get_entry, load_spec, resolve_spec
 from effml.train import distributed
+from effml.train.bn_calibration import recalibrate_bn
 from effml.train.checkpoint import load_checkpoint as read_checkpoint
 from effml.train.checkpoint import rng_state, set_rng_state
 from effml.train.checkpoint import save_checkpoint as write_checkpoint
@@ -89,10 +90,11 @@ def preserved_global_state() -> Iterator[None]:
         np.random.set_state(np_rng)
 
 
-def _set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+def _set_train_mode(model: nn.Module, freeze_bn: bool | str) -> None:
     model.train()
     if freeze_bn:
-        for m in model.modules():
+        frozen = model if freeze_bn is True else getattr(model, "module", model).backbone
+        for m in frozen.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
 
@@ -140,6 +142,16 @@ class Trainer:
             from effml.models.weights import load_weights
 
             load_weights(net, cfg.model.weights, drop_classifier=cfg.model.drop_classifier)
+        if cfg.model.freeze_bn == "backbone" and not isinstance(getattr(net, "backbone", None), nn.Module):
+            raise EffmlError(f"model.freeze_bn=backbone: {self.model_name} has no backbone (a detector's); "
+                             "use model.freeze_bn=true to freeze every BatchNorm")
+        if cfg.model.backbone_weights and cfg.model.weights:
+            raise EffmlError("model.weights (the whole network) and model.backbone_weights (its backbone) are "
+                             "both set: keep one")
+        if cfg.model.backbone_weights:
+            from effml.models.weights import load_backbone_weights
+
+            load_backbone_weights(net, cfg.model.backbone_weights)
         if cfg.advprop.enabled:
             from effml.layers.aux_bn import convert_to_advprop
 
@@ -387,6 +399,30 @@ class Trainer:
         finally:
             if training:
                 self.train_mode()
+
+    def recalibrate_bn(self, num_batches: int) -> int:
+        """Re-estimate the BatchNorm statistics of the model and its EMA on ``num_batches`` training
+        batches (``effml.train.bn_calibration``); BNs frozen by ``model.freeze_bn`` are kept.
+
+        The batches are the same on every process (the first of a permutation fixed by the seed),
+        drawn without touching the global RNGs, so training and a resume go on exactly as without it.
+        """
+        if self.cfg.model.freeze_bn is True or num_batches <= 0:
+            return 0
+        training = self.net.training
+        train, bs = self.bundle.train, self.cfg.data.batch_size
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        indices = order[:num_batches * bs].tolist()
+        with preserved_global_state():
+            batches = [b[0].to(self.device) for b in train_loader(train, indices, bs, self.cfg.data.workers)
+                       if len(b[0]) >= self.min_batch]
+            used = 0
+            for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
+                frozen = getattr(model, "backbone", None) if self.cfg.model.freeze_bn == "backbone" else None
+                used = recalibrate_bn(model, batches, frozen=frozen)
+        if training:
+            self.train_mode()
+        return used
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

