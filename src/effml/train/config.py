@@ -77,7 +77,7 @@ class ModelConfig:
     bn_eps: Annotated[float, Field(gt=0)] | None = None  # default: the spec's (1e-3 for tf_*, 1e-5 otherwise)
     # keep BatchNorm statistics frozen (eval mode) while training: true (all of them) or backbone
     # (a detector's pretrained backbone keeps its ImageNet statistics; the fresh neck and heads learn theirs)
-    freeze_bn: bool | Literal["backbone"] = False
+    freeze_bn: Literal[False, True, "backbone"] = False
 
 
 @dataclass(config=_SCHEMA)
