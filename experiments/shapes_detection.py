@@ -51,8 +51,13 @@ def train(name: str, seed: int, out: Path) -> dict[str, Any]:
         if done.returncode:
             raise SystemExit(f"{name} seed {seed} failed (exit {done.returncode}): see {log}")
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [(r["session_s"] / 60, max(r["val"]["AP50"], (r.get("ema_val") or {}).get("AP50", 0.0)))
-             for r in rows if r["kind"] == "epoch"]
+    curve, offset, last = [], 0.0, 0.0
+    for r in rows:
+        if r["kind"] == "resume":  # session_s restarts with the resumed process
+            offset = last
+        last = offset + r["session_s"]
+        if r["kind"] == "epoch":
+            curve.append((last / 60, max(r["val"]["AP50"], (r.get("ema_val") or {}).get("AP50", 0.0))))
     reached = next((m for m, ap in curve if ap >= bar), None)
     return {"config": name, "seed": seed, "curve": curve, "final_AP50": curve[-1][1],
             "minutes": curve[-1][0], "minutes_to_bar": reached, "bar": bar, "threads": threads,
