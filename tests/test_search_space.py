@@ -177,4 +177,15 @@ def test_unknown_named_space_lists_the_named_ones():
 
 def test_field_tables_are_what_the_docs_say():
     assert "kind" in ROW_FIELDS and "filters" in ROW_FIELDS and "out_channels" in ROW_FIELDS
-    assert NETWORK_FIELDS == ("resolution", "width", "compound")
+    assert NETWORK_FIELDS == ("resolution", "width", "compound", "stem_channels", "head_channels")
+
+
+def test_stem_and_head_widths_are_network_choices():
+    from effml.search.space import Choice, SearchSpace
+    from effml.zoo import resolve_spec
+
+    space = SearchSpace("widths", resolve_spec("efficientnet_b0"),
+                        (Choice("stem_channels", (24, 32)), Choice("head_channels", (960, 1280))))
+    small = space.smallest().spec
+    assert (small.stem_channels, small.head_channels) == (24, 960)
+    assert space.largest().spec.head_channels == 1280

@@ -14,6 +14,7 @@ from effml.cli.export import export
 from effml.cli.models import models
 from effml.cli.predict import predict
 from effml.cli.search import search_app
+from effml.cli.supernet import supernet_app
 from effml.cli.train import evaluate_run, train
 from effml.errors import EffmlError
 
@@ -34,7 +35,7 @@ class _EffmlGroup(TyperGroup):
 app = typer.Typer(
     name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
     pretty_exceptions_show_locals=False,
-    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search.",
+    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet.",
 )
 
 
@@ -51,7 +52,7 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search."""
+    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet."""
 
 
 app.command("models")(models)
@@ -62,6 +63,7 @@ app.command("export")(export)
 app.command("train")(train)
 app.command("eval")(evaluate_run)
 app.add_typer(search_app, name="search")
+app.add_typer(supernet_app, name="supernet")
 
 if __name__ == "__main__":
     app()

@@ -33,8 +33,9 @@ from effml.spec.scaling import compound_scale, round_filters
 ROW_FIELDS = ("kind", "kernel_size", "expand_ratio", "se_ratio", "filters", "out_channels", "repeats",
               "skip", "input_compression", "output_compression")
 # Network fields: input resolution, a width multiplier on every width (compound_scale's ``width``),
-# and the EfficientNet compound coefficients (alpha, beta, gamma) at the space's ``phi``.
-NETWORK_FIELDS = ("resolution", "width", "compound")
+# the EfficientNet compound coefficients (alpha, beta, gamma) at the space's ``phi``, and the stem
+# and head widths (BigNAS, arXiv 2003.11142, Table 1: stem 32-40, head 1280-1408 channels).
+NETWORK_FIELDS = ("resolution", "width", "compound", "stem_channels", "head_channels")
 HYPER_KINDS = ("categorical", "float", "int")
 
 
@@ -176,6 +177,9 @@ class SearchSpace:
             spec = compound_scale(spec, width=net["width"])
         if "resolution" in net:
             spec = spec.replace(resolution=net["resolution"])
+        for width in ("stem_channels", "head_channels"):
+            if width in net:
+                spec = spec.replace(**{width: int(net[width])})
         return spec
 
     def random_member(self, rng: random.Random) -> Sample:

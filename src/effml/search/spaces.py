@@ -105,7 +105,50 @@ def efficientnet_compound_space(num_classes: int = 1000, resolution: int = 224,
     return SearchSpace("efficientnet_compound", base, (Choice("compound", compound_grid()),))
 
 
+# BigNAS's space (Yu et al., arXiv 2003.11142, Table 1; the same table in xfey/pytorch-BigNAS
+# configs/train.yaml): per stage (block kind, output channels, depth range, kernels, stride); every
+# MBConv expands 6x with SE and swish; stem 32-40, head 1280-1408, input 192-320. ``bignas_space``
+# scales it down: widths halved (multiples of 8), depth ranges shortened for small inputs.
+BIGNAS_ROWS = (
+    ("ds", (16, 24), (1, 2), (3,), 1), ("ir", (24, 32), (2, 3), (3,), 2), ("ir", (40, 48), (2, 3), (3, 5), 2),
+    ("ir", (80, 88), (2, 4), (3, 5), 2), ("ir", (112, 120, 128), (2, 6), (3, 5), 1),
+    ("ir", (192, 200, 208, 216), (2, 6), (3, 5), 2), ("ir", (320, 328, 336, 344, 352), (1, 2), (3, 5), 1),
+)
+# The scaled-down rows used by ``bignas_space``: (kind, widths, (min, max) depth, kernels, stride).
+BIGNAS_SMALL_ROWS = (
+    ("ds", (8, 16), (1, 2), (3,), 1), ("ir", (16, 24), (1, 2), (3,), 2), ("ir", (24, 32), (1, 2), (3, 5), 2),
+    ("ir", (40, 48), (1, 3), (3, 5), 2), ("ir", (56, 64), (1, 3), (3, 5), 1),
+    ("ir", (96, 112), (1, 3), (3, 5), 2), ("ir", (160, 176), (1, 1), (3, 5), 1),
+)
+
+
+def bignas_space(num_classes: int = 1000, resolution: int = 32, in_channels: int = 3) -> SearchSpace:
+    """BigNAS's elastic space scaled down for small images (``BIGNAS_SMALL_ROWS``): per stage the
+    output width, the depth (the first d blocks), the depthwise kernel and the expansion {4, 6};
+    stem 16/24, head 640/704 channels; input resolution {0.75, 0.875, 1} x ``resolution``
+    (BigNAS: 192-320, 0.6-1x). Every member is a child of the largest: a supernet slices it."""
+    rows, choices = [], []
+    for s, (kind, widths, (low, high), kernels, stride) in enumerate(BIGNAS_SMALL_ROWS):
+        ir = kind == "ir"
+        rows.append((BlockSpec(kind, max(widths), repeats=high, kernel_size=max(kernels), stride=stride,
+                               expand_ratio=6.0 if ir else 1.0, se_ratio=0.25),))
+        choices.append(Choice("out_channels", widths, s, 0))
+        if high > low:
+            choices.append(Choice("repeats", tuple(range(low - high, 1)), s, 0))
+        if len(kernels) > 1:
+            choices.append(Choice("kernel_size", kernels, s, 0))
+        if ir:
+            choices.append(Choice("expand_ratio", (4.0, 6.0), s, 0))
+    resolutions = tuple(sorted({max(8, int(round(resolution * f / 4)) * 4) for f in (0.75, 0.875, 1.0)}))
+    choices += [Choice("resolution", resolutions), Choice("stem_channels", (16, 24)),
+                Choice("head_channels", (640, 704))]
+    base = NetworkSpec(tuple(rows), stem_channels=24, head_channels=704, num_classes=num_classes,
+                       in_channels=in_channels, act="swish", resolution=resolution)
+    return SearchSpace("bignas", base, tuple(choices))
+
+
 SPACES: dict[str, Callable[..., SearchSpace]] = {
+    "bignas": bignas_space,
     "mnasnet": mnasnet_space,
     "mobiledet": mobiledet_space,
     "mixnet_kernels": mixnet_kernel_space,

@@ -136,7 +136,7 @@ class ScheduleConfig:
     warmup_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0
     decay_rate: Annotated[float, Field(gt=0, le=1)] = 0.97  # exponential: multiply by this every decay_epochs
     decay_epochs: Annotated[float, Field(gt=0)] = 2.4
-    min_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0  # cosine: final lr as a fraction of lr
+    min_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0  # cosine: final lr as a fraction of lr; exponential: a floor it then keeps (BigNAS's constant ending)
 
 
 @dataclass(config=_SCHEMA)

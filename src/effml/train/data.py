@@ -37,6 +37,13 @@ class DataBundle:
 DETECTION_DATASETS = ("shapes", "coco")
 
 
+def num_classes(cfg: Config) -> int:
+    """The classifier width ``cfg`` trains: ``model.num_classes``, else the data set's class count."""
+    if cfg.model.num_classes:
+        return cfg.model.num_classes
+    return len(build_datasets(cfg, Preprocess(cfg.data.image_size, 0.875)).classes)
+
+
 def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     """Train and val data sets of ``cfg.data``, normalised as the model's weights expect."""
     d = cfg.data

@@ -54,7 +54,9 @@ def wrap(model: nn.Module, ctx: DistContext, sync_bn: bool) -> nn.Module:
                              "set train.sync_bn=false or model.freeze_bn=true on CPU")
         model = convert_sync_batchnorm(model)
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # a model whose steps leave some parameters unused (a supernet's shallow children) says so
+    unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

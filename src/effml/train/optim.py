@@ -121,7 +121,9 @@ def lr_factor(step: int, cfg: ScheduleConfig, steps_per_epoch: int, total_steps:
         return cfg.warmup_lr_factor + (1 - cfg.warmup_lr_factor) * step / warmup
     if cfg.name == "exponential":
         decay_steps = max(1, int(cfg.decay_epochs * steps_per_epoch))
-        return cfg.decay_rate ** (step // decay_steps)
+        # BigNAS's "exponential decay with constant ending" (arXiv 2003.11142, section 3.1) when
+        # min_lr_factor > 0: the rate decays until it reaches that floor, then stays there
+        return max(cfg.decay_rate ** (step // decay_steps), cfg.min_lr_factor)
     if cfg.name == "cosine":
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress))

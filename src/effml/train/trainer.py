@@ -410,12 +410,8 @@ class Trainer:
         if self.cfg.model.freeze_bn is True or num_batches <= 0:
             return 0
         training = self.net.training
-        train, bs = self.bundle.train, self.cfg.data.batch_size
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.cfg.train.seed))
-        indices = order[:num_batches * bs].tolist()
         with preserved_global_state():
-            batches = [b[0].to(self.device) for b in train_loader(train, indices, bs, self.cfg.data.workers)
-                       if len(b[0]) >= self.min_batch]
+            batches = self.calibration_batches(num_batches)
             used = 0
             for model in [self.model] + ([self.ema.module] if self.ema is not None else []):
                 frozen = getattr(model, "backbone", None) if self.cfg.model.freeze_bn == "backbone" else None
@@ -423,6 +419,16 @@ class Trainer:
         if training:
             self.train_mode()
         return used
+
+    def calibration_batches(self, num_batches: int) -> list[torch.Tensor]:
+        """Up to ``num_batches`` training image batches (train transform, on the device) for BatchNorm
+        calibration: the first of a permutation fixed by the seed, the same on every process."""
+        train, bs = self.bundle.train, self.cfg.data.batch_size
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        indices = order[:num_batches * bs].tolist()
+        with preserved_global_state():
+            return [b[0].to(self.device) for b in train_loader(train, indices, bs, self.cfg.data.workers)
+                    if len(b[0]) >= self.min_batch]
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""``effml supernet``: train a BigNAS supernet, select children at MACs targets, export a child as an
+ordinary run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from effml.cli._common import echo
+
+supernet_app = typer.Typer(
+    no_args_is_help=True, add_completion=False,
+    help="BigNAS (arXiv 2003.11142): train one supernet, then take children of any size from it "
+         "without retraining: train, select, export.")
+
+
+@supernet_app.command("train")
+def train(
+    args: Annotated[list[str] | None, typer.Argument(
+        help="A supernet YAML (a training config with a `supernet` section), then section.key=value "
+             "overrides.", show_default=False)] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Continue the supernet run in this directory exactly where it stopped.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+) -> None:
+    """Train a supernet with the sandwich rule and inplace distillation (works under torchrun)."""
+    from effml.search.bignas import load_supernet_config, train_supernet
+    from effml.train.config import config_from_dict
+
+    args = list(args or [])
+    config_file = args.pop(0) if args and "=" not in args[0] else None
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r}: overrides are section.key=value; only the first argument "
+                                 f"may be a config file")
+    if resume is not None:
+        if not (resume / "config.yaml").is_file():
+            from effml.errors import EffmlError
+
+            raise EffmlError(f"--resume {resume}: no supernet run there (no config.yaml)")
+        saved = load_supernet_config(resume / "config.yaml", saved=True)
+        cfg = load_supernet_config(config_file, args, base=saved)
+        cfg = config_from_dict({"run": {"dir": str(resume)}}, cfg)
+    else:
+        cfg = load_supernet_config(config_file, args)
+    result = train_supernet(cfg, resume=resume is not None, quiet=quiet)
+    echo(f"done: {result.global_step} steps, largest child {result.summary}; run directory {result.run_dir}\n"
+         f"  next: effml supernet select {result.run_dir} --flops <MACs>[,<MACs>...]")
+
+
+Targets = Annotated[str, typer.Option(
+    "--flops", help="MACs target(s) (what papers call FLOPs), comma-separated: 1M,2.5M,500K.")]
+
+
+def _targets(text: str) -> list[float]:
+    from effml.search.selection import parse_macs
+
+    return [parse_macs(t) for t in text.split(",") if t.strip()]
+
+
+@supernet_app.command("select")
+def select(
+    run: Annotated[Path, typer.Argument(help="A supernet run directory (effml supernet train).")],
+    flops: Targets,
+    coarse_top: Annotated[int, typer.Option(min=1, help="Skeletons scored per target (closest to it).")] = 4,
+    mutations: Annotated[int, typer.Option(min=0, help="Random mutations of the best scored per target.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed of the mutations.")] = 0,
+) -> None:
+    """Coarse-to-fine selection of the best child at each target, scored on the held-out images with the
+    shared weights after BN calibration; writes RUN/selection.json and RUN/selection.png."""
+    import json
+
+    from effml.search.bignas import load_supernet, select_child
+    from effml.search.selection import plot_selection
+    from effml.train.checkpoint import atomic_write_text
+    from effml.train.trainer import preserved_global_state
+
+    with preserved_global_state():
+        trained = load_supernet(run)
+        results = []
+        for target in _targets(flops):
+            echo(f"target {target / 1e6:.3g}M MACs:")
+            results.append(select_child(trained, target, coarse_top=coarse_top, mutations=mutations, seed=seed,
+                                        echo=echo))
+    echo(f"{'target':>9} {'MMACs':>7} {'res':>4} {'held-out top-1':>15}")
+    for s in results:
+        echo(f"{s.target / 1e6:8.3g}M {s.best.macs / 1e6:7.3f} {s.best.spec.resolution:>4} {s.best.score:14.2f}%")
+    atomic_write_text(run / "selection.json", json.dumps([s.to_dict() for s in results], indent=2))
+    plot_selection(results, run / "selection.png")
+    echo(f"wrote {run / 'selection.json'} and {run / 'selection.png'}\n"
+         f"  next: effml supernet export {run} --flops {flops.split(',')[0]} -o CHILD_DIR")
+
+
+@supernet_app.command("export")
+def export(
+    run: Annotated[Path, typer.Argument(help="A supernet run directory (effml supernet train).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The run directory to write (must not exist).")],
+    flops: Annotated[str | None, typer.Option(
+        "--flops", help="Select the best child within this many MACs (e.g. 2M) and export it.")] = None,
+    child: Annotated[Path | None, typer.Option(
+        "--child", help="Export this child spec (JSON, e.g. from selection) instead of selecting.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the selection's mutations (--flops).")] = 0,
+) -> None:
+    """Write a child as an ordinary run directory (plain spec, sliced and BN-calibrated weights) that
+    effml predict / eval / bench / export and effml train (fine-tuning) take like any run."""
+    from effml.errors import EffmlError
+    from effml.search.bignas import export_child, load_supernet, select_child
+    from effml.search.selection import parse_macs
+    from effml.train.trainer import preserved_global_state
+    from effml.zoo import load_spec
+
+    if (flops is None) == (child is None):
+        raise EffmlError("give one of --flops (select the best child within a MACs target) or --child SPEC.json")
+    with preserved_global_state():
+        trained = load_supernet(run)
+        if child is not None:
+            spec = load_spec(child)
+        else:
+            spec = select_child(trained, parse_macs(flops), seed=seed, echo=echo).best.spec
+        written = export_child(trained, spec, out)
+    import json
+
+    info = json.loads((written / "run.json").read_text())
+    echo(f"wrote {written}: {info['macs'] / 1e6:.3f}M MACs, {info['params'] / 1e6:.3f}M params, "
+         f"{info['input_size']} px; val top-1 {info['val']['top1']:.2f}%, held-out top-1 {info['holdout']['top1']:.2f}%\n"
+         f"  try: effml eval {written}")

@@ -1,0 +1,152 @@
+"""``effml supernet train / select / export`` as a user runs them: an exported child is an ordinary run
+(predict, eval, ONNX export, fine-tuning) whose outputs equal the supernet's for that child; resume
+and DDP train the same weights as one uninterrupted process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "bignas_digits.yaml"
+# 16 px keeps the 1.25M-parameter supernet quick; the space's resolutions become 12/14/16
+SMALL = ["data.image_size=16", "data.batch_size=16", "train.threads=1", "supernet.calibration_batches=2",
+         "train.bn_recalibrate=2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def effml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([EFFML, *args], capture_output=True, text=True, env=ENV, timeout=600)
+    if check:
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+def _overrides(run_dir: Path, *extra: str) -> list[str]:
+    return [f"run.dir={run_dir}", *SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("supernet") / "run"
+    effml("supernet", "train", str(CONFIG), *_overrides(run_dir, "train.max_steps=4"), "--quiet")
+    return run_dir
+
+
+def test_select_writes_the_best_child_per_target_with_a_plot(trained):
+    out = effml("supernet", "select", str(trained), "--flops", "0.5M,0.9M", "--coarse-top", "2",
+                "--mutations", "2")
+    picked = json.loads((trained / "selection.json").read_text())
+    assert [p["target"] for p in picked] == [5e5, 9e5]
+    for p in picked:
+        assert p["best"]["macs"] <= p["target"]
+        assert len(p["scored"]) >= 2 and p["best"]["score"] == max(c["score"] for c in p["scored"])
+    assert (trained / "selection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "held-out top-1" in out.stdout
+
+
+def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(trained, tmp_path):
+    from effml.search.bignas import load_supernet
+    from effml.spec.plan import plan
+    from effml.train.run_dir import load_run
+    from effml.zoo import create_model, load_spec
+
+    child_dir = tmp_path / "child"
+    effml("supernet", "export", str(trained), "--flops", "0.7M", "-o", str(child_dir))
+    info = json.loads((child_dir / "run.json").read_text())
+    spec = load_spec(child_dir / "model.json")
+    assert info["macs"] == plan(spec).macs() <= 7e5 and info["input_size"] == spec.resolution
+    # the weights load strictly into the plain network built from the spec: no supernet code
+    plain = create_model(spec)
+    plain.load_state_dict(load_file(child_dir / "weights.safetensors"), strict=True)
+    # exactness: the supernet, calibrated the same way for that child, gives the same outputs
+    with torch.no_grad():
+        sup = load_supernet(trained)
+        calibrated = sup.calibrated(sup.supernet.child_spec(spec))
+        sup.supernet.load_child_buffers(spec, calibrated)
+        x = torch.randn(4, 3, spec.resolution, spec.resolution)
+        exported = load_run(child_dir).model
+        torch.testing.assert_close(exported(x), sup.supernet.eval()(x, child=spec), rtol=0, atol=1e-5)
+    # and every command takes it like any run
+    ev = json.loads(effml("eval", str(child_dir), "--json").stdout)
+    # the export's val figure fed the supernet's 16 px batches resized; eval loads them at the child's size
+    assert ev["clean"]["count"] == info["val"]["count"] == 359
+    assert ev["clean"]["top1"] == pytest.approx(info["val"]["top1"], abs=3.0)
+    # 4 training steps leave logits near 100 on noise: 1e-2 is a 1e-4 relative agreement
+    effml("export", str(child_dir), "--onnx", str(tmp_path / "child.onnx"), "--atol", "1e-2")
+    tune = tmp_path / "tuned"
+    effml("train", str(child_dir / "config.yaml"), f"model.weights={child_dir / 'weights.safetensors'}",
+          f"run.dir={tune}", "train.max_steps=2", "--quiet")
+    assert json.loads((tune / "run.json").read_text())["global_step"] == 2
+
+
+def test_export_refuses_an_existing_directory_and_a_child_outside_the_space(trained, tmp_path):
+    (tmp_path / "taken").mkdir()
+    out = effml("supernet", "export", str(trained), "--flops", "0.5M", "-o", str(tmp_path / "taken"), check=False)
+    assert out.returncode == 2 and "already exists" in out.stderr
+    from effml.zoo import load_spec, spec_to_json
+
+    big = load_spec(trained / "spec.json").replace(head_channels=2048)
+    (tmp_path / "big.json").write_text(spec_to_json(big))
+    out = effml("supernet", "export", str(trained), "--child", str(tmp_path / "big.json"), "-o",
+                str(tmp_path / "c2"), check=False)
+    assert out.returncode == 2 and "conv_head.weight" in out.stderr and not (tmp_path / "c2").exists()
+    out = effml("supernet", "select", str(trained), "--flops", "1K", check=False)
+    assert out.returncode == 2 and "the smallest has" in out.stderr
+
+
+def test_errors_name_the_setting(tmp_path):
+    out = effml("supernet", "train", str(CONFIG), f"run.dir={tmp_path / 'r'}", "data.holdout=0", check=False)
+    assert out.returncode == 2 and "data.holdout" in out.stderr
+    out = effml("supernet", "train", str(CONFIG), f"run.dir={tmp_path / 'r'}", "supernet.space=mnasnet",
+                check=False)
+    assert out.returncode == 2 and "not elastic" in out.stderr
+    out = effml("supernet", "train", str(CONFIG), "supernet.sandwhich=false", check=False)
+    assert out.returncode == 2 and "sandwhich" in out.stderr
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    effml("supernet", "train", str(CONFIG), *_overrides(straight, "train.max_steps=4"), "--quiet")
+    effml("supernet", "train", str(CONFIG), *_overrides(resumed, "train.max_steps=2"), "--quiet")
+    effml("supernet", "train", "--resume", str(resumed), "train.max_steps=4", "--quiet")
+    a, b = load_file(straight / "weights.safetensors"), load_file(resumed / "weights.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_train_the_same_supernet_as_one(tmp_path):
+    # BN frozen: each sample's gradient is then independent of how the batch is split (CPU has no
+    # SyncBatchNorm); children leave parameters unused, which DDP must allow.
+    common = ["train.max_steps=2", "model.freeze_bn=true", "model.drop_path=0.0", "model.dropout=0.0",
+              "data.augment=none", "optim.name=sgd", "optim.lr=0.5", "train.bn_recalibrate=0"]
+    single = tmp_path / "single"
+    effml("supernet", "train", str(CONFIG), *_overrides(single, *common, "data.batch_size=16"), "--quiet")
+    ddp = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "effml", "supernet", "train", str(CONFIG), *_overrides(ddp, *common, "data.batch_size=8"),
+           "--quiet"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads((ddp / "run.json").read_text())
+    assert info["processes"] == 2 and info["ranks_agree"] is True
+    a, b = load_file(single / "weights.safetensors"), load_file(ddp / "weights.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)

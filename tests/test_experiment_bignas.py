@@ -1,0 +1,36 @@
+"""experiments/bignas.py --quick, run as a user runs it: the tables, results.json and the plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_sane_results_tables_and_plot(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bignas.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    targets = res["settings"]["targets"]
+    assert targets == [1.5e6, 3e6]
+    rows = res["seeds"]["0"]["children"]
+    assert [r["target"] for r in rows] == targets
+    for r in rows:
+        assert 0 < r["macs"] <= r["target"] and r["params"] > 0
+        assert 0 <= r["supernet_val_top1"] <= 100 and 0 <= r["standalone_val_top1"] <= 100
+        assert r["standalone_minutes"] > 0
+    # each selected child was written as a spec and trained alone at its own resolution
+    for t, r in zip(targets, rows):
+        spec = json.loads((tmp_path / f"child_seed0_{t / 1e6:g}M.json").read_text())
+        run = json.loads((tmp_path / f"standalone_child_seed0_{t / 1e6:g}M" / "run.json").read_text())
+        assert run["input_size"] == r["resolution"] and spec
+    ab = res["seeds"]["0"]["ablations"]
+    assert set(ab) == {"full", "no_sandwich"} and all(a["minutes"] > 0 for a in ab.values())
+    gap = res["summary"]["per_target"][0]["gap"]["mean"]
+    assert gap == rows[0]["supernet_val_top1"] - rows[0]["standalone_val_top1"]
+    assert (tmp_path / "bignas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "trained alone" in proc.stdout and "ablations" in proc.stdout
