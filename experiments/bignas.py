@@ -21,7 +21,10 @@ runs there are reused.
 
     python experiments/bignas.py [--seeds 0 1] [--targets 1M,2M,3M,4M] [--ablation-target 2M] [--out DIR] [--quick]
 
-Measured figures: README.md ("BigNAS").
+Measured with the defaults (2 seeds, 56 minutes on 2 cores): children 95.8-97.1% val top-1 against
+94.3-98.1% for the same specs trained alone (gap -2.2 points at 1M, +0.1 to +2.1 at 2-4M); without
+the sandwich rule 74.2% at 2M, without zero-init 86.1%, without inplace distillation 97.6% (better:
+an honest negative at this scale). Tables and discussion: README.md ("BigNAS").
 """
 
 from __future__ import annotations

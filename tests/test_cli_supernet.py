@@ -84,6 +84,9 @@ def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(traine
     assert ev["clean"]["top1"] == pytest.approx(info["val"]["top1"], abs=3.0)
     # 4 training steps leave logits near 100 on noise: 1e-2 is a 1e-4 relative agreement
     effml("export", str(child_dir), "--onnx", str(tmp_path / "child.onnx"), "--atol", "1e-2")
+    bench = effml("bench", str(child_dir), "--batch-sizes", "1", "--iters", "2", "--warmup", "0",
+                  "--runtimes", "eager", "--json")
+    assert json.loads(bench.stdout)[0]["batch_size"] == 1
     tune = tmp_path / "tuned"
     effml("train", str(child_dir / "config.yaml"), f"model.weights={child_dir / 'weights.safetensors'}",
           f"run.dir={tune}", "train.max_steps=2", "--quiet")

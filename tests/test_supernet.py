@@ -245,3 +245,37 @@ def test_spaces_a_supernet_cannot_slice_are_refused_by_name():
     bigger = space.largest().spec.replace(head_channels=128)
     with pytest.raises(SearchError, match="conv_head.weight"):
         net(torch.randn(1, 3, 32, 32), child=net.child_spec(bigger))
+
+
+def test_coarse_to_fine_keeps_every_candidate_within_the_target_and_returns_the_best_scored():
+    from effml.search.selection import coarse_to_fine, skeletons
+    from effml.spec.plan import plan
+
+    space = tiny_space()
+    macs = [plan(space.member(p).spec).macs() for p in skeletons(space)]
+    assert min(macs) == plan(space.smallest().spec).macs() and max(macs) == plan(space.largest().spec).macs()
+    target = sorted(macs)[len(macs) // 2]
+    # a score that prefers deep, high-resolution children: what the fine stage should find
+    sel = coarse_to_fine(space, lambda s: s.resolution + 10 * s.num_blocks, target, coarse_top=3, mutations=8)
+    assert all(c.macs <= target for c in sel.scored) and len(sel.scored) >= 3
+    assert sel.best.score == max(c.score for c in sel.scored)
+    coarse = [c for c in sel.scored if c.stage == "coarse"]
+    assert [c.macs for c in coarse] == sorted((m for m in macs if m <= target), reverse=True)[:3]
+    with pytest.raises(SearchError, match="the smallest has"):
+        coarse_to_fine(space, lambda s: 0.0, min(macs) - 1)
+
+
+def test_selection_by_latency_uses_the_tables_prediction():
+    from effml.search.latency_table import Settings, build_latency_table, predict
+    from effml.search.selection import coarse_to_fine
+
+    space = SearchSpace("lat", tiny_space().base.replace(resolution=16),
+                        tuple(c for c in tiny_space().choices if c.field != "resolution"))
+    table = build_latency_table(list(space.layer_variants()), settings=Settings(warmup=0, rounds=2),
+                                calibration_specs=[space.smallest().spec])
+    lat = [predict(table, m.spec) for m in (space.smallest(), space.largest())]
+    target = sum(lat) / 2
+    sel = coarse_to_fine(space, lambda s: float(s.head_channels), target, cost=lambda s: predict(table, s),
+                         unit="ms", coarse_top=2, mutations=4)
+    assert sel.unit == "ms" and all(c.cost <= target for c in sel.scored)
+    assert sel.best.cost == predict(table, sel.best.spec)

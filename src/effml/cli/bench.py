@@ -25,13 +25,22 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (torch and ONNX Runtime).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Time a model (random weights: speed does not depend on them) on random input."""
+    """Time a model on random input: a zoo name (random weights: speed does not depend on them), a
+    spec JSON file or a run directory (e.g. a child exported by `effml supernet export`)."""
     from effml.deploy import benchmark
+    from effml.train.run_dir import is_run_dir
     from effml.zoo import get_entry
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
-    size = input_size or get_entry(model).preprocess.input_size
-    results = benchmark(model, batch_sizes=sizes, input_size=size, runtimes=parse_names(runtimes),
+    if is_run_dir(model) or model.endswith(".json"):
+        from effml.cli._common import resolve_model
+
+        resolved = resolve_model(model, input_size=input_size)
+        target, size, task = resolved.net, resolved.preprocess.input_size, resolved.task
+    else:
+        entry = get_entry(model)
+        target, size, task = model, input_size or entry.preprocess.input_size, entry.task
+    results = benchmark(target, batch_sizes=sizes, input_size=size, runtimes=parse_names(runtimes),
                         warmup=warmup, iters=iters, threads=threads)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
@@ -44,6 +53,6 @@ def bench(
         table.add_row(r.runtime, str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}",
                       f"{r.images_per_s:.1f}")
     Console(file=sys.stdout).print(table)
-    if get_entry(model).task == "detect":
+    if task == "detect":
         typer.echo("timed the network forward (pre-NMS); anchor decoding and NMS are not included "
                    "(benchmarks/detection_speed.py times the whole detector)")

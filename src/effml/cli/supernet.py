@@ -50,20 +50,43 @@ def train(
          f"  next: effml supernet select {result.run_dir} --flops <MACs>[,<MACs>...]")
 
 
-Targets = Annotated[str, typer.Option(
+FlopsOpt = Annotated[str | None, typer.Option(
     "--flops", help="MACs target(s) (what papers call FLOPs), comma-separated: 1M,2.5M,500K.")]
+LatencyOpt = Annotated[str | None, typer.Option(
+    "--latency", help="Latency target(s) in ms, comma-separated, predicted by --table.")]
+TableOpt = Annotated[Path | None, typer.Option(
+    "--table", help="A latency table of the space on this machine (effml search latency-table bignas "
+                    "--resolution R --num-classes C), for --latency.")]
 
 
-def _targets(text: str) -> list[float]:
+def _targets(flops: str | None, latency: str | None, table: Path | None) -> tuple[list[float], object]:
+    """The targets and the latency table (None: MACs targets) that the options give."""
+    from effml.errors import EffmlError
     from effml.search.selection import parse_macs
 
-    return [parse_macs(t) for t in text.split(",") if t.strip()]
+    if (flops is None) == (latency is None):
+        raise EffmlError("give one of --flops (MACs targets) or --latency (ms targets, with --table)")
+    if flops is not None:
+        return [parse_macs(t) for t in flops.split(",") if t.strip()], None
+    if table is None:
+        raise EffmlError("--latency needs --table: a latency table of the space measured on this machine")
+    from effml.search.latency_table import load_latency_table
+
+    try:
+        targets = [float(t) for t in latency.split(",") if t.strip()]
+    except ValueError:
+        raise EffmlError(f"--latency {latency!r}: give milliseconds, e.g. 4.5 or 3,5") from None
+    if not targets or min(targets) <= 0:
+        raise EffmlError(f"--latency {latency!r}: give positive milliseconds")
+    return targets, load_latency_table(table)
 
 
 @supernet_app.command("select")
 def select(
     run: Annotated[Path, typer.Argument(help="A supernet run directory (effml supernet train).")],
-    flops: Targets,
+    flops: FlopsOpt = None,
+    latency: LatencyOpt = None,
+    table: TableOpt = None,
     coarse_top: Annotated[int, typer.Option(min=1, help="Skeletons scored per target (closest to it).")] = 4,
     mutations: Annotated[int, typer.Option(min=0, help="Random mutations of the best scored per target.")] = 12,
     seed: Annotated[int, typer.Option(help="Seed of the mutations.")] = 0,
@@ -73,24 +96,27 @@ def select(
     import json
 
     from effml.search.bignas import load_supernet, select_child
-    from effml.search.selection import plot_selection
+    from effml.search.selection import describe_cost, plot_selection
     from effml.train.checkpoint import atomic_write_text
     from effml.train.trainer import preserved_global_state
 
+    targets, lut = _targets(flops, latency, table)
     with preserved_global_state():
         trained = load_supernet(run)
         results = []
-        for target in _targets(flops):
-            echo(f"target {target / 1e6:.3g}M MACs:")
-            results.append(select_child(trained, target, coarse_top=coarse_top, mutations=mutations, seed=seed,
-                                        echo=echo))
-    echo(f"{'target':>9} {'MMACs':>7} {'res':>4} {'held-out top-1':>15}")
+        for target in targets:
+            echo(f"target {describe_cost(target, 'MACs' if lut is None else 'ms')}:")
+            results.append(select_child(trained, target, table=lut, coarse_top=coarse_top, mutations=mutations,
+                                        seed=seed, echo=echo))
+    echo(f"{'target':>12} {'MMACs':>7} {'res':>4} {'held-out top-1':>15}")
     for s in results:
-        echo(f"{s.target / 1e6:8.3g}M {s.best.macs / 1e6:7.3f} {s.best.spec.resolution:>4} {s.best.score:14.2f}%")
+        echo(f"{describe_cost(s.target, s.unit):>12} {s.best.macs / 1e6:7.3f} {s.best.spec.resolution:>4} "
+             f"{s.best.score:14.2f}%")
     atomic_write_text(run / "selection.json", json.dumps([s.to_dict() for s in results], indent=2))
     plot_selection(results, run / "selection.png")
+    first = f"--flops {flops.split(',')[0]}" if flops else f"--latency {latency.split(',')[0]} --table {table}"
     echo(f"wrote {run / 'selection.json'} and {run / 'selection.png'}\n"
-         f"  next: effml supernet export {run} --flops {flops.split(',')[0]} -o CHILD_DIR")
+         f"  next: effml supernet export {run} {first} -o CHILD_DIR")
 
 
 @supernet_app.command("export")
@@ -99,29 +125,34 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="The run directory to write (must not exist).")],
     flops: Annotated[str | None, typer.Option(
         "--flops", help="Select the best child within this many MACs (e.g. 2M) and export it.")] = None,
+    latency: Annotated[str | None, typer.Option(
+        "--latency", help="Select the best child within this many ms (predicted by --table).")] = None,
+    table: TableOpt = None,
     child: Annotated[Path | None, typer.Option(
         "--child", help="Export this child spec (JSON, e.g. from selection) instead of selecting.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the selection's mutations (--flops).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the selection's mutations.")] = 0,
 ) -> None:
     """Write a child as an ordinary run directory (plain spec, sliced and BN-calibrated weights) that
     effml predict / eval / bench / export and effml train (fine-tuning) take like any run."""
+    import json
+
     from effml.errors import EffmlError
     from effml.search.bignas import export_child, load_supernet, select_child
-    from effml.search.selection import parse_macs
     from effml.train.trainer import preserved_global_state
     from effml.zoo import load_spec
 
-    if (flops is None) == (child is None):
-        raise EffmlError("give one of --flops (select the best child within a MACs target) or --child SPEC.json")
+    if child is not None and (flops or latency):
+        raise EffmlError("give --child SPEC.json or a target (--flops / --latency), not both")
+    targets, lut = _targets(flops, latency, table) if child is None else ([], None)
+    if len(targets) > 1:
+        raise EffmlError("export writes one child: give one target")
     with preserved_global_state():
         trained = load_supernet(run)
         if child is not None:
             spec = load_spec(child)
         else:
-            spec = select_child(trained, parse_macs(flops), seed=seed, echo=echo).best.spec
+            spec = select_child(trained, targets[0], table=lut, seed=seed, echo=echo).best.spec
         written = export_child(trained, spec, out)
-    import json
-
     info = json.loads((written / "run.json").read_text())
     echo(f"wrote {written}: {info['macs'] / 1e6:.3f}M MACs, {info['params'] / 1e6:.3f}M params, "
          f"{info['input_size']} px; val top-1 {info['val']['top1']:.2f}%, held-out top-1 {info['holdout']['top1']:.2f}%\n"

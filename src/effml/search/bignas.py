@@ -29,6 +29,7 @@ from torch import nn
 from effml.errors import EffmlError
 from effml.models.network import EfficientNet
 from effml.models.weights import fsync_dir, load_weights, save_weights
+from effml.search.latency_table import LatencyTable, predict
 from effml.search.sandwich import SandwichStep
 from effml.search.selection import Selection, coarse_to_fine
 from effml.search.study import space_for
@@ -206,15 +207,18 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
     return out
 
 
-def select_child(trained: TrainedSupernet, target: float, *, coarse_top: int = 4, mutations: int = 12,
-                 seed: int = 0, echo: Callable[[str], None] | None = None) -> Selection:
-    """Coarse-to-fine selection (``effml.search.selection``) of the best child within ``target`` MACs,
-    each candidate scored by its held-out top-1 with the shared weights after BN calibration."""
+def select_child(trained: TrainedSupernet, target: float, *, table: LatencyTable | None = None,
+                 coarse_top: int = 4, mutations: int = 12, seed: int = 0,
+                 echo: Callable[[str], None] | None = None) -> Selection:
+    """Coarse-to-fine selection (``effml.search.selection``) of the best child within ``target`` MACs (or,
+    with a latency ``table``, ``target`` ms of predicted latency), each candidate scored by its held-out
+    top-1 with the shared weights after BN calibration."""
     batches = trained.calibration_batches()
 
     def score(spec: NetworkSpec) -> float:
         spec = trained.supernet.child_spec(spec)
         return trained.evaluate(trained.calibrated(spec, batches), spec.resolution)["top1"]
 
+    costing = {} if table is None else {"cost": lambda spec: predict(table, spec), "unit": "ms"}
     return coarse_to_fine(trained.supernet.space, score, target, coarse_top=coarse_top, mutations=mutations,
-                          seed=seed, echo=echo)
+                          seed=seed, echo=echo, **costing)

@@ -1,8 +1,8 @@
 """BigNAS's coarse-to-fine architecture selection (arXiv 2003.11142, section 3.2).
 
 Coarse: a grid of *skeletons* (every input resolution x uniform depth, width, kernel and expansion
-levels applied to all stages at once) is costed; those within the MACs target closest to it are
-scored. Fine: random mutations of the best (each decision redrawn with a probability) that stay
+levels applied to all stages at once) is costed (MACs, or latency from a latency table); those
+within the target closest to it are scored. Fine: random mutations of the best (each decision redrawn with a probability) that stay
 within the target are scored, keeping the best. A score is the held-out top-1 of the child with
 the shared weights after BN calibration; no accuracy predictor and no retraining.
 """
@@ -31,31 +31,34 @@ _GROUP = {"repeats": "depth", "out_channels": "width", "filters": "width", "stem
 
 @dataclass(frozen=True)
 class Candidate:
-    """A scored child: its decisions, spec, MACs and held-out top-1."""
+    """A scored child: its decisions, spec, MACs, cost (what the target bounds) and held-out top-1."""
 
     params: dict[str, Any]
     spec: NetworkSpec
     macs: int
+    cost: float
     score: float
     stage: str  # 'coarse' or 'fine'
 
 
 @dataclass
 class Selection:
-    """The outcome at one MACs target: the best child and every candidate scored on the way."""
+    """The outcome at one target: the best child and every candidate scored on the way; ``unit`` is
+    what the target and the costs count ('MACs' or 'ms')."""
 
     target: float
     best: Candidate
     scored: list[Candidate] = field(default_factory=list)
+    unit: str = "MACs"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (the spec as its dict)."""
         from effml.zoo.kinds import spec_to_dict
 
         def one(c: Candidate) -> dict[str, Any]:
-            return {"params": c.params, "macs": c.macs, "score": c.score, "stage": c.stage}
+            return {"params": c.params, "macs": c.macs, "cost": c.cost, "score": c.score, "stage": c.stage}
 
-        return {"target": self.target, "best": {**one(self.best), "spec": spec_to_dict(self.best.spec)},
+        return {"target": self.target, "unit": self.unit, "best": {**one(self.best), "spec": spec_to_dict(self.best.spec)},
                 "scored": [one(c) for c in self.scored]}
 
 
@@ -97,50 +100,64 @@ def skeletons(space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
+def macs_of(spec: NetworkSpec) -> float:
+    """Multiply-accumulates of ``spec`` for a batch of one (what papers call FLOPs)."""
+    return float(plan(spec).macs())
+
+
+def describe_cost(value: float, unit: str) -> str:
+    """'2.5M MACs' or '4.20 ms'."""
+    return f"{value / 1e6:.3g}M MACs" if unit == "MACs" else f"{value:.2f} {unit}"
+
+
 def coarse_to_fine(space: SearchSpace, score: Callable[[NetworkSpec], float], target: float, *,
-                   coarse_top: int = 4, mutations: int = 12, mutation_prob: float = 0.3, seed: int = 0,
+                   cost: Callable[[NetworkSpec], float] = macs_of, unit: str = "MACs", coarse_top: int = 4,
+                   mutations: int = 12, mutation_prob: float = 0.3, seed: int = 0,
                    echo: Callable[[str], None] | None = None) -> Selection:
-    """The best child of ``space`` within ``target`` MACs by ``score`` (higher is better)."""
-    costed = [(plan(space.member(p).spec).macs(), p) for p in skeletons(space)]
-    fits = sorted([(m, p) for m, p in costed if m <= target], key=lambda mp: -mp[0])
+    """The best child of ``space`` by ``score`` (higher is better) whose ``cost`` (default: MACs; e.g. a
+    latency table's prediction in ms) is within ``target``."""
+    costed = [(cost(space.member(p).spec), p) for p in skeletons(space)]
+    fits = sorted([(c, p) for c, p in costed if c <= target], key=lambda cp: -cp[0])
     if not fits:
-        smallest = plan(space.smallest().spec).macs()
-        raise SearchError(f"no child of space {space.name!r} fits {target / 1e6:.3g}M MACs: the smallest has "
-                          f"{smallest / 1e6:.3g}M; raise the target")
+        smallest = cost(space.smallest().spec)
+        raise SearchError(f"no child of space {space.name!r} fits {describe_cost(target, unit)}: the smallest has "
+                          f"{describe_cost(smallest, unit)}; raise the target")
     scored: list[Candidate] = []
     seen: set[tuple] = set()
 
-    def visit(params: dict[str, Any], macs: int, stage: str) -> Candidate:
+    def visit(params: dict[str, Any], spent: float, stage: str) -> Candidate:
         spec = space.member(params).spec
-        cand = Candidate(dict(params), spec, macs, float(score(spec)), stage)
+        cand = Candidate(dict(params), spec, plan(spec).macs(), spent, float(score(spec)), stage)
         seen.add(tuple(sorted(params.items())))
         scored.append(cand)
         if echo is not None:
-            echo(f"  {stage:<6} {macs / 1e6:7.3f}M MACs  res {spec.resolution:<4} held-out top-1 {cand.score:6.2f}")
+            extra = "" if unit == "MACs" else f" {spent:7.2f} {unit}"
+            echo(f"  {stage:<6} {cand.macs / 1e6:7.3f}M MACs{extra}  res {spec.resolution:<4} "
+                 f"held-out top-1 {cand.score:6.2f}")
         return cand
 
-    for macs, params in fits[:coarse_top]:
-        visit(params, macs, "coarse")
+    for spent, params in fits[:coarse_top]:
+        visit(params, spent, "coarse")
     best = max(scored, key=lambda c: c.score)
     rng = random.Random(seed)
     for _ in range(mutations):
         for _attempt in range(50):
             params = {c.name: _suggestible(rng.choice(c.options)) if rng.random() < mutation_prob
                       else best.params[c.name] for c in space.choices}
-            macs = plan(space.member(params).spec).macs()
-            if macs <= target and tuple(sorted(params.items())) not in seen:
+            spent = cost(space.member(params).spec)
+            if spent <= target and tuple(sorted(params.items())) not in seen:
                 break
         else:
             continue
-        cand = visit(params, macs, "fine")
+        cand = visit(params, spent, "fine")
         if cand.score > best.score:
             best = cand
-    return Selection(target, best, scored)
+    return Selection(target, best, scored, unit)
 
 
 def plot_selection(selections: list[Selection], path: str | Path) -> Path:
-    """Held-out top-1 against MMACs: every scored candidate (grey), each target's best (marked) and the
-    targets (dotted lines); written atomically as a PNG."""
+    """Held-out top-1 against cost (MMACs or latency): every scored candidate (grey), each target's best
+    (marked) and the targets (dotted lines); written atomically as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,13 +165,15 @@ def plot_selection(selections: list[Selection], path: str | Path) -> Path:
 
     from effml.train.checkpoint import atomic_write_bytes
 
+    unit = selections[0].unit if selections else "MACs"
+    scale = 1e6 if unit == "MACs" else 1.0
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for s in selections:
-        ax.scatter([c.macs / 1e6 for c in s.scored], [c.score for c in s.scored], s=12, color="0.7")
-        ax.axvline(s.target / 1e6, color="0.5", linestyle=":", linewidth=1)
-    ax.plot([s.best.macs / 1e6 for s in selections], [s.best.score for s in selections], "o-", color="C0",
+        ax.scatter([c.cost / scale for c in s.scored], [c.score for c in s.scored], s=12, color="0.7")
+        ax.axvline(s.target / scale, color="0.5", linestyle=":", linewidth=1)
+    ax.plot([s.best.cost / scale for s in selections], [s.best.score for s in selections], "o-", color="C0",
             label="selected child")
-    ax.set_xlabel("MMACs (batch of one)")
+    ax.set_xlabel("MMACs (batch of one)" if unit == "MACs" else f"predicted latency ({unit})")
     ax.set_ylabel("held-out top-1 (%)")
     ax.set_title("BigNAS children: shared weights, BN calibrated, no retraining")
     ax.grid(alpha=0.3)

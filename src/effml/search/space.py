@@ -242,17 +242,24 @@ class SearchSpace:
     def layer_variants(self) -> Iterator[tuple[LayerPlan, NetworkSpec]]:
         """Every distinct planned block the space can build, with a spec to build it under: per
         row, each outcome of the row's choices after each width of the row before it, under each
-        network choice; first repeat and later repeats (stride 1, in == out) both."""
+        network choice; first repeat and later repeats (stride 1, in == out) both. A spec with a stem
+        or head not seen before (stem and head widths are choices too) comes with one of its layers,
+        so that a latency table built from these pairs costs every stem and head as well."""
         seen: set[tuple[Any, ...]] = set()
+        seen_ends: set[tuple[Any, ...]] = set()
         members = self._variant_members()
         for spec in members:
-            for layer in plan(spec).layers:
+            net = plan(spec)
+            new_ends = (net.stem, net.head) not in seen_ends
+            for layer in net.layers:
                 if layer.repeat > 1:
                     continue
                 key = (layer.kind, layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                        layer.input_size, layer.mid_channels, layer.se_channels, layer.residual, layer.act)
-                if key not in seen:
+                if key not in seen or new_ends:
                     seen.add(key)
+                    seen_ends.add((net.stem, net.head))
+                    new_ends = False
                     yield layer, spec
 
     def _variant_members(self) -> Iterator[NetworkSpec]:
