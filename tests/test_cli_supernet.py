@@ -94,28 +94,43 @@ def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(traine
 
 
 def test_export_refuses_an_existing_directory_and_a_child_outside_the_space(trained, tmp_path):
+    from effml.errors import EffmlError, SearchError
+    from effml.search.bignas import export_child, load_supernet, select_child
+    from effml.train.trainer import preserved_global_state
+    from effml.zoo import load_spec
+
     (tmp_path / "taken").mkdir()
     out = effml("supernet", "export", str(trained), "--flops", "0.5M", "-o", str(tmp_path / "taken"), check=False)
-    assert out.returncode == 2 and "already exists" in out.stderr
-    from effml.zoo import load_spec, spec_to_json
-
-    big = load_spec(trained / "spec.json").replace(head_channels=2048)
-    (tmp_path / "big.json").write_text(spec_to_json(big))
-    out = effml("supernet", "export", str(trained), "--child", str(tmp_path / "big.json"), "-o",
-                str(tmp_path / "c2"), check=False)
-    assert out.returncode == 2 and "conv_head.weight" in out.stderr and not (tmp_path / "c2").exists()
-    out = effml("supernet", "select", str(trained), "--flops", "1K", check=False)
-    assert out.returncode == 2 and "the smallest has" in out.stderr
+    assert out.returncode == 2 and out.stderr.startswith("error:") and "already exists" in out.stderr
+    with preserved_global_state():
+        sup = load_supernet(trained)
+        big = load_spec(trained / "spec.json").replace(head_channels=2048)
+        with pytest.raises(SearchError, match="conv_head.weight"):
+            export_child(sup, big, tmp_path / "c2")
+        assert not (tmp_path / "c2").exists() and not list(tmp_path.glob(".c2.*"))
+        with pytest.raises(SearchError, match="the smallest has"):
+            select_child(sup, 1e3)
+        with pytest.raises(EffmlError, match="ordinary training run"):
+            (tmp_path / "plain").mkdir()
+            for name in ("run.json", "config.yaml"):
+                text = (trained / name).read_text()
+                if name == "config.yaml":
+                    text = text[:text.index("\nsupernet:")] + "\n"
+                (tmp_path / "plain" / name).write_text(text)
+            load_supernet(tmp_path / "plain")
 
 
 def test_errors_name_the_setting(tmp_path):
+    from effml.errors import EffmlError
+    from effml.search.bignas import load_supernet_config, train_supernet
+
     out = effml("supernet", "train", str(CONFIG), f"run.dir={tmp_path / 'r'}", "data.holdout=0", check=False)
     assert out.returncode == 2 and "data.holdout" in out.stderr
-    out = effml("supernet", "train", str(CONFIG), f"run.dir={tmp_path / 'r'}", "supernet.space=mnasnet",
-                check=False)
-    assert out.returncode == 2 and "not elastic" in out.stderr
-    out = effml("supernet", "train", str(CONFIG), "supernet.sandwhich=false", check=False)
-    assert out.returncode == 2 and "sandwhich" in out.stderr
+    with pytest.raises(EffmlError, match="not elastic"):
+        train_supernet(load_supernet_config(CONFIG, [f"run.dir={tmp_path / 'r'}", "supernet.space=mnasnet"]))
+    with pytest.raises(EffmlError, match="sandwhich"):
+        load_supernet_config(CONFIG, ["supernet.sandwhich=false"])
+    assert not (tmp_path / "r").exists()
 
 
 def test_resume_continues_to_the_same_weights(tmp_path):
