@@ -92,7 +92,7 @@ def sandwich_step(cfg: SupernetConfig) -> SandwichStep:
 def train_supernet(cfg: SupernetConfig, *, resume: bool = False, quiet: bool = False) -> RunResult:
     """Train a supernet with the sandwich rule as ``cfg`` says (a run directory like ``effml train``'s,
     whose weights are the supernet's); ``resume`` continues it exactly."""
-    if cfg.model.weights is None and cfg.data.holdout == 0:
+    if cfg.data.holdout == 0:
         raise EffmlError("data.holdout is 0: selecting children scores them on a held-out part of the "
                          "training images, which must be left out of supernet training; set data.holdout=0.1")
     with preserved_global_state():

@@ -147,7 +147,7 @@ class Supernet(EfficientNet):
     def _mirror_modes(self, module: nn.Module) -> None:
         """Give each submodule of a child the train/eval mode of the supernet's module of the same name
         (a frozen BatchNorm, ``model.freeze_bn``, stays frozen in every child)."""
-        own = dict(self.named_modules())
+        own = dict(self.named_modules())  # a dict of a few hundred entries: cheap next to a forward pass
         for name, m in module.named_modules():
             m.training = own[name].training if name in own else self.training
 
