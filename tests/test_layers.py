@@ -42,6 +42,40 @@ def test_conv2d_same_static_and_dynamic_agree_with_explicit_padding(hw, k, s):
     assert torch.allclose(static(y), dynamic(y), atol=1e-6)
 
 
+@pytest.mark.parametrize("hw", [(16, 16), (17, 16), (9, 12), (2, 3)])
+@pytest.mark.parametrize("k, s, d", [(3, 2, 1), (5, 2, 1), (4, 1, 1), (3, 2, 2)])
+@pytest.mark.parametrize("in_ch, out_ch, groups", [(4, 4, 4), (4, 8, 4), (4, 6, 2)])
+def test_conv2d_same_grouped_and_depthwise_paths_match_explicit_padding(hw, k, s, d, in_ch, out_ch, groups):
+    # a depthwise conv runs asymmetric pads as a zero tap in front of the kernel (a faster CPU
+    # path); grouped and dilated convs pad explicitly: all three must be the same function
+    torch.manual_seed(0)
+    conv = Conv2dSame(in_ch, out_ch, k, s, dilation=d, groups=groups, bias=True, input_size=hw)
+    x = torch.randn(2, in_ch, *hw, requires_grad=True)
+    top, bottom = same_pad_1d(hw[0], k, s, d)
+    left, right = same_pad_1d(hw[1], k, s, d)
+    expected = F.conv2d(F.pad(x, (left, right, top, bottom)), conv.weight, conv.bias, s, 0, d, groups)
+    got = conv(x)
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    # and it trains the same: gradients reach the weight (not the padded copy) and the input
+    grads = torch.autograd.grad(got.square().sum(), (x, conv.weight))
+    ref = torch.autograd.grad(expected.square().sum(), (x, conv.weight))
+    for g, r in zip(grads, ref):
+        assert g.shape == r.shape and torch.allclose(g, r, atol=1e-4)
+
+
+@pytest.mark.parametrize("k, s", [(3, 2), (2, 2), (3, 1), (5, 2), (3, 3)])
+def test_max_pool_same_equals_an_explicit_minus_inf_pad(k, s):
+    from effml.layers.padding import MaxPool2dSame
+    pool = MaxPool2dSame(k, s)
+    for h in range(1, 19):
+        for w in (1, 2, 7, 16, 17):
+            x = torch.randn(1, 2, h, w)
+            top, bottom = same_pad_1d(h, k, s)
+            left, right = same_pad_1d(w, k, s)
+            expected = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=float("-inf")), k, s)
+            assert torch.equal(pool(x), expected), (h, w)
+
+
 def test_same_convs_that_need_no_padding_logic_are_plain_convs():
     assert type(create_conv2d(8, 8, 3, 1, depthwise=True, padding="same")) is nn.Conv2d
     assert type(create_conv2d(8, 8, 3, 2, depthwise=True, padding="same")) is Conv2dSame
