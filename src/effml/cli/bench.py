@@ -1,4 +1,4 @@
-"""``effml bench``: latency and throughput per runtime and batch size."""
+"""``effml bench``: latency and throughput per runtime and batch size, optionally against a peer."""
 
 from __future__ import annotations
 
@@ -16,23 +16,32 @@ from effml.cli._common import InputSizeOpt, ModelArg, parse_ints, parse_names
 def bench(
     model: ModelArg,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16",
-    iters: Annotated[int, typer.Option(min=1, help="Timed iterations.")] = 20,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed iterations first.")] = 5,
+    iters: Annotated[int, typer.Option(min=1, help="Timed rounds.")] = 20,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 5,
     input_size: InputSizeOpt = None,
     runtimes: Annotated[str, typer.Option(
-        help="Comma-separated: eager, channels_last, fused, fused_channels_last, onnxruntime.")
-    ] = "eager,channels_last,onnxruntime",
+        help="Comma-separated: eager, channels_last, fused, fused_channels_last, compiled "
+             "(torch.compile: about a minute to compile), fused_compiled, onnxruntime, int8.")
+    ] = "eager,fused_channels_last,compiled,onnxruntime,int8",
+    compare: Annotated[str | None, typer.Option(
+        help="Time the same model of a peer library in the same rounds: timm, torchvision or effdet.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads (torch and ONNX Runtime).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Time a model on random input: a zoo name (random weights: speed does not depend on them), a
     spec JSON file or a run directory (e.g. a child exported by `effml supernet export`)."""
-    from effml.deploy import benchmark
+    from effml.deploy.benchmark import RUNTIME_NOTES, benchmark, fastest, ratios
+    from effml.deploy.peers import peer_model
+    from effml.errors import InputError
     from effml.train.run_dir import is_run_dir
     from effml.zoo import get_entry
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
     if is_run_dir(model) or model.endswith(".json"):
+        if compare:
+            raise InputError(f"--compare needs a zoo model name that the peer library also has; {model} "
+                             f"is a {'run directory' if is_run_dir(model) else 'spec file'}")
         from effml.cli._common import resolve_model
 
         resolved = resolve_model(model, input_size=input_size)
@@ -40,19 +49,38 @@ def bench(
     else:
         entry = get_entry(model)
         target, size, task = model, input_size or entry.preprocess.input_size, entry.task
-    results = benchmark(target, batch_sizes=sizes, input_size=size, runtimes=parse_names(runtimes),
-                        warmup=warmup, iters=iters, threads=threads)
+    peer = peer_model(model, compare) if compare else None
+    names = parse_names(runtimes)
+    results = benchmark(target, batch_sizes=sizes, input_size=size, runtimes=names, warmup=warmup,
+                        iters=iters, threads=threads, peer=peer, peer_name=compare or "peer")
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return
-    table = Table(title=f"{model} at {size}x{size}, {results[0].threads} thread(s), {iters} iters",
+    ratio = ratios(results)
+    table = Table(title=f"{model} at {size}x{size}, {results[0].threads} thread(s), {iters} rounds",
                   header_style="bold")
-    for col in ("runtime", "batch", "p50 (ms)", "p90 (ms)", "images/s"):
-        table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+    columns = ["library", "runtime", "batch", "p50 (ms)", "p90 (ms)", "images/s"]
+    if compare:
+        columns.append("ratio")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("library", "runtime") else "right", no_wrap=True)
     for r in results:
-        table.add_row(r.runtime, str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}",
-                      f"{r.images_per_s:.1f}")
+        row = [r.library, r.runtime, str(r.batch_size), f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.images_per_s:.1f}"]
+        if compare:
+            row.append(f"{ratio[r.runtime, r.batch_size]:.2f}" if r.library != "effml" else "")
+        table.add_row(*row)
     Console(file=sys.stdout).print(table)
+    for b in sizes:
+        ours = fastest(results, "effml", b)
+        theirs = fastest(results, compare, b) if compare else None
+        if ours and theirs:
+            typer.echo(f"batch {b}: fastest effml ({ours.runtime}) vs fastest {compare} ({theirs.runtime}): "
+                       f"{theirs.p50_ms / ours.p50_ms:.2f}x")
+    for name in names:
+        if name in RUNTIME_NOTES:
+            typer.echo(f"{name}: {RUNTIME_NOTES[name]}")
+    if compare:
+        typer.echo(f"ratio: {compare}'s p50 over effml's in the same rounds (above 1: effml is faster)")
     if task == "detect":
         typer.echo("timed the network forward (pre-NMS); anchor decoding and NMS are not included "
                    "(benchmarks/detection_speed.py times the whole detector)")

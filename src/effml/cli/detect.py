@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from effml.cli._common import NumClassesOpt, WeightsOpt, echo
+from effml.cli._common import FastOpt, NumClassesOpt, OnnxRunOpt, WeightsOpt, echo
 from effml.errors import EffmlError, InputError
 
 _CHUNK = 8  # images per forward pass
@@ -38,6 +38,8 @@ def detect(
     classes: Annotated[Path | None, typer.Option(
         "--classes", help="Text file of class names, one per line in label order (default: the "
                           "run's names; COCO names for 90-class models; else class_<index>).")] = None,
+    onnx: OnnxRunOpt = None,
+    fast: FastOpt = False,
 ) -> None:
     """Detect objects: one annotated PNG per image and detections.json (boxes in original pixels).
 
@@ -52,7 +54,7 @@ def detect(
     written: list[Path] = []
     try:
         failed = _detect(model, images, weights, num_classes, input_size, score_threshold, iou_threshold,
-                         max_detections, out_dir, classes, written)
+                         max_detections, out_dir, classes, written, onnx, fast)
     except typer.Exit:  # stdout closed (| head): the outputs written so far are kept
         raise
     except BaseException as e:  # full disk, an error, Ctrl-C: no half set of outputs is left
@@ -72,12 +74,13 @@ def detect(
 
 def _detect(model: str, images: list[Path], weights: Path | None, num_classes: int | None,
             input_size: int | None, score_threshold: float, iou_threshold: float, max_detections: int,
-            out_dir: Path, classes: Path | None, written: list[Path]) -> int:
+            out_dir: Path, classes: Path | None, written: list[Path], onnx: Path | None = None,
+            fast: bool = False) -> int:
     """Run the detector over ``images``, write into ``out_dir`` (appending each file written to
     ``written``); returns how many images could not be read."""
     import torch
 
-    from effml.cli._common import resolve_model
+    from effml.cli._common import fast_network, resolve_model
     from effml.data import load_image
     from effml.data.det_transforms import detection_eval_transform
     from effml.detection.predictor import DetectionPredictor
@@ -91,7 +94,8 @@ def _detect(model: str, images: list[Path], weights: Path | None, num_classes: i
     category_ids = _category_ids(net.num_classes, resolved)
     transform = detection_eval_transform(size, preprocess.mean, preprocess.std, _fill(resolved))
     predictor = DetectionPredictor(net, iou_threshold=iou_threshold, max_detections=max_detections,
-                                   score_threshold=score_threshold).eval()
+                                   score_threshold=score_threshold,
+                                   network=fast_network(net, size, onnx, fast)).eval()
 
     results: list[dict[str, Any]] = [{"image": str(path)} for path in images]
     outputs = _output_names(images, out_dir)

@@ -24,6 +24,25 @@ def export(
     num_classes: NumClassesOpt = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
     atol: Annotated[float, typer.Option(min=0.0, help="Largest allowed |ORT - PyTorch|.")] = 1e-4,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Write an int8 model (ONNX Runtime static quantization, QDQ, per-channel "
+                       "weights), only if it agrees with fp32 on held-out images.")] = False,
+    calibration: Annotated[str | None, typer.Option(
+        help="--int8: a folder of images like those the model will see, or 'embedded' (default: "
+             "a run's validation images; the embedded digits/shapes for other models).")] = None,
+    calibration_images: Annotated[int, typer.Option(min=1, help="--int8: images to calibrate on.")] = 128,
+    holdout_images: Annotated[int, typer.Option(
+        min=1, help="--int8: other images on which int8 is compared with fp32.")] = 128,
+    min_agreement: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="--int8: refuse below this top-1 agreement (classifiers) or AP50 "
+                               "against the fp32 detections (detectors).")] = 0.99,
+    calibration_method: Annotated[str, typer.Option(
+        help="--int8: minmax, percentile or entropy.")] = "minmax",
+    reduce_range: Annotated[bool | None, typer.Option(
+        "--reduce-range/--full-range", help="--int8: 7-bit weights (default: on CPUs without VNNI, "
+                                            "where 8-bit weights overflow ORT's int16 sums).",
+        show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="--int8: ONNX Runtime threads for the check.")] = None,
 ) -> None:
     """Export a model to ONNX; the file is written only if ONNX Runtime matches PyTorch within atol.
 
@@ -38,6 +57,10 @@ def export(
 
     resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
     net, size = resolved.net, resolved.preprocess.input_size
+    if int8:
+        _export_int8(resolved, onnx, calibration, calibration_images, holdout_images, min_agreement,
+                     calibration_method, reduce_range, threads)
+        return
     report = export_onnx(net, onnx, input_size=size, batch_size=batch_size,
                          dynamic_batch=dynamic_batch, opset=opset, atol=atol)
     batch = "N" if report.dynamic_batch else str(report.input_shape[0])
@@ -47,3 +70,37 @@ def export(
     if resolved.task == "detect":
         echo(f"outputs (pre-NMS, lowest level first): {', '.join(report.output_names)}; "
              f"anchors, box decoding and NMS are not in the graph")
+
+
+def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_images: int,
+                 holdout_images: int, min_agreement: float, method: str, reduce_range: bool | None,
+                 threads: int | None) -> None:
+    from effml.cli._common import warn
+    from effml.deploy import calibration as cal
+    from effml.deploy.quantize import CALIBRATION_METHODS, export_int8
+    from effml.errors import InputError
+
+    if method not in CALIBRATION_METHODS:  # before reading any image
+        raise InputError(f"--calibration-method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
+    counts = {"calibration": calibration_images, "holdout": holdout_images}
+    pre, task = resolved.preprocess, resolved.task
+    if calibration not in (None, cal.EMBEDDED):
+        images = cal.folder_images(calibration, pre, task, **counts)
+    elif calibration is None and resolved.run_dir is not None:
+        images = cal.run_images(resolved.run_dir, pre, **counts)
+    else:
+        if resolved.run_dir is None:
+            warn("calibrating on the embedded data set: int8 of a model trained on other images will "
+                 "disagree with fp32 on it; give --calibration FOLDER of images like your own")
+        images = cal.embedded_images(pre, task, **counts)
+    echo(f"calibrating on {len(images.calibration)} and checking on {len(images.holdout)} images "
+         f"from {images.source}")
+    report = export_int8(resolved.net, onnx, input_size=pre.input_size, calibration=images.calibration,
+                         holdout=images.holdout, min_agreement=min_agreement, method=method,
+                         reduce_range=reduce_range, threads=threads)
+    confident = (f" ({report.confident_agreement:.1%} on the {report.confident_images} images fp32 is "
+                 f">= 50% sure of)" if report.confident_agreement is not None else "")
+    echo(f"int8 {report.metric}: {report.agreement:.1%}{confident} (required {min_agreement:.1%})")
+    echo(f"ONNX Runtime batch 1: fp32 {report.fp32_ms:.2f} ms, int8 {report.int8_ms:.2f} ms "
+         f"({report.speedup:.2f}x); {'7-bit' if report.reduce_range else '8-bit'} weights")
+    echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, fp32 {report.fp32_size_bytes / 1e6:.1f} MB)")

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from effml.cli._common import (
-    InputSizeOpt, ModelArg, NumClassesOpt, WeightsOpt, echo, parse_floats3, warn_random_weights,
+    FastOpt, InputSizeOpt, ModelArg, NumClassesOpt, OnnxRunOpt, WeightsOpt, echo, fast_network,
+    parse_floats3, warn_random_weights,
 )
 from effml.errors import InputError
 
@@ -27,6 +28,8 @@ def predict(
     input_size: InputSizeOpt = None,
     mean: Annotated[str | None, typer.Option(help="Override normalisation mean 'R,G,B'.")] = None,
     std: Annotated[str | None, typer.Option(help="Override normalisation std 'R,G,B'.")] = None,
+    onnx: OnnxRunOpt = None,
+    fast: FastOpt = False,
 ) -> None:
     """Classify images; unreadable files are reported and skipped (exit code 1 if any)."""
     import torch
@@ -54,6 +57,7 @@ def predict(
             warn_random_weights(model)
         labels = class_names(net.num_classes)
     k = min(top_k, net.num_classes)
+    network = fast_network(net, input_size or preprocess.input_size, onnx, fast) or net
 
     results: list[dict[str, object]] = [{"image": str(path)} for path in images]
     failed = 0
@@ -70,7 +74,7 @@ def predict(
         if not batch:
             continue
         with torch.inference_mode():
-            top = net(torch.stack(batch)).softmax(dim=-1).topk(k, dim=-1)
+            top = network(torch.stack(batch)).softmax(dim=-1).topk(k, dim=-1)
         for i, values, indices in zip(slots, top.values.tolist(), top.indices.tolist()):
             results[i]["predictions"] = [
                 {"rank": r + 1, "index": c, "label": labels[c] if labels else str(c), "prob": p}

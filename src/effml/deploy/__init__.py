@@ -1,10 +1,13 @@
-"""Deployment: ONNX export and ONNX Runtime sessions, BN folding, latency benchmarks."""
+"""Deployment: ONNX export and ONNX Runtime sessions, int8 quantization, BN folding, latency benchmarks."""
 
 from effml.deploy.benchmark import RUNTIMES, BenchResult, benchmark
 from effml.deploy.fuse import fold_conv_bn, fuse_for_inference
 from effml.deploy.onnx_export import ExportReport, export_onnx, onnx_session
+from effml.deploy.quantize import Int8RefusedError, Int8Report, export_int8, quantize_onnx
+from effml.deploy.runtime import OnnxRunner, onnx_runner
 
 __all__ = [
-    "RUNTIMES", "BenchResult", "ExportReport", "benchmark", "export_onnx", "fold_conv_bn",
-    "fuse_for_inference", "onnx_session",
+    "RUNTIMES", "BenchResult", "ExportReport", "Int8RefusedError", "Int8Report", "OnnxRunner",
+    "benchmark", "export_int8", "export_onnx", "fold_conv_bn", "fuse_for_inference", "onnx_runner",
+    "onnx_session", "quantize_onnx",
 ]

@@ -1,7 +1,10 @@
-"""Inference latency and throughput of one model under several runtimes, on the same input."""
+"""Inference latency and throughput of one model under several runtimes, on the same input,
+optionally side by side with a peer library's equivalent model (interleaved calls)."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -14,15 +17,25 @@ from torch import nn
 from effml.deploy.fuse import fuse_for_inference
 from effml.deploy.onnx_export import INPUT_NAME, export_onnx, model_in_channels, onnx_session
 from effml.errors import EffmlError, InputError
-from effml.search.latency import require_cpu, time_calls, torch_threads
+from effml.search.latency import require_cpu, time_interleaved, torch_threads
 
-RUNTIMES = ("eager", "channels_last", "fused", "fused_channels_last", "onnxruntime")
-DEFAULT_RUNTIMES = ("eager", "channels_last", "onnxruntime")
+RUNTIMES = ("eager", "channels_last", "fused", "fused_channels_last", "compiled", "fused_compiled",
+            "onnxruntime", "int8")
+DEFAULT_RUNTIMES = ("eager", "fused_channels_last", "compiled", "onnxruntime", "int8")
+# Runtimes that rely on effml's own module tables (BN folding): a peer has no equivalent.
+EFFML_ONLY = ("fused", "fused_channels_last", "fused_compiled")
+RUNTIME_NOTES = {
+    "fused": "BatchNorm folded into the convs",
+    "compiled": "torch.compile (inductor), compiled before timing",
+    "fused_compiled": "BN folded, then torch.compile",
+    "onnxruntime": "ONNX Runtime fp32, all graph optimizations",
+    "int8": "ONNX Runtime int8 (QDQ); calibrated on random input: speed only",
+}
 
 
 @dataclass(frozen=True)
 class BenchResult:
-    """Latency percentiles (ms per batch) and throughput of one (runtime, batch size)."""
+    """Latency percentiles (ms per batch) and throughput of one (library, runtime, batch size)."""
 
     runtime: str
     batch_size: int
@@ -33,6 +46,7 @@ class BenchResult:
     p90_ms: float
     mean_ms: float
     images_per_s: float
+    library: str = "effml"
 
     def as_dict(self) -> dict[str, float | int | str]:
         """The result as a JSON-ready dict."""
@@ -62,11 +76,15 @@ def benchmark(
     warmup: int = 5,
     iters: int = 20,
     threads: int | None = None,
+    peer: nn.Module | None = None,
+    peer_name: str = "peer",
 ) -> list[BenchResult]:
     """Time ``model(x)`` per (runtime, batch size) on random input; runtimes are in ``RUNTIMES``.
 
     ``eager``/``channels_last`` run under ``torch.inference_mode``; ``fused*`` first fold BN into
-    the convs; ``onnxruntime`` runs the model exported (and verified) to a temporary directory.
+    the convs; ``compiled`` is ``torch.compile``; ``onnxruntime``/``int8`` run the model exported
+    (and verified) to a temporary directory. With ``peer``, the peer's model is timed in the same
+    rounds (calls interleaved in random order) under every runtime it supports.
     """
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
@@ -76,48 +94,78 @@ def benchmark(
         raise InputError(f"need batch sizes >= 1, iters >= 1 and warmup >= 0 "
                          f"(got batch_sizes={tuple(batch_sizes)}, iters={iters}, warmup={warmup})")
     model, size = _resolve(model_or_name, input_size)
+    if peer is not None:
+        require_cpu(peer, "benchmark")
+        peer.eval()
     channels = model_in_channels(model)
     gen = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, channels, size, size, generator=gen) for b in batch_sizes}
     results: list[BenchResult] = []
     with torch_threads(threads) as n_threads:
         for runtime in runtimes:
-            for b, fn in _runners(runtime, model, inputs, size, threads):
-                times = np.asarray(time_calls(fn, warmup, iters))
-                mean = float(times.mean())
-                results.append(BenchResult(
-                    runtime=runtime, batch_size=b, input_size=size, threads=n_threads, iters=iters,
-                    p50_ms=float(np.percentile(times, 50)), p90_ms=float(np.percentile(times, 90)),
-                    mean_ms=mean, images_per_s=b * 1e3 / mean,
-                ))
+            contenders = [("effml", model)]
+            if peer is not None and runtime not in EFFML_ONLY:
+                contenders.append((peer_name, peer))
+            with contextlib.ExitStack() as stack:
+                calls = [stack.enter_context(_runner(runtime, m, inputs, size, threads)) for _, m in contenders]
+                for b in batch_sizes:
+                    per = time_interleaved([c[b] for c in calls], warmup=warmup, rounds=iters)
+                    for (library, _), times in zip(contenders, per):
+                        results.append(_result(library, runtime, b, size, n_threads, times))
     return results
 
 
-def _runners(
-    runtime: str, model: nn.Module, inputs: dict[int, torch.Tensor], size: int, threads: int | None
-) -> Iterator[tuple[int, Callable[[], object]]]:
-    """(batch size, zero-argument call) pairs for one runtime, set up once for all batch sizes."""
-    if runtime == "onnxruntime":
+def _result(library: str, runtime: str, batch: int, size: int, threads: int, times: list[float]) -> BenchResult:
+    t = np.asarray(times)
+    mean = float(t.mean())
+    return BenchResult(runtime=runtime, batch_size=batch, input_size=size, threads=threads, iters=len(t),
+                       p50_ms=float(np.percentile(t, 50)), p90_ms=float(np.percentile(t, 90)),
+                       mean_ms=mean, images_per_s=batch * 1e3 / mean, library=library)
+
+
+def ratios(results: Sequence[BenchResult]) -> dict[tuple[str, int], float]:
+    """Per (runtime, batch): the peer's p50 over effml's (> 1: effml is faster)."""
+    ours = {(r.runtime, r.batch_size): r.p50_ms for r in results if r.library == "effml"}
+    return {(r.runtime, r.batch_size): r.p50_ms / ours[r.runtime, r.batch_size]
+            for r in results if r.library != "effml" and (r.runtime, r.batch_size) in ours}
+
+
+def fastest(results: Sequence[BenchResult], library: str, batch: int) -> BenchResult | None:
+    """The fastest runtime of one library at one batch size."""
+    rows = [r for r in results if r.library == library and r.batch_size == batch and math.isfinite(r.p50_ms)]
+    return min(rows, key=lambda r: r.p50_ms) if rows else None
+
+
+@contextlib.contextmanager
+def _runner(runtime: str, model: nn.Module, inputs: dict[int, torch.Tensor], size: int,
+            threads: int | None) -> Iterator[dict[int, Callable[[], object]]]:
+    """Per batch size, a zero-argument call running ``model`` under ``runtime`` (set up once)."""
+    if runtime in ("onnxruntime", "int8"):
         with tempfile.TemporaryDirectory(prefix="effml-bench-") as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(model, path, input_size=size, batch_size=min(inputs), dynamic_batch=True)
+            if runtime == "int8":
+                from effml.deploy.quantize import quantize_onnx
+
+                calibration = torch.randn(8, *inputs[min(inputs)].shape[1:], generator=torch.Generator().manual_seed(1))
+                quantize_onnx(path, Path(tmp) / "int8.onnx", calibration)
+                path = Path(tmp) / "int8.onnx"
             session = onnx_session(path, threads=threads)
-            for b, x in inputs.items():
-                feed = {INPUT_NAME: x.numpy()}
-                yield b, lambda feed=feed: session.run(None, feed)
+            yield {b: (lambda feed={INPUT_NAME: x.numpy()}: session.run(None, feed)) for b, x in inputs.items()}
         return
     net = fuse_for_inference(model) if runtime.startswith("fused") else model
     if runtime.endswith("channels_last"):
         net = net.to(memory_format=torch.channels_last)
         inputs = {b: x.contiguous(memory_format=torch.channels_last) for b, x in inputs.items()}
+    if runtime.endswith("compiled"):
+        net = torch.compile(net)
 
-    def call(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def call(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return net(x)
 
     try:
-        for b, x in inputs.items():
-            yield b, lambda x=x: call(net, x)
+        yield {b: (lambda x=x: call(x)) for b, x in inputs.items()}
     finally:
         if runtime.endswith("channels_last") and net is model:
             model.to(memory_format=torch.contiguous_format)

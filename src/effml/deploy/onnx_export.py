@@ -158,7 +158,7 @@ def export_onnx(
     h, w = _as_hw(input_size)
     channels = in_channels or model_in_channels(model)
     final = Path(path)
-    created = _prepare_output(final)
+    created = prepare_output(final)
     # torch.export specialises a dimension seen with size 1, so a dynamic batch is traced with 2.
     trace_batch = max(batch_size, 2) if dynamic_batch else batch_size
     gen = torch.Generator().manual_seed(0)
@@ -217,9 +217,9 @@ def export_onnx(
 _NOTHING_WRITTEN = "nothing was written"
 
 
-def _prepare_output(final: Path) -> list[Path]:
+def prepare_output(final: Path) -> list[Path]:
     """Refuse an output path that cannot be a model file; create its folder. Returns the folders
-    created (removed again if the export fails)."""
+    created (for the caller to remove again if the export fails)."""
     try:
         if final.is_dir():
             raise InputError(f"ONNX output {final} is a directory; give a file name such as model.onnx")

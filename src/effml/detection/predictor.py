@@ -7,6 +7,8 @@ class-aware NMS and the detection cap (effdet ``bench.py``, ``anchors.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -19,9 +21,12 @@ class DetectionPredictor(nn.Module):
 
     def __init__(self, model: nn.Module, *, max_candidates: int = 5000, iou_threshold: float = 0.5,
                  max_detections: int = 100, score_threshold: float | None = None,
-                 soft_nms_sigma: float | None = None) -> None:
+                 soft_nms_sigma: float | None = None, network: Callable | None = None) -> None:
         super().__init__()
         self.model = model
+        # What computes the raw outputs: the model itself, or any callable with its input and
+        # output structure (an ONNX Runtime session, ``effml.deploy.runtime.OnnxRunner``).
+        self.network = network
         self.max_candidates = max_candidates
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
@@ -41,7 +46,7 @@ class DetectionPredictor(nn.Module):
     def forward(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> list[Detections]:
         """Detections per image, boxes xyxy in input pixels clipped to ``image_sizes`` (h, w of
         the unpadded image inside the input; default the whole input)."""
-        cls_out, box_out = self.model(images)
+        cls_out, box_out = (self.network or self.model)(images)
         h, w = images.shape[-2:]
         sizes = image_sizes if image_sizes is not None else [(h, w)] * images.shape[0]
         return postprocess(cls_out, box_out, self.anchors(h, w, images.device), self.model.num_classes,

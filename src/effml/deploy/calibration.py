@@ -1,0 +1,115 @@
+"""Images for int8 calibration and for the int8-vs-fp32 check, prepared as the model expects.
+
+Three sources, one rule: the images are read with the model's evaluation transform (a classifier's
+resize + centre crop, a detector's letterbox), shuffled by a fixed seed and split into two disjoint
+sets: calibration images and held-out images for the agreement check.
+- a folder of images (searched recursively): the user's own data, the right choice;
+- a run directory: its validation images, read as in its evaluation;
+- ``embedded``: the embedded digits (classifiers) or shapes (detectors) at the model's size.
+  ImageNet models calibrated on them will disagree with fp32: a smoke test, not a deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from effml.data.transforms import load_image
+from effml.errors import InputError
+from effml.spec.entry import Preprocess
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+EMBEDDED = "embedded"
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Disjoint calibration and held-out images ([N, C, H, W]) and where they came from."""
+
+    calibration: torch.Tensor
+    holdout: torch.Tensor
+    source: str
+
+
+def image_transform(preprocess: Preprocess, task: str) -> Callable[[object], torch.Tensor]:
+    """PIL image -> the normalised tensor the model is evaluated on (classifier or detector)."""
+    if task == "detect":
+        from effml.data.det_transforms import detection_eval_transform
+
+        letterbox = detection_eval_transform(preprocess.input_size, preprocess.mean, preprocess.std)
+        empty = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+        return lambda picture: letterbox((picture, *empty)).image
+    from effml.data.transforms import eval_transform
+
+    return eval_transform(preprocess)
+
+
+def split(images: Sequence[torch.Tensor], holdout: int, source: str) -> CalibrationSet:
+    """The first ``holdout`` images held out, the rest for calibration (both non-empty)."""
+    if len(images) < 2:
+        raise InputError(f"{source} gave {len(images)} usable image(s); int8 calibration and its check "
+                         f"need at least 2 (some 100 or more to be meaningful)")
+    held = min(max(holdout, 1), len(images) - 1)
+    stacked = torch.stack(list(images))
+    return CalibrationSet(stacked[held:], stacked[:held], source)
+
+
+def _order(n: int, seed: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def folder_images(folder: str | Path, preprocess: Preprocess, task: str, *, calibration: int,
+                  holdout: int, seed: int = 0) -> CalibrationSet:
+    """Images under ``folder`` (recursively), shuffled by ``seed``: ``holdout`` held out, up to
+    ``calibration`` for calibration. Unreadable files are refused by name."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"calibration folder {root} does not exist or is not a folder; give a folder "
+                         f"of images like those the model will see")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    transform = image_transform(preprocess, task)
+    chosen = [files[i] for i in _order(len(files), seed)[:calibration + holdout]]
+    return split([transform(load_image(p)) for p in chosen], holdout, f"{root} ({len(files)} images)")
+
+
+def dataset_images(dataset: Dataset, *, calibration: int, holdout: int, source: str,
+                   seed: int = 0) -> CalibrationSet:
+    """Images of an effml data set (samples ``(image, target, index)``; None = unreadable, skipped)."""
+    images = []
+    for i in _order(len(dataset), seed):  # type: ignore[arg-type]
+        sample = dataset[i]
+        if sample is not None:
+            images.append(sample[0])
+        if len(images) == calibration + holdout:
+            break
+    return split(images, holdout, source)
+
+
+def run_images(run_dir: str | Path, preprocess: Preprocess, *, calibration: int, holdout: int,
+               seed: int = 0) -> CalibrationSet:
+    """The validation images of a run (as its evaluation reads them)."""
+    from effml.train.data import build_datasets
+    from effml.train.run_dir import read_run_config
+
+    bundle = build_datasets(read_run_config(run_dir), preprocess)
+    return dataset_images(bundle.val, calibration=calibration, holdout=holdout,
+                          source=f"validation images of run {run_dir}", seed=seed)
+
+
+def embedded_images(preprocess: Preprocess, task: str, *, calibration: int, holdout: int,
+                    seed: int = 0) -> CalibrationSet:
+    """The embedded digits (classifiers) or shapes (detectors) validation images at the model's size."""
+    from effml.train.config import load_config
+    from effml.train.data import build_datasets
+
+    dataset = "shapes" if task == "detect" else "digits"
+    cfg = load_config(None, [f"data.dataset={dataset}", f"data.image_size={preprocess.input_size}"])
+    bundle = build_datasets(cfg, preprocess)
+    return dataset_images(bundle.val, calibration=calibration, holdout=holdout,
+                          source=f"the embedded {dataset} images", seed=seed)
