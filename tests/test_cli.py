@@ -125,15 +125,23 @@ def test_predict_missing_weights_is_a_user_error(files, tmp_path):
 # ---------------------------------------------------------------- bench, export
 
 
-def test_bench_tiny():
-    proc = run("bench", "mixnet_s", "--iters", "2", "--warmup", "1", "--input-size", "64",
-               "--batch-sizes", "1,2", "--threads", "1")
+def test_bench_tiny_against_timm():
+    args = ("bench", "mixnet_s", "--iters", "2", "--warmup", "1", "--input-size", "64",
+            "--batch-sizes", "1,2", "--threads", "1", "--runtimes", "eager,fused")
+    proc = run(*args, "--compare", "timm")
     assert proc.returncode == 0, proc.stderr
-    for text in ("p50 (ms)", "p90 (ms)", "images/s", "eager", "channels_last", "onnxruntime"):
+    for text in ("p50 (ms)", "p90 (ms)", "images/s", "ratio", "timm", "fastest effml", "BatchNorm folded"):
         assert text in proc.stdout
-    rows = [ln for ln in proc.stdout.splitlines()
-            if any(rt in ln for rt in ("eager", "channels_last", "onnx"))]
-    assert len(rows) == 6  # 3 runtimes x 2 batch sizes
+    rows = [ln.split("│")[1:4] for ln in proc.stdout.splitlines() if ln.count("│") > 5]
+    rows = [tuple(c.strip() for c in r) for r in rows if r[0].strip() in ("effml", "timm")]
+    # timm has no BN-folding path: effml alone for `fused`; 2 libraries x 2 batches otherwise
+    assert sorted(rows) == sorted([(lib, rt, b) for rt in ("eager", "fused") for b in "12"
+                                   for lib in ("effml", "timm") if lib == "effml" or rt != "fused"])
+    proc = run(*args[:-2], "--runtimes", "eager", "--json")
+    assert [(r["library"], r["runtime"], r["batch_size"]) for r in json.loads(proc.stdout)] == [
+        ("effml", "eager", 1), ("effml", "eager", 2)]
+    proc = run("bench", "mixnet_s", "--compare", "keras")
+    assert proc.returncode != 0 and "timm, torchvision, effdet" in proc.stderr
 
 
 def test_export_then_onnxruntime_matches_pytorch(tmp_path):

@@ -178,6 +178,40 @@ def test_benchmark_results_cover_every_runtime_and_batch():
     assert torch.get_num_threads() == threads_before
 
 
+def test_benchmark_times_a_peer_in_the_same_rounds_and_gives_ratios():
+    from effml.deploy.benchmark import EFFML_ONLY, fastest, ratios
+    runtimes = ("eager", "fused", "onnxruntime")
+    results = benchmark(_tiny(), batch_sizes=(1, 2), input_size=16, runtimes=runtimes, warmup=1, iters=3,
+                        threads=1, peer=_tiny(), peer_name="timm")
+    rows = [(r.library, r.runtime, r.batch_size) for r in results]
+    expected = []
+    for rt in runtimes:
+        for b in (1, 2):
+            expected += [("effml", rt, b)] + ([] if rt in EFFML_ONLY else [("timm", rt, b)])
+    assert rows == expected  # no peer row for BN folding, which only effml's tables can do
+    ratio = ratios(results)
+    assert set(ratio) == {(rt, b) for rt in ("eager", "onnxruntime") for b in (1, 2)}
+    ours = {(r.runtime, r.batch_size): r.p50_ms for r in results if r.library == "effml"}
+    for r in results:
+        if r.library == "timm":
+            assert ratio[r.runtime, r.batch_size] == pytest.approx(r.p50_ms / ours[r.runtime, r.batch_size])
+    best = fastest(results, "effml", 2)
+    assert best.p50_ms == min(r.p50_ms for r in results if r.library == "effml" and r.batch_size == 2)
+
+
+def test_peer_models_are_the_same_architecture_or_a_clear_error():
+    from effml.deploy.peers import peer_model
+    timm_b0 = peer_model("efficientnet_b0", "timm")
+    ours = effml.create_model("efficientnet_b0")
+    assert sum(p.numel() for p in timm_b0.parameters()) == sum(p.numel() for p in ours.parameters())
+    tv = peer_model("efficientnet_b0", "torchvision")
+    assert not tv.training and abs(sum(p.numel() for p in tv.parameters()) / 5.29e6 - 1) < 0.02
+    with pytest.raises(InputError, match="timm has no model 'spinenet_49'"):
+        peer_model("spinenet_49", "timm")
+    with pytest.raises(InputError, match="choose from timm, torchvision, effdet"):
+        peer_model("efficientnet_b0", "keras")
+
+
 def test_benchmark_rejects_unknown_runtime():
     with pytest.raises(EffmlError, match="tensorrt"):
         benchmark(_tiny(), runtimes=("eager", "tensorrt"), input_size=16, iters=1, warmup=0)

@@ -257,35 +257,19 @@ def test_cli_export_int8_from_a_folder_then_predict_with_it(tmp_path):
 # ---------------------------------------------------------------- a real ImageNet checkpoint
 
 
-def _photo_crops(preprocess: Preprocess, per_photo: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real photos (scikit-image, scikit-learn and matplotlib samples) and random crops of them,
-    alternately into a calibration set and a held-out set."""
-    skimage_data = pytest.importorskip("skimage.data")
-    import matplotlib
-    import sklearn.datasets
+def _photo_crops(preprocess: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real photos and their crops (benchmarks/_photos.py, shared with benchmarks/deploy_speed.py)."""
+    pytest.importorskip("skimage.data")
+    import sys
 
     from effml.data.transforms import eval_transform
 
-    photos = [Image.fromarray(getattr(skimage_data, n)()[..., :3]) for n in ("astronaut", "chelsea", "coffee",
-                                                                               "rocket", "cat")]
-    photos += [Image.open(f).convert("RGB") for f in sklearn.datasets.load_sample_images().filenames]
-    photos.append(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
-    tf = eval_transform(preprocess)
-    rng = np.random.default_rng(0)
-    calibration, holdout = [], []
-    for photo in photos:
-        w, h = photo.size
-        crops = [photo]
-        for _ in range(per_photo - 1):
-            s = np.sqrt(rng.uniform(0.35, 1.0))
-            cw, ch = int(w * s), int(h * s)
-            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            crop = photo.crop((x0, y0, x0 + cw, y0 + ch))
-            crops.append(crop.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else crop)
-        tensors = [tf(c) for c in crops]
-        calibration += tensors[1::2]
-        holdout += tensors[0::2]
-    return torch.stack(calibration), torch.stack(holdout)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    try:
+        from _photos import photo_crops
+    finally:
+        sys.path.pop(0)
+    return photo_crops(eval_transform(preprocess))
 
 
 def test_int8_lite1_agrees_with_fp32_on_real_photo_crops(tmp_path):

@@ -171,14 +171,15 @@ def _check_task(model: str, kind: str, wanted: str | None) -> None:
 
 def fast_network(net: nn.Module, input_size: int, onnx: Path | None, fast: bool):
     """What runs the network: an ONNX Runtime runner for ``--onnx FILE`` or ``--fast``, else None
-    (the PyTorch network itself)."""
+    (the PyTorch network itself). Its threads do not spin between calls: PyTorch pre- and
+    post-processing run in between (measured on SSDLite, benchmarks/deploy_speed.py)."""
     from effml.deploy.onnx_export import model_in_channels
     from effml.deploy.runtime import OnnxRunner, onnx_runner
 
     if onnx is not None:
         if fast:
             raise EffmlError("give --onnx FILE or --fast, not both (--fast exports the model itself)")
-        runner = OnnxRunner(onnx)
+        runner = OnnxRunner(onnx, spin=False)
         runner.check_input(model_in_channels(net), input_size, input_size)
         return runner
-    return onnx_runner(net, input_size) if fast else None
+    return onnx_runner(net, input_size, spin=False) if fast else None

@@ -108,8 +108,12 @@ def default_output_names(model: nn.Module, out: object) -> list[str]:
     return [f"features_{i}" for i in range(len(flat))]
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU ``InferenceSession`` for a model file (``threads`` intra-op threads)."""
+def onnx_session(path: str | Path, threads: int | None = None, *, spin: bool = True):
+    """An ONNX Runtime CPU ``InferenceSession`` for a model file (``threads`` intra-op threads).
+
+    ``spin=False``: ORT's idle threads sleep at once instead of spinning, for pipelines where
+    PyTorch runs between the ONNX calls (pre- and post-processing) and needs the cores.
+    """
     import onnxruntime as ort
 
     path = Path(path)
@@ -121,6 +125,8 @@ def onnx_session(path: str | Path, threads: int | None = None):
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types

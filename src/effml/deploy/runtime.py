@@ -22,9 +22,9 @@ from effml.errors import InputError
 class OnnxRunner:
     """``runner(x)``: the ONNX model at ``path`` run by ONNX Runtime on a torch batch."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, threads: int | None = None, spin: bool = True) -> None:
         self.path = Path(path)
-        self.session = onnx_session(self.path, threads=threads)
+        self.session = onnx_session(self.path, threads=threads, spin=spin)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise InputError(f"ONNX model {self.path} has {len(inputs)} inputs; effml runs models with one "
@@ -55,11 +55,12 @@ class OnnxRunner:
                 [named[n] for n in self.output_names if n.startswith("box_")])
 
 
-def onnx_runner(model: nn.Module, input_size: int, *, threads: int | None = None) -> OnnxRunner:
+def onnx_runner(model: nn.Module, input_size: int, *, threads: int | None = None,
+                spin: bool = True) -> OnnxRunner:
     """``model`` exported (and verified) to a temporary file and loaded in ONNX Runtime: the
     fastest CPU path for every model we measured (README, Benchmarks)."""
     with tempfile.TemporaryDirectory(prefix="effml-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, path, input_size=input_size, dynamic_batch=True)
-        runner = OnnxRunner(path, threads=threads)  # the session holds the graph in memory
+        runner = OnnxRunner(path, threads=threads, spin=spin)  # the session holds the graph in memory
     return runner
