@@ -9,6 +9,8 @@
    ONNX Runtime fp32 running timm's export of the same model with the same weights.
 4. The whole SSDLite-MobileDet-CPU detector per image: letterbox, network (eager or ONNX
    Runtime), effml's post-processing.
+5. Settings: ONNX Runtime graph optimization level and intra-op threads, and PyTorch eager
+   threads, on EfficientNet-B0 at batch 1 and 16.
 Usage: python benchmarks/deploy_speed.py [--threads N] [--quick] [--json F]
 """
 
@@ -178,6 +180,48 @@ def ssdlite_pipeline(args) -> dict:
     return ms
 
 
+def settings(args) -> dict:
+    import onnxruntime as ort
+
+    model = effml.create_model("efficientnet_b0").eval()
+    levels = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "b0.onnx"
+        export_onnx(model, path, input_size=224)
+        print("\n5. EfficientNet-B0 224 px, ms per batch by setting")
+        for b in args.batch_sizes:
+            x = torch.randn(b, 3, 224, 224)
+            feed = {"input": x.numpy()}
+            calls = {}
+            for threads in (1, 2):
+                for name, level in levels.items():
+                    opts = ort.SessionOptions()
+                    opts.graph_optimization_level = level
+                    opts.intra_op_num_threads = threads
+                    opts.log_severity_level = 3
+                    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                    calls[f"onnxruntime {name}, {threads} thread(s)"] = (lambda s=session: s.run(None, feed))
+                calls[f"eager, {threads} thread(s)"] = _threaded(_eager(model, x), threads)
+            ms = interleaved_ms(calls, rounds=max(args.rounds // 2, 2), iters=4 if b == 1 else 1)
+            print(f"  batch {b}: " + "; ".join(f"{k} {v:.1f}" for k, v in ms.items()))
+            out[b] = ms
+    return out
+
+
+def _threaded(fn, threads: int):
+    def call():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return call
+
+
 def _post(predictor, raw, x):
     from effml.detection.postprocess import postprocess
 
@@ -191,7 +235,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="fewer rounds and crops (a smoke run)")
-    ap.add_argument("--only", default="1,2,3,4", help="which tables, e.g. 2,3")
+    ap.add_argument("--only", default="1,2,3,4,5", help="which tables, e.g. 2,3")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     if args.threads:
@@ -201,7 +245,7 @@ def main() -> None:
     args.batch_sizes = (1, 16)
     print(f"machine: {machine()}; onnxruntime {__import__('onnxruntime').__version__}")
     start = time.time()
-    tables = {"1": classification, "2": tf_padding, "3": int8_lite, "4": ssdlite_pipeline}
+    tables = {"1": classification, "2": tf_padding, "3": int8_lite, "4": ssdlite_pipeline, "5": settings}
     out = {"machine": machine(), "threads": torch.get_num_threads()}
     for key in args.only.split(","):
         out[tables[key].__name__] = tables[key](args)
