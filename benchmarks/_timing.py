@@ -28,6 +28,16 @@ def interleaved_ms(
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def inference_call(model: Callable[[object], object], x: object) -> Callable[[], object]:
+    """A zero-argument call of ``model(x)`` under ``torch.inference_mode``, for the timers."""
+    import torch
+
+    def call() -> object:
+        with torch.inference_mode():
+            return model(x)
+    return call
+
+
 def machine() -> str:
     """A one-line description of the CPU and thread settings."""
     import os

@@ -16,18 +16,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved_ms, machine  # noqa: E402
+from _timing import inference_call, interleaved_ms, machine  # noqa: E402
 
 import effml  # noqa: E402
 from effml.deploy import export_onnx, fuse_for_inference, onnx_session  # noqa: E402
 from effml.deploy.onnx_export import INPUT_NAME  # noqa: E402
 
-
-def _torch_call(model: torch.nn.Module, x: torch.Tensor):
-    def call():
-        with torch.inference_mode():
-            return model(x)
-    return call
 
 
 def main() -> None:
@@ -70,12 +64,12 @@ def main() -> None:
             xcl = x.contiguous(memory_format=torch.channels_last)
             feed = {INPUT_NAME: x.numpy()}
             ms = interleaved_ms({
-                "timm eager": _torch_call(ref, x),
-                "effml eager": _torch_call(ours, x),
-                "timm channels_last": _torch_call(ref_cl, xcl),
-                "effml channels_last": _torch_call(ours_cl, xcl),
-                "effml fused": _torch_call(fused, x),
-                "effml fused channels_last": _torch_call(fused_cl, xcl),
+                "timm eager": inference_call(ref, x),
+                "effml eager": inference_call(ours, x),
+                "timm channels_last": inference_call(ref_cl, xcl),
+                "effml channels_last": inference_call(ours_cl, xcl),
+                "effml fused": inference_call(fused, x),
+                "effml fused channels_last": inference_call(fused_cl, xcl),
                 "timm onnxruntime": lambda: sessions["timm"].run(None, feed),
                 "effml onnxruntime": lambda: sessions["effml"].run(None, feed),
             }, rounds=args.rounds, iters=args.iters)

@@ -27,18 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _photos import photo_crops, sample_photos  # noqa: E402
-from _timing import interleaved_ms, machine  # noqa: E402
+from _timing import inference_call, interleaved_ms, machine  # noqa: E402
 
 import effml  # noqa: E402
 from effml.deploy import OnnxRunner, export_int8, export_onnx  # noqa: E402
 from effml.deploy.benchmark import benchmark, fastest, ratios  # noqa: E402
 
-
-def _eager(model: torch.nn.Module, x: torch.Tensor):
-    def call():
-        with torch.inference_mode():
-            return model(x)
-    return call
 
 
 def classification(args) -> dict:
@@ -82,9 +76,9 @@ def tf_padding(args) -> dict:
     print(f"\n2. TF 'SAME' padding, eager, ms per batch; effml tf_ vs timm tf_ logits max |diff| {diff:.2e}")
     for b in args.batch_sizes:
         x = torch.randn(b, 3, 224, 224)
-        ms = interleaved_ms({"effml tf_efficientnet_b0": _eager(ours, x),
-                             "timm efficientnet_b0 (native padding)": _eager(native, x),
-                             "timm tf_efficientnet_b0": _eager(timm_tf, x)},
+        ms = interleaved_ms({"effml tf_efficientnet_b0": inference_call(ours, x),
+                             "timm efficientnet_b0 (native padding)": inference_call(native, x),
+                             "timm tf_efficientnet_b0": inference_call(timm_tf, x)},
                             rounds=args.rounds, iters=2 if b > 1 else 6)
         vs_native = ms["timm efficientnet_b0 (native padding)"] / ms["effml tf_efficientnet_b0"]
         vs_tf = ms["timm tf_efficientnet_b0"] / ms["effml tf_efficientnet_b0"]
@@ -165,7 +159,7 @@ def ssdlite_pipeline(args) -> dict:
         raw = model(x)
     ms = interleaved_ms({
         "letterbox": lambda: letterbox((photo, *empty)),
-        "network eager": _eager(model, x),
+        "network eager": inference_call(model, x),
         "network onnxruntime": lambda: ort_pred.network(x),
         "post-processing": lambda: _post(torch_pred, raw, x),
         "whole, eager": whole(torch_pred),
@@ -204,7 +198,7 @@ def settings(args) -> dict:
                     opts.log_severity_level = 3
                     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
                     calls[f"onnxruntime {name}, {threads} thread(s)"] = (lambda s=session: s.run(None, feed))
-                calls[f"eager, {threads} thread(s)"] = _threaded(_eager(model, x), threads)
+                calls[f"eager, {threads} thread(s)"] = _threaded(inference_call(model, x), threads)
             ms = interleaved_ms(calls, rounds=max(args.rounds // 2, 2), iters=4 if b == 1 else 1)
             print(f"  batch {b}: " + "; ".join(f"{k} {v:.1f}" for k, v in ms.items()))
             out[b] = ms

@@ -20,19 +20,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved_ms, machine  # noqa: E402
+from _timing import inference_call, interleaved_ms, machine  # noqa: E402
 
 import effml  # noqa: E402
 from effml.deploy import export_onnx, fuse_for_inference, onnx_session  # noqa: E402
 from effml.deploy.onnx_export import INPUT_NAME  # noqa: E402
 from effml.detection.predictor import DetectionPredictor  # noqa: E402
 
-
-def _call(fn, x: torch.Tensor):
-    def call():
-        with torch.inference_mode():
-            return fn(x)
-    return call
 
 
 def _ort_then(session, x: torch.Tensor, levels: int, post):
@@ -99,11 +93,11 @@ def main() -> None:
             x = torch.randn(bs, 3, *size)
             xcl = x.contiguous(memory_format=torch.channels_last)
             ms = interleaved_ms({
-                "effdet eager": _call(ref, x),
-                "effml eager": _call(ours, x),
-                "effml channels_last": _call(ours_cl, xcl),
-                "effml fused": _call(fused, x),
-                "effml fused channels_last": _call(fused_cl, xcl),
+                "effdet eager": inference_call(ref, x),
+                "effml eager": inference_call(ours, x),
+                "effml channels_last": inference_call(ours_cl, xcl),
+                "effml fused": inference_call(fused, x),
+                "effml fused channels_last": inference_call(fused_cl, xcl),
                 "effdet onnxruntime": _ort_then(sessions["effdet"], x, levels, effdet_post),
                 "effml onnxruntime": _ort_then(sessions["effml"], x, levels, effml_post),
             }, rounds=args.rounds, iters=args.iters, warmup=2)

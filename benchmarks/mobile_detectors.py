@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import interleaved_ms, machine  # noqa: E402
+from _timing import inference_call, interleaved_ms, machine  # noqa: E402
 
 import effml  # noqa: E402
 import effml.detection.ssdlite  # noqa: E402,F401  registers ssdlite_mobiledet_*
@@ -46,12 +46,6 @@ class TorchvisionNetwork(nn.Module):
         out = self.head(list(self.backbone(x).values()))
         return out["cls_logits"], out["bbox_regression"]
 
-
-def _eager(model: nn.Module, x: torch.Tensor):
-    def call():
-        with torch.inference_mode():
-            return model(x)
-    return call
 
 
 def _ort(session, x: torch.Tensor):
@@ -109,9 +103,9 @@ def main() -> None:
             export_onnx(net, path, input_size=args.size, dynamic_batch=False)
             sessions[name] = onnx_session(path, threads=threads)
         ms = interleaved_ms({
-            "torchvision eager": _eager(tv, x),
-            "effml eager": _eager(ours, x),
-            "effml eager BN-folded": _eager(fused, x),
+            "torchvision eager": inference_call(tv, x),
+            "effml eager": inference_call(ours, x),
+            "effml eager BN-folded": inference_call(fused, x),
             "torchvision onnxruntime": _ort(sessions["torchvision"], x),
             "effml onnxruntime": _ort(sessions["effml"], x),
         }, rounds=args.rounds, iters=args.iters, warmup=3)
