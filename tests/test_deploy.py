@@ -206,6 +206,8 @@ def test_peer_models_are_the_same_architecture_or_a_clear_error():
     assert sum(p.numel() for p in timm_b0.parameters()) == sum(p.numel() for p in ours.parameters())
     tv = peer_model("efficientnet_b0", "torchvision")
     assert not tv.training and abs(sum(p.numel() for p in tv.parameters()) / 5.29e6 - 1) < 0.02
+    det = peer_model("tf_efficientdet_d0", "effdet")  # no download of a backbone either
+    assert sum(p.numel() for p in det.parameters()) == 3_880_067  # google/automl's D0 count
     with pytest.raises(InputError, match="timm has no model 'spinenet_49'"):
         peer_model("spinenet_49", "timm")
     with pytest.raises(InputError, match="choose from timm, torchvision, effdet"):

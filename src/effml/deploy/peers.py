@@ -29,7 +29,8 @@ def peer_model(name: str, library: str) -> nn.Module:
             return module.models.get_model(name, weights=None).eval()
         from effdet import create_model
 
-        return create_model(name, bench_task="", pretrained=False).eval()
+        # pretrained_backbone=False: effdet would download the backbone otherwise
+        return create_model(name, bench_task="", pretrained=False, pretrained_backbone=False).eval()
     except (RuntimeError, ValueError, KeyError) as e:
         raise InputError(f"{library} has no model {name!r} ({e}); compare a model both libraries have "
                          f"(timm: EfficientNet/MixNet/Lite, torchvision: efficientnet_b0-b7, "
