@@ -56,6 +56,9 @@ def test_conv2d_same_grouped_and_depthwise_paths_match_explicit_padding(hw, k, s
     expected = F.conv2d(F.pad(x, (left, right, top, bottom)), conv.weight, conv.bias, s, 0, d, groups)
     got = conv(x)
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    from effml.layers.padding import tf_same_as_written
+    with tf_same_as_written():  # the explicit pad, as MAC counting runs it: the same function
+        assert torch.allclose(conv(x), expected, atol=1e-5)
     # and it trains the same: gradients reach the weight (not the padded copy) and the input
     grads = torch.autograd.grad(got.square().sum(), (x, conv.weight))
     ref = torch.autograd.grad(expected.square().sum(), (x, conv.weight))

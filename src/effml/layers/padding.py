@@ -7,7 +7,10 @@ PyTorch's symmetric ``padding`` cannot express; ported TF weights lose accuracy 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,22 @@ def symmetric_padding(kernel: int, stride: int = 1, dilation: int = 1) -> int:
 def is_static_same(kernel: int, stride: int, dilation: int = 1) -> bool:
     """True when TF 'SAME' equals a fixed symmetric padding for every input size."""
     return stride == 1 and (dilation * (kernel - 1)) % 2 == 0
+
+
+# The zero-tap path below computes TF 'SAME' exactly, on a kernel one tap larger: a MAC counter
+# would count the zeros. ``tf_same_as_written()`` selects the explicit pad for counting.
+_ZERO_TAP = contextvars.ContextVar("effml_same_zero_tap", default=True)
+
+
+@contextlib.contextmanager
+def tf_same_as_written() -> Iterator[None]:
+    """Within the block, ``Conv2dSame`` pads explicitly and convolves with its own kernel: the
+    network's MACs are the paper's (``count_macs``), not those of a faster equivalent kernel."""
+    token = _ZERO_TAP.set(False)
+    try:
+        yield
+    finally:
+        _ZERO_TAP.reset(token)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -71,7 +90,7 @@ class Conv2dSame(nn.Conv2d):
         left, right, top, bottom = pads
         if left == right and top == bottom:  # symmetric: let the conv pad, no copy
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
-        if self._is_depthwise():  # (p, p + 1) == zero tap in front + symmetric p + 1
+        if self._is_depthwise() and _ZERO_TAP.get():  # (p, p + 1) == zero tap in front + symmetric p + 1
             weight = _zero_tap_first(self.weight, bottom > top, right > left)
             return F.conv2d(x, weight, self.bias, self.stride, (bottom, right), self.dilation, self.groups)
         x = F.pad(x, pads)

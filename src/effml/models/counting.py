@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from effml.layers.padding import tf_same_as_written
+
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (shared tensors counted once)."""
@@ -37,7 +39,7 @@ def count_macs(model: nn.Module, input_size: int | Sequence[int], in_channels: i
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        with FlopCounterMode(display=False) as counter, torch.no_grad(), tf_same_as_written():
             model(x)
     finally:
         model.train(was_training)
