@@ -26,8 +26,7 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from effml.deploy.onnx_export import INPUT_NAME, export_onnx, prepare_output
 from effml.deploy.runtime import OnnxRunner
 from effml.errors import ExportError, InputError
 from effml.models.weights import fsync_dir
+from effml.search.latency import time_interleaved
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -161,18 +161,6 @@ def ap50_against(reference: list, other: list, num_classes: int, height: int, wi
     return evaluate_detections(gt, dets, category_ids=list(range(num_classes)))["AP50"]
 
 
-def median_ms(fn: Callable[[], object], iters: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds per call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def _outputs(model: nn.Module, runner: OnnxRunner, images: torch.Tensor, batch: int = 16) -> object:
     """Logits [N, classes] of a classifier, or per-image Detections of a detector (post-processed
     by the PyTorch model's own anchors and NMS)."""
@@ -228,7 +216,8 @@ def export_int8(
             metric = "top-1 agreement"
             agreement, confident, n_confident = top1_agreement(ref, got)  # type: ignore[arg-type]
         x1 = holdout[:1]
-        fp32_ms, int8_ms = median_ms(lambda: fp32(x1)), median_ms(lambda: int8(x1))
+        fp32_ms, int8_ms = (statistics.median(t) for t in time_interleaved(
+            [lambda: fp32(x1), lambda: int8(x1)], warmup=3, rounds=20))
         ok = agreement >= min_agreement
         report = Int8Report(
             path=final, written=ok, metric=metric, agreement=agreement, min_agreement=min_agreement,
