@@ -77,11 +77,9 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
                  threads: int | None) -> None:
     from effml.cli._common import warn
     from effml.deploy import calibration as cal
-    from effml.deploy.quantize import CALIBRATION_METHODS, export_int8
-    from effml.errors import InputError
+    from effml.deploy.quantize import check_calibration_method, export_int8
 
-    if method not in CALIBRATION_METHODS:  # before reading any image
-        raise InputError(f"--calibration-method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
+    check_calibration_method(method)  # before reading any image
     counts = {"calibration": calibration_images, "holdout": holdout_images}
     pre, task = resolved.preprocess, resolved.task
     if calibration not in (None, cal.EMBEDDED):
@@ -98,9 +96,7 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
     report = export_int8(resolved.net, onnx, input_size=pre.input_size, calibration=images.calibration,
                          holdout=images.holdout, min_agreement=min_agreement, method=method,
                          reduce_range=reduce_range, threads=threads)
-    confident = (f" ({report.confident_agreement:.1%} on the {report.confident_images} images fp32 is "
-                 f">= 50% sure of)" if report.confident_agreement is not None else "")
-    echo(f"int8 {report.metric}: {report.agreement:.1%}{confident} (required {min_agreement:.1%})")
+    echo(f"int8 {report.metric}: {report.agreement_text()} (required {min_agreement:.1%})")
     echo(f"ONNX Runtime batch 1: fp32 {report.fp32_ms:.2f} ms, int8 {report.int8_ms:.2f} ms "
          f"({report.speedup:.2f}x); {'7-bit' if report.reduce_range else '8-bit'} weights")
     echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, fp32 {report.fp32_size_bytes / 1e6:.1f} MB)")

@@ -68,9 +68,21 @@ class Int8Report:
     size_bytes: int
     fp32_size_bytes: int
 
+    def agreement_text(self) -> str:
+        """The agreement, with the unambiguous images' figure where there is one."""
+        confident = (f" ({self.confident_agreement:.1%} on the {self.confident_images} images fp32 is "
+                     f">= {CONFIDENT:.0%} sure of)" if self.confident_agreement is not None else "")
+        return f"{self.agreement:.1%}{confident}"
+
     def as_dict(self) -> dict[str, object]:
         """The report as a JSON-ready dict."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def check_calibration_method(method: str) -> None:
+    """Refuse a calibration method ORT's quantizer does not have."""
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"calibration method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
 
 
 def has_vnni() -> bool:
@@ -104,8 +116,7 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: torch.Tensor, 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in CALIBRATION_METHODS:
-        raise InputError(f"calibration method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
+    check_calibration_method(method)
     if calibration.ndim != 4 or not len(calibration):
         raise InputError(f"calibration images must be a non-empty [N, C, H, W] batch, got {tuple(calibration.shape)}")
     if reduce_range is None:
@@ -194,8 +205,7 @@ def export_int8(
     for what, images in (("calibration", calibration), ("held-out", holdout)):
         if images.ndim != 4 or not len(images):
             raise InputError(f"{what} images must be a non-empty [N, C, H, W] batch, got {tuple(images.shape)}")
-    if method not in CALIBRATION_METHODS:
-        raise InputError(f"calibration method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
+    check_calibration_method(method)
     if reduce_range is None:
         reduce_range = not has_vnni()
     final = Path(path)
@@ -251,11 +261,8 @@ class Int8RefusedError(ExportError):
     def __init__(self, report: Int8Report) -> None:
         self.report = report
         r = report
-        confident = (f" ({r.confident_agreement:.1%} on the {r.confident_images} images fp32 is "
-                     f">= {CONFIDENT:.0%} sure of)" if r.confident_agreement is not None else "")
         super().__init__(
-            f"int8 {r.metric} with fp32 is {r.agreement:.1%} on {r.holdout_images} held-out images"
-            f"{confident}, below the required {r.min_agreement:.1%}; nothing was written to {r.path}. "
+            f"int8 {r.metric} with fp32 on {r.holdout_images} held-out images is {r.agreement_text()}, below the required {r.min_agreement:.1%}; nothing was written to {r.path}. "
             f"int8 ran {r.speedup:.2f}x ONNX Runtime fp32 at batch 1. Calibrate on more images like "
             f"the deployment data, try --calibration-method percentile, or accept this with "
             f"--min-agreement {max(r.agreement - 0.005, 0.0):.3f}")
