@@ -6,7 +6,8 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -43,6 +44,31 @@ def parse_floats3(value: str, what: str) -> tuple[float, float, float]:
 def parse_names(value: str) -> list[str]:
     """'a, b' -> ['a', 'b']."""
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def split_config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    """``[CONFIG] KEY=VALUE...``: the config file (if the first argument is one) and the overrides."""
+    args = list(args or [])
+    config_file = args.pop(0) if args and "=" not in args[0] else None
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r}: overrides are section.key=value; only the first argument "
+                                 f"may be a config file")
+    return config_file, args
+
+
+def resumable_config(args: list[str] | None, resume: Path | None, load: Callable[..., Any], what: str) -> Any:
+    """The config of a command with ``--resume RUN``: ``load(config file, overrides)``, or with RUN
+    its saved config under them and ``run.dir`` set to RUN (``what`` names the run in errors)."""
+    from effml.train.config import config_from_dict
+
+    config_file, overrides = split_config_args(args)
+    if resume is None:
+        return load(config_file, overrides)
+    if not (resume / "config.yaml").is_file():
+        raise EffmlError(f"--resume {resume}: no {what} run there (no config.yaml)")
+    cfg = load(config_file, overrides, base=load(resume / "config.yaml", saved=True))
+    return config_from_dict({"run": {"dir": str(resume)}}, cfg)
 
 
 def echo(text: str = "") -> None:

@@ -8,6 +8,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from effml.cli.autohas import autohas
 from effml.cli.bench import bench
 from effml.cli.detect import detect
 from effml.cli.export import export
@@ -35,7 +36,7 @@ class _EffmlGroup(TyperGroup):
 app = typer.Typer(
     name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
     pretty_exceptions_show_locals=False,
-    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet.",
+    help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet, autohas.",
 )
 
 
@@ -52,7 +53,7 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet."""
+    """Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet, autohas."""
 
 
 app.command("models")(models)
@@ -62,6 +63,7 @@ app.command("bench")(bench)
 app.command("export")(export)
 app.command("train")(train)
 app.command("eval")(evaluate_run)
+app.command("autohas")(autohas)
 app.add_typer(search_app, name="search")
 app.add_typer(supernet_app, name="supernet")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from effml.cli._common import echo
+from effml.cli._common import echo, resumable_config
 
 supernet_app = typer.Typer(
     no_args_is_help=True, add_completion=False,
@@ -27,24 +27,8 @@ def train(
 ) -> None:
     """Train a supernet with the sandwich rule and inplace distillation (works under torchrun)."""
     from effml.search.bignas import load_supernet_config, train_supernet
-    from effml.train.config import config_from_dict
 
-    args = list(args or [])
-    config_file = args.pop(0) if args and "=" not in args[0] else None
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        raise typer.BadParameter(f"{bad[0]!r}: overrides are section.key=value; only the first argument "
-                                 f"may be a config file")
-    if resume is not None:
-        if not (resume / "config.yaml").is_file():
-            from effml.errors import EffmlError
-
-            raise EffmlError(f"--resume {resume}: no supernet run there (no config.yaml)")
-        saved = load_supernet_config(resume / "config.yaml", saved=True)
-        cfg = load_supernet_config(config_file, args, base=saved)
-        cfg = config_from_dict({"run": {"dir": str(resume)}}, cfg)
-    else:
-        cfg = load_supernet_config(config_file, args)
+    cfg = resumable_config(args, resume, load_supernet_config, "supernet")
     result = train_supernet(cfg, resume=resume is not None, quiet=quiet)
     echo(f"done: {result.global_step} steps, largest child {result.summary}; run directory {result.run_dir}\n"
          f"  next: effml supernet select {result.run_dir} --flops <MACs>[,<MACs>...]")

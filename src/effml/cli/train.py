@@ -29,20 +29,14 @@ def train(
     With --resume RUN, the run's saved config is the base, a config file and overrides change it
     (only what its checkpoint does not depend on: more epochs, intervals, workers...), and RUN is
     the run directory whatever run.dir they give."""
+    from effml.cli._common import split_config_args
     from effml.train.config import describe_config, load_config
     from effml.train.engine import fit
 
     if show_config:
         typer.echo(describe_config())
         return
-    args = list(args or [])
-    config_file = None
-    if args and "=" not in args[0]:
-        config_file = args.pop(0)
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        raise typer.BadParameter(f"{bad[0]!r}: overrides are section.key=value; only the first "
-                                 f"argument may be a config file")
+    config_file, args = split_config_args(args)
     if resume is not None:
         cfg = _resume_config(resume, config_file, args, quiet)
     else:

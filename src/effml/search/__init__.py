@@ -5,8 +5,14 @@ Three lines of Python run what ``effml search CONFIG`` runs::
     cfg = load_search_config("configs/search_digits.yaml", ["search.trials=8"])
     result = run_search(cfg, build_space(cfg, num_classes=10))
     print(choose_trial(result.study).spec)
+
+AutoHAS (architecture and training hyper-parameters in one run with shared weights)::
+
+    result = run_autohas(load_autohas_config("configs/autohas_fashion_mnist.yaml"))
+    print(result.spec, result.hyper, result.config_path)   # chosen.yaml: `effml train` from scratch
 """
 
+from effml.search.autohas import AutoHASResult, load_autohas_config, run_autohas
 from effml.search.config import SearchConfig, load_search_config
 from effml.search.objectives import mnasnet_reward, spec_cost
 from effml.search.runner import SearchResult, run_search
@@ -15,7 +21,7 @@ from effml.search.spaces import SPACES, named_space
 from effml.search.strategies import STRATEGIES, make_sampler
 from effml.search.study import build_space, choose_trial, load_space, load_study
 
-__all__ = ["SPACES", "STRATEGIES", "Choice", "HyperChoice", "Sample", "SearchConfig", "SearchResult",
-           "SearchSpace", "build_space", "choose_trial", "compound_grid", "load_search_config", "load_space",
-           "load_study", "make_sampler", "mnasnet_reward", "named_space", "run_search", "space_from_dict",
+__all__ = ["SPACES", "STRATEGIES", "AutoHASResult", "Choice", "HyperChoice", "Sample", "SearchConfig", "SearchResult",
+           "SearchSpace", "build_space", "choose_trial", "compound_grid", "load_autohas_config", "load_search_config", "load_space",
+           "load_study", "make_sampler", "mnasnet_reward", "named_space", "run_autohas", "run_search", "space_from_dict",
            "spec_cost"]

@@ -22,7 +22,7 @@ from effml.train.config import CONFIG_SCHEMA, Config, config_to_dict, load_confi
 class StudyConfig:
     """The space, the strategy and where the study lives."""
 
-    space: Annotated[str, Field(min_length=1)] = "mnasnet"  # a named space (mnasnet, mobiledet, mixnet_kernels, efficientnet_compound) or a space file (.json/.yaml)
+    space: Annotated[str, Field(min_length=1)] = "mnasnet"  # a named space (mnasnet, mobiledet, mixnet_kernels, efficientnet_compound, bignas, autohas) or a space file (.json/.yaml)
     resolution: Annotated[int, Field(ge=8)] | None = None  # input size of the searched networks (default: proxy data.image_size)
     trials: Annotated[int, Field(ge=1)] = 24  # finished trials the study reaches (a resumed study counts the ones it has)
     strategy: Literal["random", "tpe", "nsga2", "evolution", "reinforce"] = "evolution"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from effml.errors import SearchError
-from effml.search.space import Choice, SearchSpace, compound_grid
+from effml.search.space import Choice, HyperChoice, SearchSpace, compound_grid
 from effml.spec import BlockSpec, NetworkSpec
 
 # MobileNetV2 (Sandler et al., arXiv 1801.04381, Table 2): expansion t, filters c, repeats n,
@@ -147,7 +147,39 @@ def bignas_space(num_classes: int = 1000, resolution: int = 32, in_channels: int
     return SearchSpace("bignas", base, tuple(choices))
 
 
+# AutoHAS's joint space at small scale (arXiv 2006.03656 searches a MobileNetV2-based space with
+# its training hyper-parameters): rows (output channels, maximum depth, stride) of a MobileNetV2-
+# like network for 28-32 px inputs, each MBConv row with elastic kernel {3, 5}, expansion {3, 6}
+# and depth; the hyper-parameters every AutoHAS step can change (``joint_space.STEP_HYPER``).
+AUTOHAS_ROWS = ((24, 2, 2), (40, 2, 2), (80, 2, 2), (112, 1, 1))
+AUTOHAS_HYPER = (
+    HyperChoice("optim.name", "categorical", ("sgd", "adamw")),
+    HyperChoice("optim.lr", "float", low=3e-3, high=0.1, log=True),
+    HyperChoice("optim.weight_decay", "float", low=1e-5, high=1e-3, log=True),
+    HyperChoice("train.label_smoothing", "float", low=0.0, high=0.2),
+    HyperChoice("data.mixup", "float", low=0.0, high=0.4),
+    HyperChoice("model.dropout", "float", low=0.0, high=0.4),
+)
+
+
+def autohas_space(num_classes: int = 10, resolution: int = 32, in_channels: int = 3) -> SearchSpace:
+    """A small MobileNetV2-like elastic space (``AUTOHAS_ROWS``) with the training hyper-parameters
+    (``AUTOHAS_HYPER``: optimizer, learning rate, weight decay, label smoothing, mixup, dropout):
+    the joint space of ``effml autohas`` and, sampled continuously, of its random and TPE baselines."""
+    rows = [(BlockSpec("ds", 16, kernel_size=(3,), stride=1),)]
+    choices = []
+    for s, (c, depth, stride) in enumerate(AUTOHAS_ROWS, start=1):
+        rows.append((BlockSpec("ir", c, repeats=depth, kernel_size=(5,), stride=stride, expand_ratio=6.0),))
+        choices += [Choice("kernel_size", (3, 5), s, 0), Choice("expand_ratio", (3.0, 6.0), s, 0)]
+        if depth > 1:
+            choices.append(Choice("repeats", (-1, 0), s, 0))
+    base = NetworkSpec(tuple(rows), stem_channels=16, head_channels=320, num_classes=num_classes,
+                       in_channels=in_channels, act="relu", resolution=resolution)
+    return SearchSpace("autohas", base, tuple(choices), AUTOHAS_HYPER)
+
+
 SPACES: dict[str, Callable[..., SearchSpace]] = {
+    "autohas": autohas_space,
     "bignas": bignas_space,
     "mnasnet": mnasnet_space,
     "mobiledet": mobiledet_space,

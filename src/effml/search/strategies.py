@@ -27,6 +27,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from effml.errors import EffmlError, SearchError
+from effml.search.policy import FactorizedPolicy
 
 __all__ = ["STRATEGIES", "Strategy", "make_sampler", "RegularizedEvolutionSampler", "ReinforceSampler"]
 
@@ -173,37 +174,24 @@ class RegularizedEvolutionSampler(_StorageDerivedSampler):
 
 
 @dataclass
-class _Policy:
-    """A factorized policy: one vector of logits per categorical decision, plus the baseline."""
+class _Policy(FactorizedPolicy):
+    """The factorized policy plus the Optuna distribution each decision was learned over."""
 
-    logits: dict[str, np.ndarray] = field(default_factory=dict)
     dists: dict[str, CategoricalDistribution] = field(default_factory=dict)
-    baseline: float | None = None
 
     def copy(self) -> _Policy:
-        return _Policy({k: v.copy() for k, v in self.logits.items()}, dict(self.dists), self.baseline)
+        return _Policy({k: v.copy() for k, v in self.logits.items()}, self.baseline, dict(self.dists))
 
-    def probs(self, name: str) -> np.ndarray:
-        z = self.logits[name] - self.logits[name].max()
-        return np.exp(z) / np.exp(z).sum()
-
-    def update(self, trial: FrozenTrial, reward: float, lr: float, decay: float, entropy_weight: float) -> None:
-        # The first reward seeds the baseline, so the first sample neither wins nor loses.
-        baseline = reward if self.baseline is None else self.baseline
-        advantage = reward - baseline
+    def update_trial(self, trial: FrozenTrial, reward: float, lr: float, decay: float,
+                     entropy_weight: float) -> None:
+        picked = {}
         for name, dist in trial.distributions.items():
             if not isinstance(dist, CategoricalDistribution):
                 continue
             if self.dists.setdefault(name, dist) != dist:
                 continue  # a decision whose choices changed is not the decision we learned
-            p = self.probs(name) if name in self.logits else np.full(len(dist.choices), 1 / len(dist.choices))
-            grad_log_pi = -p
-            grad_log_pi[dist.to_internal_repr(trial.params[name])] += 1.0
-            log_p = np.log(p)
-            grad_entropy = -p * (log_p + (-(p * log_p).sum()))  # d/dz of H = -sum p log p
-            step = lr * (advantage * grad_log_pi + entropy_weight * grad_entropy)
-            self.logits[name] = self.logits.get(name, np.zeros(len(p))) + step
-        self.baseline = decay * baseline + (1.0 - decay) * reward
+            picked[name] = (dist.to_internal_repr(trial.params[name]), len(dist.choices))
+        self.update(picked, reward, lr=lr, decay=decay, entropy_weight=entropy_weight)
 
 
 class ReinforceSampler(_StorageDerivedSampler):
@@ -266,7 +254,7 @@ class ReinforceSampler(_StorageDerivedSampler):
             return
         reward = -trial.value if minimize else trial.value
         if math.isfinite(reward):
-            policy.update(trial, reward, self.learning_rate, self.baseline_decay, self.entropy_weight)
+            policy.update_trial(trial, reward, self.learning_rate, self.baseline_decay, self.entropy_weight)
 
     def probabilities(self, study: Study) -> dict[str, dict[Any, float]]:
         """The controller's current probability of each choice of each categorical decision."""

@@ -150,15 +150,19 @@ def _shadow_optimizer(optimizer: Optimizer, params: dict[int, torch.Tensor]) -> 
 
 
 def temporary_weights(trainer: Trainer, batch: Batch, *, lr: float | None = None,
-                      weight_decay: float | None = None) -> dict[str, torch.Tensor]:
+                      weight_decay: float | list[float] | None = None, optimizer: Optimizer | None = None,
+                      loss: Callable[[nn.Module, Batch], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The model's parameters and buffers after one virtual optimizer step on ``batch`` (AutoHAS's
     temporary weights, arXiv 2006.03656); the real weights, optimizer state, BatchNorm buffers,
     schedule and EMA are untouched.
 
-    The step uses the trainer's optimizer class, hyper-parameters and state (momentum, RMSProp
-    averages) on copies, gradient clipping as configured, and the current learning rate unless
-    ``lr`` (or ``weight_decay``, on the groups that decay) is given, e.g. a sampled
-    hyper-parameter. Evaluate the result with ``trainer.evaluate(split, weights=...)``.
+    The step uses the optimizer's class, hyper-parameters and state (momentum, RMSProp averages) on
+    copies, gradient clipping as configured, and the current learning rate unless ``lr`` (or
+    ``weight_decay``: on the groups that decay, or a list with one value per group) is given, e.g.
+    a sampled hyper-parameter.
+    ``optimizer`` defaults to the trainer's (AutoHAS keeps one per optimizer choice) and ``loss``
+    (the model to run, the batch -> the loss) to the trainer's objective. Evaluate the result with
+    ``trainer.evaluate(split, weights=...)``.
     """
     model = trainer.model
     weights = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -166,19 +170,22 @@ def temporary_weights(trainer: Trainer, batch: Batch, *, lr: float | None = None
     for name, p in model.named_parameters():
         weights[name] = stand_in[id(p)] = p.detach().clone().requires_grad_(p.requires_grad)
     with _autocast(trainer.device.type, trainer.cfg.train.amp):
-        out = trainer.objective(FunctionalModel(model, weights), batch)
-    _check_finite(out.loss)
+        functional = FunctionalModel(model, weights)
+        value = trainer.objective(functional, batch).loss if loss is None else loss(functional, batch)
+    _check_finite(value)
     trainable = [t for t in stand_in.values() if t.requires_grad]
-    grads = torch.autograd.grad(out.loss, trainable, allow_unused=True)
+    grads = torch.autograd.grad(value, trainable, allow_unused=True)
     for t, g in zip(trainable, grads):
         t.grad = g
     if trainer.cfg.optim.grad_clip:
         torch.nn.utils.clip_grad_norm_(trainable, trainer.cfg.optim.grad_clip)
-    shadow = _shadow_optimizer(trainer.optimizer, stand_in)
-    for group in shadow.param_groups:
+    shadow = _shadow_optimizer(trainer.optimizer if optimizer is None else optimizer, stand_in)
+    for i, group in enumerate(shadow.param_groups):
         if lr is not None:
             group["lr"] = lr
-        if weight_decay is not None and group["weight_decay"]:
+        if isinstance(weight_decay, (list, tuple)):
+            group["weight_decay"] = weight_decay[i]
+        elif weight_decay is not None and group["weight_decay"]:
             group["weight_decay"] = weight_decay
     shadow.step()
     return {name: t.detach() for name, t in weights.items()}

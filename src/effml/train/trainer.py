@@ -433,12 +433,14 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume restores: model, optimizer, schedule, EMA, RNGs, the position in
-        the epoch, the skipped-image count (and the config, for the record)."""
+        the epoch, the skipped-image count, a stateful step's state (and the config, for the record)."""
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "rng": rng_state(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step, "skipped": self.skipped, "config": config_to_dict(self.cfg),
+            # a step with state of its own (AutoHAS's controller) keeps it in the checkpoint
+            "step": self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -451,6 +453,8 @@ class Trainer:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step, self.skipped = state["global_step"], state["skipped"]
         self._batches = None
+        if state.get("step") is not None and hasattr(self.step_fn, "load_state_dict"):
+            self.step_fn.load_state_dict(state["step"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | Path) -> None:

@@ -1,0 +1,33 @@
+"""experiments/autohas.py --quick, run as a user runs it: the table, results.json and the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_compares_autohas_with_random_and_tpe(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "autohas.py"), "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    seed = res["seeds"]["0"]
+    for method in ("autohas", "random", "tpe"):
+        final = seed["final"][method]
+        assert 0 <= final["val_top1"] <= 100 and final["search_minutes"] > 0 and final["trainings_equivalent"] > 0
+    assert len(seed["random"]["trials"]) == len(seed["tpe"]["trials"]) == 2
+    assert all(0 <= t["accuracy"] <= 1 for t in seed["random"]["trials"])
+    a = seed["autohas"]
+    assert 0 < a["entropy_end"] <= 1.0 and 0 <= a["reward_end"] <= 1
+    assert set(a["hyper"]) == {"optim.name", "optim.lr", "optim.weight_decay", "train.label_smoothing",
+                               "data.mixup", "model.dropout"}
+    grid = res["ranking"]["val_top1"]
+    assert set(grid) == {"autohas_choice", "other"} and all(set(g) == {"smallest", "middle", "largest"}
+                                                            for g in grid.values())
+    assert (tmp_path / "autohas_vs_baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "val top-1 % after retraining" in proc.stdout and "ranking under" in proc.stdout
