@@ -8,16 +8,14 @@ import copy
 import dataclasses
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from _effml_cli import effml
 
 from effml.errors import EffmlError, SearchError
 from effml.search.autohas import (AutoHASSection, AutoHASStep, build_supernet, joint_space, load_autohas_config,
@@ -33,18 +31,9 @@ from effml.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "autohas_fashion_mnist.yaml"
-EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
 # the embedded digits at 16 px: a few seconds per run
 SMALL = ["data.dataset=digits", "data.limit_train=null", "data.image_size=16", "data.batch_size=16",
          "data.holdout=0.2", "autohas.reward_images=32", "autohas.warmup_epochs=0", "train.bn_recalibrate=1"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def effml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([EFFML, *args], capture_output=True, text=True, env=ENV, timeout=600)
-    if check:
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out
 
 
 # -- the joint space ---------------------------------------------------------------------------

@@ -5,8 +5,6 @@ and DDP train the same weights as one uninterrupted process."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,20 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
+from _effml_cli import ENV, effml
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "bignas_digits.yaml"
 # 16 px keeps the 1.25M-parameter supernet quick; the space's resolutions become 12/14/16
 SMALL = ["data.image_size=16", "data.batch_size=16", "train.threads=1", "supernet.calibration_batches=2",
          "train.bn_recalibrate=2"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def effml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([EFFML, *args], capture_output=True, text=True, env=ENV, timeout=600)
-    if check:
-        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return out
 
 
 def _overrides(run_dir: Path, *extra: str) -> list[str]:
