@@ -222,6 +222,10 @@ def test_every_shipped_config_loads_from_another_folder(name, tmp_path, monkeypa
         from effml.search.bignas import load_supernet_config
 
         cfg = load_supernet_config(path)
+    elif "\nautohas:" in path.read_text():  # plus the autohas section (effml autohas)
+        from effml.search.autohas import load_autohas_config
+
+        cfg = load_autohas_config(path)
     else:
         cfg = load_config(path)
     if cfg.model.name.endswith(".json"):
