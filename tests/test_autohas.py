@@ -189,7 +189,9 @@ def test_differentiable_variant_learns_lr_and_weight_decay_by_the_hypergradient(
 
 def test_cli_search_writes_a_config_that_trains_and_resumes_exactly(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    out = effml("autohas", str(CONFIG), *SMALL, f"run.dir={straight}", "train.max_steps=8")
+    out = effml("autohas", str(CONFIG), *SMALL, f"run.dir={straight}", "train.max_steps=8", "train.log_interval=4")
+    progress = out.stdout + out.stderr
+    assert "reward 0." in progress and "entropy " in progress  # the controller's progress
     assert "chosen hyper-parameters: optim.name=" in out.stdout and "effml train" in out.stdout
     effml("autohas", str(CONFIG), *SMALL, f"run.dir={resumed}", "train.max_steps=4", "--quiet")
     effml("autohas", "--resume", str(resumed), "train.max_steps=8", "--quiet")

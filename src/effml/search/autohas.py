@@ -137,6 +137,13 @@ class AutoHASStep:
     def _sample(self, rng: np.random.Generator) -> dict[str, int]:
         return {name: int(rng.choice(n, p=self.policy.probs(name, n))) for name, n in self.sizes.items()}
 
+    def progress(self) -> str:
+        """For the training loop's progress line: the recent mean reward and the entropy."""
+        if not self.history:
+            return "controller warming up"
+        recent = [h["reward"] for h in self.history[-50:]]
+        return f"reward {sum(recent) / len(recent):.3f} entropy {self.history[-1]['entropy']:.2f}"
+
     def chosen(self) -> tuple[NetworkSpec, dict[str, Any], dict[str, Any]]:
         """The result: the most probable architecture, the hyper-parameters' mixtures."""
         return self.space.final(self.probabilities())

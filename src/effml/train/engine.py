@@ -296,8 +296,10 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
                     log.row(kind="step", epoch=t.epoch + 1, step=t.batch_in_epoch, global_step=t.global_step,
                             loss=loss_avg, lr=t.lr, images_per_s=ips,
                             **{k: float(v) for k, v in out.parts.items()})
+                    # a step with its own progress (AutoHAS: the controller's reward, entropy) adds it
+                    extra = t.step_fn.progress() + " " if hasattr(t.step_fn, "progress") else ""
                     log.say(f"epoch {t.epoch + 1}/{train.epochs} step {t.batch_in_epoch}/{t.steps_per_epoch} "
-                            f"loss {loss_avg:.4f} lr {t.lr:.5f} {ips:.1f} img/s "
+                            f"loss {loss_avg:.4f} lr {t.lr:.5f} {extra}{ips:.1f} img/s "
                             f"eta {time.strftime('%H:%M:%S', time.gmtime(left))}")
                     loss_sum, loss_n, t_interval, images_interval = torch.zeros(()), 0, time.perf_counter(), 0
                 interval = train.checkpoint_interval
