@@ -116,8 +116,8 @@ class AutoHASStep:
         self.history: list[dict[str, Any]] = []
         self._optimizers: dict[str, Optimizer] = {}
         self._saved_optimizers: dict[str, Any] = {}
-        self.hyper_keys = {h.key for h in space.hyper}
-        self.learned_by_gradient = (tuple(k for k in HYPERGRADIENT_KEYS if k in self.hyper_keys)
+        keys = {h.key for h in space.hyper}
+        self.learned_by_gradient = (tuple(k for k in HYPERGRADIENT_KEYS if k in keys)
                                     if section.variant == "differentiable" else ())
         for key in self.learned_by_gradient:
             if not next(h for h in space.hyper if h.key == key).continuous:
