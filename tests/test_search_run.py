@@ -4,6 +4,7 @@ after kill -9, failed trials, export -> train, and clear errors for bad input.""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -123,23 +124,22 @@ def test_export_then_train_and_report(finished_search):
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
     config = _config(tmp_path, trials=4, workers=1)
     db = tmp_path / "out" / "search.db"
-    proc = subprocess.Popen([EFFML, "search", str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    done: list = []
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if db.exists():
-            try:
-                done = load_study(str(db)).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-            except Exception:  # noqa: BLE001 - the study may not exist yet
-                continue
-            if len(done) >= 1:
-                break
-    workers = _children(proc.pid)
+    # Kill on the first progress line, which the search prints right after recording a finished
+    # trial: polling the database instead raced with a warm worker that finishes the remaining
+    # trials within a poll interval on a loaded machine.
+    proc = subprocess.Popen([EFFML, "search", str(config)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("trial 1/4"):
+            break
+    workers = _children(proc.pid) if proc.poll() is None else []
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL and 1 <= len(done) < 4, "the search ended before the kill"
+    proc.stdout.close()
+    done = load_study(str(db)).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert proc.returncode == -signal.SIGKILL and 1 <= len(done) < 4, f"the search ended before the kill: {seen}"
     assert workers, "the search had no worker process"
     deadline = time.time() + 20
     while time.time() < deadline and any(map(_alive, workers)):
