@@ -121,6 +121,17 @@ def test_the_config_builds_loaders_with_flip_augmentation_and_a_holdout(tmp_path
     assert int(labels.min()) >= 0 and int(labels.max()) < 10
 
 
+def test_limit_val_scores_the_first_validation_images(tmp_path):
+    _fake(tmp_path)
+    full = build_datasets(_cfg(tmp_path), Preprocess(32, 0.875)).val
+    short = build_datasets(_cfg(tmp_path, "data.limit_val=3", "data.limit_train=9"), Preprocess(32, 0.875))
+    assert (len(short.train), len(short.val)) == (9, 3)
+    assert [int(short.val[i][1]) for i in range(3)] == [int(full[i][1]) for i in range(3)]
+    shapes = load_config(None, ["data.dataset=shapes", "data.limit_val=3", "model.name=efficientdet_d0"])
+    with pytest.raises(InputError, match="limit_val is not supported for detection"):
+        build_datasets(shapes, Preprocess(32, 0.875))
+
+
 def test_digits_are_still_never_flipped():
     for kind in ("basic", "randaugment"):
         tf = train_transform(kind, 32, (0.5,) * 3, (0.5,) * 3, natural_images=False)  # as digits get it

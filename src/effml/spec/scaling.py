@@ -40,12 +40,14 @@ def compound_scale(
     fix_stem: bool = False,
     fix_head: bool = False,
     fix_first_last: bool = False,
+    divisor: int = 8,
 ) -> NetworkSpec:
     """Scale width (channels), depth (repeats) and resolution of a spec.
 
     ``fix_stem``/``fix_head`` keep those widths (EfficientNet-Lite keeps stem 32 / head 1280;
     MixNet keeps head 1536); ``fix_first_last`` keeps the repeats of the first and last stage
-    (EfficientNet-Lite, ``lite/efficientnet_lite_builder.py``).
+    (EfficientNet-Lite, ``lite/efficientnet_lite_builder.py``). ``divisor`` is the TF reference's
+    ``depth_divisor`` (8 in every released model): channel counts round to its multiples.
     """
     last = len(spec.stages) - 1
     stages = []
@@ -54,7 +56,7 @@ def compound_scale(
         stages.append(tuple(
             replace(
                 b,
-                out_channels=round_filters(b.out_channels, width),
+                out_channels=round_filters(b.out_channels, width, divisor),
                 repeats=b.repeats if keep_depth else round_repeats(b.repeats, depth),
             )
             for b in stage
@@ -62,8 +64,8 @@ def compound_scale(
     return replace(
         spec,
         stages=tuple(stages),
-        stem_channels=spec.stem_channels if fix_stem else round_filters(spec.stem_channels, width),
-        head_channels=spec.head_channels if fix_head else round_filters(spec.head_channels, width),
+        stem_channels=spec.stem_channels if fix_stem else round_filters(spec.stem_channels, width, divisor),
+        head_channels=spec.head_channels if fix_head else round_filters(spec.head_channels, width, divisor),
         resolution=spec.resolution if resolution is None else resolution,
         dropout=spec.dropout if dropout is None else dropout,
     )

@@ -107,6 +107,9 @@ class DataConfig:
     cutmix: Annotated[float, Field(ge=0)] = 0.0  # cutmix alpha (0 = off)
     on_corrupt: Literal["skip", "error"] = "skip"  # an unreadable image: skip and count, or stop
     limit_train: Annotated[int, Field(ge=1)] | None = None  # use only the first N training images (quick runs)
+    # score on only the first N validation images (quick runs, search proxies; a folder data set
+    # lists its images class by class, so there the first N may miss classes)
+    limit_val: Annotated[int, Field(ge=1)] | None = None
     # a fraction of the training images held out for search rewards (0 = off), drawn by train.seed,
     # excluded from training and read with the eval transform; the validation set stays untouched
     holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0

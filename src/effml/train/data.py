@@ -61,7 +61,7 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
             return DigitsDataset("train", d.image_size, tf, seed, limit=d.limit_train)
 
         train = train_split(train_tf)
-        val = DigitsDataset("val", d.image_size, val_tf, seed)
+        val = DigitsDataset("val", d.image_size, val_tf, seed, limit=d.limit_val)
     elif d.dataset == "fashion_mnist":
         fashion_root = Path(d.root) if d.root else FASHION_MNIST_ROOT
 
@@ -69,7 +69,7 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
             return FashionMNISTDataset("train", fashion_root, tf, seed, limit=d.limit_train)
 
         train = train_split(train_tf)
-        val = FashionMNISTDataset("val", fashion_root, val_tf, seed)
+        val = FashionMNISTDataset("val", fashion_root, val_tf, seed, limit=d.limit_val)
     else:
         if not d.root:
             raise InputError("data.dataset=folder needs data.root: a folder with train/ and val/ inside")
@@ -83,7 +83,7 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
             raise InputError(f"dataset folder {root / 'train'} has a single class folder "
                              f"({train.classes[0]!r}): a classifier needs at least two classes, one "
                              f"sub-folder of images each; add the other classes' folders")
-        val = FolderDataset(root / "val", val_tf, seed, d.on_corrupt)
+        val = FolderDataset(root / "val", val_tf, seed, d.on_corrupt, limit=d.limit_val)
     if val.classes != train.classes:
         raise InputError(f"{d.root}/val has classes {list(val.classes)[:5]}... but {d.root}/train has "
                          f"{list(train.classes)[:5]}...; both need the same class folders")
@@ -126,6 +126,9 @@ def _detection_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     if d.holdout:
         raise InputError("data.holdout is not supported for detection data sets yet (COCO evaluation "
                          "needs the held-out images' own annotation set); set data.holdout=0")
+    if d.limit_val:
+        raise InputError("data.limit_val is not supported for detection data sets (COCO evaluation scores "
+                         "every image of the annotation file); set data.limit_val=null")
     fill = 0 if det.fill == "black" else "mean"
     train_tf = detection_train_transform(d.image_size, preprocess.mean, preprocess.std, det.scale_range,
                                          det.hflip, fill)

@@ -1,0 +1,275 @@
+"""MnasNet's latency-aware architecture search at small scale, on Fashion-MNIST (Tan et al., arXiv
+1807.11626).
+
+Four searches of the MnasNet space (``configs/search_fashion_mnist.yaml``: 7 MobileNetV2-referenced
+blocks, 216 choices each), each with the same number of trials, the same proxy training (one epoch
+on 3,200 training images, scored on 800 held out) and the same latency target T, the measured
+latency of the space's own reference network, MobileNetV2 at 32 px (batch 1, 1 thread, eager):
+
+- ``reinforce_soft``: the REINFORCE controller with the soft reward ACC * (LAT / T)^-0.07 (paper eq. 2);
+- ``random_soft``: random search with the same reward;
+- ``reinforce_hard``: the hard reward (alpha 0, beta -1: nothing gained below T, steep above);
+- ``reinforce_flops``: the soft reward with MACs in place of measured latency (T = the reference's MACs).
+
+Then each search's best trial and the reference network (the zoo-like baseline of the same
+latency) are trained with the full recipe (configs/fashion_mnist.yaml on ``--train-images`` images
+for ``--epochs`` epochs, ``--seeds`` seeds) and scored on the 10,000 val images, and every distinct
+sampled network's latency is measured again, one after another on a quiet machine, for the rank
+correlation of MACs and latency (the paper's point that FLOPs is a poor proxy for latency).
+
+Writes ``results.json``, ``mnasnet_search.png``, the search databases (``effml search report
+OUT/reinforce_soft.db``) and each search's winner as a spec (``best_reinforce_soft.json``, ...;
+``effml train|bench|export`` take them by path) to ``--out``; a rerun continues unfinished searches
+and reuses finished trainings.
+
+Usage: python experiments/mnasnet_search.py [--trials 16] [--seeds 0 1] [--out DIR] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, fmt, minutes, save_figure, shipped_top1, spread, train, write_json
+
+CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
+RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
+SEARCHES = {
+    "reinforce_soft": {"search.strategy": "reinforce", "objective.constraint": "soft", "objective.latency": "measured"},
+    "random_soft": {"search.strategy": "random", "objective.constraint": "soft", "objective.latency": "measured"},
+    "reinforce_hard": {"search.strategy": "reinforce", "objective.constraint": "hard", "objective.latency": "measured"},
+    "reinforce_flops": {"search.strategy": "reinforce", "objective.constraint": "soft", "objective.latency": "flops"},
+}
+
+
+def search_config(name: str, target: float, args: argparse.Namespace) -> Any:
+    from effml.search.config import load_search_config
+
+    settings = {**SEARCHES[name], "objective.target": target, "search.trials": args.trials, "search.seed": args.seed,
+                "search.storage": args.out / f"{name}.db", "search.study": name, **dict(args.proxy)}
+    return load_search_config(CONFIG, [f"{k}={v}" for k, v in settings.items()])
+
+
+def reference(args: argparse.Namespace) -> dict[str, Any]:
+    """The space's reference network (MobileNetV2 at the search's input size): spec, MACs and its
+    latency here (the median of three measurements), which is the target T."""
+    from effml.search.objectives import LatencyModel, spec_cost
+    from effml.search.study import build_space
+
+    cfg = search_config("reinforce_soft", 1.0, args)
+    spec = build_space(cfg, 10).base
+    latency = LatencyModel(cfg.objective)
+    return {"spec": spec, "latency_ms": statistics.median(latency(spec) for _ in range(3)), **spec_cost(spec)}
+
+
+def run_one(name: str, target: float, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One search (continued when its database exists); its finished trials as rows."""
+    from effml.search.runner import run_search
+    from effml.search.study import build_space, finished_trials
+
+    cfg = search_config(name, target, args)
+    db = args.out / f"{name}.db"
+    started = time.perf_counter()
+    result = run_search(cfg, build_space(cfg, 10), resume=db.is_file(), echo=lambda line: print(f"  {name}: {line}"))
+    print(f"{name}: {result.finished} trials, {(time.perf_counter() - started) / 60:.1f} min in this run")
+    rows = []
+    for t in finished_trials(result.study):
+        if t.values is None:
+            continue
+        m = t.user_attrs["metrics"]
+        rows.append({"number": t.number, "reward": m["reward"], "accuracy": m["accuracy"], "macs": m["macs"],
+                     "params": m["params"], "latency_ms": m.get("latency_ms"), "spec": t.user_attrs["spec"],
+                     "duration_s": t.user_attrs["duration_s"]})
+    return sorted(rows, key=lambda r: r["number"])
+
+
+def remeasure(specs: dict[str, Any]) -> dict[str, float]:
+    """Latency (ms) of each distinct spec, one after another (median of three measurements)."""
+    from effml.search.config import ObjectiveConfig
+    from effml.search.objectives import LatencyModel
+    from effml.zoo import spec_from_dict
+
+    latency = LatencyModel(ObjectiveConfig(latency="measured"))
+    return {key: statistics.median(latency(spec_from_dict(d)) for _ in range(3)) for key, d in specs.items()}
+
+
+def key_of(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def summarize_search(rows: list[dict[str, Any]], target_ms: float, measured: dict[str, float]) -> dict[str, Any]:
+    """Best trial, the share of sampled networks at or under T (re-measured), and the mean reward of
+    the first and second half of the trials (a controller that learns raises the second)."""
+    best = max(rows, key=lambda r: r["reward"])
+    half = len(rows) // 2
+    lat = [measured[key_of(r["spec"])] for r in rows]
+    return {"trials": len(rows), "best": {k: v for k, v in best.items() if k != "spec"},
+            "best_latency_ms": measured[key_of(best["spec"])],
+            "under_target": sum(x <= target_ms for x in lat) / len(lat),
+            "reward_first_half": statistics.fmean(r["reward"] for r in rows[:half]) if half else None,
+            "reward_second_half": statistics.fmean(r["reward"] for r in rows[half:]),
+            "latency_ms": spread(lat)}
+
+
+def final_trainings(specs: dict[str, Path], args: argparse.Namespace) -> dict[tuple[str, int], Path]:
+    recipe = [f"data.limit_train={args.train_images}", f"train.epochs={args.epochs}",
+              f"train.eval_every={args.epochs}", f"schedule.decay_epochs={args.epochs / 40:g}",
+              "train.ema_decay=0.995", "data.image_size=32", *args.final_set]
+    jobs = [(name, seed) for name in specs for seed in args.seeds]
+
+    def one(job: tuple[str, int]) -> Path:
+        name, seed = job
+        return train(RECIPE, [f"model.name={specs[name]}", f"train.seed={seed}", *recipe],
+                     args.out / f"final_{name}_seed{seed}")
+
+    with ThreadPoolExecutor(args.workers) as pool:
+        return dict(zip(jobs, pool.map(one, jobs)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=16, help="trials per search")
+    p.add_argument("--seed", type=int, default=0, help="the searches' seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of a final training")
+    p.add_argument("--train-images", type=int, default=10000, help="training images of a final training")
+    p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_mnasnet_search")
+    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
+    args = p.parse_args(argv)
+    args.proxy, args.final_set = {"search.workers": args.workers}, []
+    if args.quick:
+        args.trials, args.seeds, args.epochs, args.train_images = 3, args.seeds[:1], 1, 320
+        args.proxy.update({"proxy.train.max_steps": 3, "proxy.data.limit_val": 100})
+        args.final_set = ["train.max_steps=3", "data.limit_val=200"]
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(1)
+    ref = reference(args)
+    target_ms, target_mmacs = ref["latency_ms"], ref["macs"] / 1e6
+    print(f"target T: {target_ms:.2f} ms, {target_mmacs:.2f} MMACs (the reference, MobileNetV2 at 32 px)")
+    trials = {name: run_one(name, target_mmacs if SEARCHES[name]["objective.latency"] == "flops" else target_ms, args)
+              for name in args.searches}
+
+    from effml.search.objectives import spec_cost
+    from effml.zoo import spec_from_dict, spec_to_dict, spec_to_json
+
+    ref_dict = spec_to_dict(ref["spec"])
+    specs = {key_of(r["spec"]): r["spec"] for rows in trials.values() for r in rows}
+    specs[key_of(ref_dict)] = ref_dict
+    measured = remeasure(specs)
+    for rows in trials.values():
+        for r in rows:
+            r["latency_quiet_ms"] = measured[key_of(r["spec"])]
+    summaries = {name: summarize_search(rows, target_ms, measured) for name, rows in trials.items()}
+
+    # the winners and the reference, trained with the full recipe
+    paths = {"reference": args.out / "reference_mobilenet_v2.json"}
+    paths["reference"].write_text(spec_to_json(ref["spec"]))
+    for name, rows in trials.items():
+        best = max(rows, key=lambda r: r["reward"])
+        paths[name] = args.out / f"best_{name}.json"
+        paths[name].write_text(spec_to_json(spec_from_dict(best["spec"])))
+    runs = final_trainings(paths, args)
+    final = {}
+    for name, path in paths.items():
+        d = json.loads(path.read_text())
+        cost = spec_cost(spec_from_dict(d))
+        top1 = [shipped_top1(runs[(name, s)]) for s in args.seeds]
+        final[name] = {"spec": str(path), "macs": cost["macs"], "params": cost["params"],
+                       "latency_ms": measured[key_of(d)], "top1": top1, "top1_summary": spread(top1),
+                       "minutes": [minutes(runs[(name, s)]) for s in args.seeds]}
+
+    from scipy.stats import kendalltau, spearmanr
+
+    keys = list(specs)
+    macs = [spec_cost(spec_from_dict(specs[k]))["macs"] for k in keys]
+    lat = [measured[k] for k in keys]
+    in_search = [(r["latency_ms"], measured[key_of(r["spec"])]) for rows in trials.values() for r in rows
+                 if r["latency_ms"] is not None]
+    correlation = {"models": len(keys), "spearman_macs_latency": spearmanr(macs, lat).statistic,
+                   "kendall_macs_latency": kendalltau(macs, lat).statistic,
+                   "spearman_search_vs_quiet_latency": spearmanr(*zip(*in_search)).statistic if len(in_search) > 2
+                   else None}
+
+    results = {"settings": {"trials": args.trials, "seed": args.seed, "seeds": args.seeds, "epochs": args.epochs,
+                            "train_images": args.train_images, "searches": args.searches, "config": str(CONFIG),
+                            "recipe": str(RECIPE), "quick": args.quick},
+               "target": {"latency_ms": target_ms, "mmacs": target_mmacs},
+               "searches": {name: {"summary": summaries[name], "trials": trials[name]} for name in trials},
+               "final": final, "correlation": correlation,
+               "models": [{"macs": m, "latency_ms": x} for m, x in zip(macs, lat)],
+               "wall_minutes": (time.perf_counter() - started) / 60}
+    write_json(args.out / "results.json", results)
+    plot(results, args.out / "mnasnet_search.png")
+    print_tables(results)
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'mnasnet_search.png'} and the winners' specs "
+          f"({', '.join(p.name for p in paths.values())})")
+    return 0
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    t = results["target"]
+    print(f"\nsearches ({results['settings']['trials']} trials each, seed {results['settings']['seed']}); "
+          f"T = {t['latency_ms']:.2f} ms ({t['mmacs']:.2f} MMACs for reinforce_flops)")
+    print(f"{'search':<16} {'best reward':>11} {'its acc %':>9} {'its ms':>7} {'MMACs':>6} {'<= T':>5} "
+          f"{'reward 1st half':>15} {'2nd half':>8}")
+    for name, s in results["searches"].items():
+        s = s["summary"]
+        first = f"{s['reward_first_half']:.4f}" if s["reward_first_half"] is not None else "-"
+        print(f"{name:<16} {s['best']['reward']:11.4f} {100 * s['best']['accuracy']:9.1f} {s['best_latency_ms']:7.2f} "
+              f"{s['best']['macs'] / 1e6:6.2f} {100 * s['under_target']:4.0f}% {first:>15} {s['reward_second_half']:8.4f}")
+    n = len(results["settings"]["seeds"])
+    print(f"\nfull training of each search's best and of the reference; val top-1 %, mean (min-max) over {n} seed(s)")
+    print(f"{'network':<16} {'MMACs':>6} {'ms':>6} {'params':>9} {'val top-1 %':>22}")
+    for name, f in sorted(results["final"].items(), key=lambda kv: kv[1]["latency_ms"]):
+        print(f"{name:<16} {f['macs'] / 1e6:6.2f} {f['latency_ms']:6.2f} {f['params']:9,d} {fmt(f['top1_summary']):>22}")
+    c = results["correlation"]
+    print(f"\nMACs vs measured latency over {c['models']} distinct sampled networks: Spearman "
+          f"{c['spearman_macs_latency']:.3f}, Kendall {c['kendall_macs_latency']:.3f}")
+    if c["spearman_search_vs_quiet_latency"] is not None:
+        print(f"latency measured during the search vs again on a quiet machine: Spearman "
+              f"{c['spearman_search_vs_quiet_latency']:.3f}")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    t = results["target"]["latency_ms"]
+    for i, (name, s) in enumerate(results["searches"].items()):
+        rows = s["trials"]
+        left.scatter([r["latency_quiet_ms"] for r in rows], [100 * r["accuracy"] for r in rows],
+                     s=14, color=f"C{i}", alpha=0.7, label=name)
+    left.axvline(t, color="k", ls="--", lw=0.8, label=f"T = {t:.2f} ms")
+    left.set_xlabel("latency, ms (batch 1, 1 thread, measured again)")
+    left.set_ylabel("proxy accuracy on held-out images %")
+    left.set_title("sampled networks of each search", fontsize=9)
+    left.legend(fontsize=7)
+    left.grid(alpha=0.3)
+    models = results["models"]
+    right.scatter([m["macs"] / 1e6 for m in models], [m["latency_ms"] for m in models], s=12, color="C0")
+    c = results["correlation"]
+    right.set_xlabel("MMACs")
+    right.set_ylabel("latency, ms")
+    right.set_title(f"MACs vs latency: Spearman {c['spearman_macs_latency']:.2f} over {c['models']} networks",
+                    fontsize=9)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""experiments/compound_scaling.py --quick, run as a user runs it: the grid, the scaled networks at
+(about) equal MACs, results.json, the plot, and the scaled specs usable by bench and export."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from _effml_cli import effml
+
+from effml.spec import plan
+from effml.zoo import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "compound_scaling.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    base = res["base"]["macs"]
+    tol = res["settings"]["grid"]["tolerance"]
+    # --quick's grid: resolution only and depth only, both realisable within the tolerance of 2x
+    assert {(r["alpha"], r["beta"]) for r in res["grid"]} == {(1.0, 1.0), (2.0, 1.0)}
+    for r in res["grid"]:
+        assert abs(math.log(r["macs"] / base / 2)) <= tol and r["phi"] == 1.0
+        assert 0 <= r["top1_summary"]["mean"] <= 100 and len(r["top1"]) == 1
+    best = max(res["grid"], key=lambda r: r["top1_summary"]["mean"])
+    assert res["chosen"] == {k: best[k] for k in ("alpha", "beta", "gamma")}
+    at4 = {r["method"]: r for r in res["scaled"] if r["ratio"] == 4.0}
+    assert set(at4) == {"compound", "width", "depth", "resolution"}
+    for r in at4.values():  # the closest network along each rule: within a staircase step of 4x
+        assert 3.4 <= r["macs_ratio"] <= 4.6 and r["macs"] == plan(load_spec(tmp_path / f"{r['name']}.json")).macs()
+    at2 = {r["method"]: r for r in res["scaled"] if r["ratio"] == 2.0}
+    assert at2["compound"]["name"] == best["name"] and at2["depth"]["alpha"] == 2.0
+    assert (tmp_path / "compound_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "step 1: grid" in proc.stdout and "step 2" in proc.stdout
+    # the winners are specs that bench and export take by path
+    spec = tmp_path / "compound_4x.json"
+    assert load_spec(spec).resolution == at4["compound"]["resolution"]
+    effml("bench", str(spec), "--runtimes", "eager", "--batch-sizes", "1", "--iters", "2", "--warmup", "0")
+    effml("export", str(tmp_path / "compound_2x.json"), "--onnx", str(tmp_path / "c2x.onnx"))
+    assert (tmp_path / "c2x.onnx").stat().st_size > 10_000

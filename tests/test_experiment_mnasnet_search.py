@@ -1,0 +1,53 @@
+"""experiments/mnasnet_search.py --quick, run as a user runs it: four searches with one target, the
+winners trained again, the MACs-latency rank correlation, results.json, the plot and the specs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from effml.search.objectives import mnasnet_reward
+from effml.search.study import load_study
+from effml.spec import plan
+from effml.zoo import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "mnasnet_search.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    target = res["target"]
+    assert target["latency_ms"] > 0 and target["mmacs"] > 0
+    assert set(res["searches"]) == {"reinforce_soft", "random_soft", "reinforce_hard", "reinforce_flops"}
+    for name, s in res["searches"].items():
+        rows = s["trials"]
+        assert len(rows) == 3 == len(load_study(str(tmp_path / f"{name}.db")).trials)
+        for r in rows:
+            assert 0 <= r["accuracy"] <= 1 and r["latency_quiet_ms"] > 0
+            if name == "reinforce_flops":  # MACs in place of latency, against the reference's MACs
+                assert r["latency_ms"] is None
+                assert r["reward"] == pytest.approx(mnasnet_reward(r["accuracy"], r["macs"] / 1e6, target["mmacs"]))
+            elif name == "reinforce_hard":  # nothing gained under T, latency / T penalised above
+                assert r["reward"] == pytest.approx(mnasnet_reward(r["accuracy"], r["latency_ms"],
+                                                                   target["latency_ms"], 0.0, -1.0))
+            else:
+                assert r["reward"] == pytest.approx(mnasnet_reward(r["accuracy"], r["latency_ms"], target["latency_ms"]))
+        best = max(rows, key=lambda r: r["reward"])
+        assert s["summary"]["best"]["number"] == best["number"]
+        # the winner is a spec that effml train / bench / export take by path
+        spec = load_spec(tmp_path / f"best_{name}.json")
+        assert plan(spec).macs() == best["macs"]
+    final = res["final"]
+    assert set(final) == set(res["searches"]) | {"reference"}
+    assert all(0 <= f["top1_summary"]["mean"] <= 100 and f["latency_ms"] > 0 for f in final.values())
+    c = res["correlation"]
+    assert c["models"] == len(res["models"]) >= 4 and -1 <= c["spearman_macs_latency"] <= 1
+    assert (tmp_path / "mnasnet_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "MACs vs measured latency" in proc.stdout and "full training" in proc.stdout
