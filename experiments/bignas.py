@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +39,8 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, fmt, minutes, run, save_figure, spread
+
 CONFIG = ROOT / "configs" / "bignas_digits.yaml"
 VARIANTS = {
     "full": [],
@@ -50,23 +48,6 @@ VARIANTS = {
     "no_inplace_distillation": ["supernet.inplace_distillation=false"],
     "no_zero_init": ["supernet.zero_init_last_bn=false"],
 }
-
-
-def run(cmd: list[str], log: Path) -> float:
-    """Run a command (one torch thread), its output to ``log``; its wall minutes."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode:
-        raise SystemExit(f"{' '.join(cmd[:5])} ... failed (exit {done.returncode}): see {log}")
-    return (time.perf_counter() - start) / 60
-
-
-def minutes(run_dir: Path) -> float:
-    """A finished run's training minutes from its metrics (the last row's session clock)."""
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return rows[-1]["session_s"] / 60
 
 
 def train_supernet(variant: str, seed: int, out: Path, extra: list[str]) -> Path:
@@ -203,10 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
-
-
 def summarize(results: dict[str, Any], targets: list[float], variants: list[str]) -> dict[str, Any]:
     """Per target: supernet child vs standalone val top-1 over seeds, and their gap; per variant: the
     ablation figures over seeds; the CPU minutes of one supernet vs the standalone trainings."""
@@ -216,19 +193,15 @@ def summarize(results: dict[str, Any], targets: list[float], variants: list[str]
         sup = [s["children"][i]["supernet_val_top1"] for s in seeds]
         alone = [s["children"][i]["standalone_val_top1"] for s in seeds]
         per_target.append({"target": t, "macs": [s["children"][i]["macs"] for s in seeds],
-                           "supernet": _spread(sup), "standalone": _spread(alone),
-                           "gap": _spread([a - b for a, b in zip(sup, alone)])})
-    ablation = {v: {k: _spread([s["ablations"][v][k] for s in seeds])
+                           "supernet": spread(sup), "standalone": spread(alone),
+                           "gap": spread([a - b for a, b in zip(sup, alone)])})
+    ablation = {v: {k: spread([s["ablations"][v][k] for s in seeds])
                     for k in ("target_child_val_top1", "smallest_val_top1", "largest_val_top1", "minutes")}
                 for v in variants}
-    cost = {"supernet_minutes": _spread([s["ablations"]["full"]["minutes"] for s in seeds]),
-            "standalone_minutes_all_targets": _spread([sum(r["standalone_minutes"] for r in s["children"])
+    cost = {"supernet_minutes": spread([s["ablations"]["full"]["minutes"] for s in seeds]),
+            "standalone_minutes_all_targets": spread([sum(r["standalone_minutes"] for r in s["children"])
                                                        for s in seeds])}
     return {"per_target": per_target, "ablation": ablation, "cost": cost}
-
-
-def _fmt(s: dict[str, float]) -> str:
-    return f"{s['mean']:6.2f} ({s['min']:.2f}-{s['max']:.2f})"
 
 
 def print_tables(results: dict[str, Any]) -> None:
@@ -239,17 +212,17 @@ def print_tables(results: dict[str, Any]) -> None:
     print(f"{'target':>7} {'MMACs':>13} {'supernet child':>22} {'trained alone':>22} {'gap':>22}")
     for r in summ["per_target"]:
         macs = "/".join(f"{m / 1e6:.2f}" for m in r["macs"])
-        print(f"{r['target'] / 1e6:6.3g}M {macs:>13} {_fmt(r['supernet']):>22} {_fmt(r['standalone']):>22} "
-              f"{_fmt(r['gap']):>22}")
+        print(f"{r['target'] / 1e6:6.3g}M {macs:>13} {fmt(r['supernet']):>22} {fmt(r['standalone']):>22} "
+              f"{fmt(r['gap']):>22}")
     c = summ["cost"]
-    print(f"cost: one supernet {_fmt(c['supernet_minutes'])} CPU min; the {len(summ['per_target'])} standalone "
-          f"trainings {_fmt(c['standalone_minutes_all_targets'])} CPU min")
+    print(f"cost: one supernet {fmt(c['supernet_minutes'])} CPU min; the {len(summ['per_target'])} standalone "
+          f"trainings {fmt(c['standalone_minutes_all_targets'])} CPU min")
     t = results["settings"]["ablation_target"] / 1e6
     print(f"\nablations (val top-1 %, mean (min-max) over {n} seed(s)); child at {t:g}M = the full run's selection")
     print(f"{'variant':<24} {'child at ' + format(t, 'g') + 'M':>22} {'smallest':>22} {'largest':>22} {'minutes':>22}")
     for v, a in summ["ablation"].items():
-        print(f"{v:<24} {_fmt(a['target_child_val_top1']):>22} {_fmt(a['smallest_val_top1']):>22} "
-              f"{_fmt(a['largest_val_top1']):>22} {_fmt(a['minutes']):>22}")
+        print(f"{v:<24} {fmt(a['target_child_val_top1']):>22} {fmt(a['smallest_val_top1']):>22} "
+              f"{fmt(a['largest_val_top1']):>22} {fmt(a['minutes']):>22}")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -257,8 +230,6 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from effml.train.checkpoint import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for i, (seed, res) in enumerate(results["seeds"].items()):
@@ -274,8 +245,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
