@@ -86,3 +86,10 @@ def write_json(path: Path, data: Any) -> None:
     from effml.train.checkpoint import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2))
+
+
+def publish(out: Path, results: dict[str, Any], png: str, plot: Any, print_tables: Any) -> None:
+    """Write ``results.json`` and the plot ``png`` to ``out``, then print the tables."""
+    write_json(out / "results.json", results)
+    plot(results, out / png)
+    print_tables(results)

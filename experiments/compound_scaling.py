@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, save_figure, shipped_top1, spread, train, write_json
+from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, train
 
 from effml.spec import NetworkSpec, compound_scale, format_arch, parse_arch, plan
 from effml.zoo import spec_to_json
@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                "chosen": {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"]},
                "paper_rule": dict(zip(("alpha", "beta", "gamma"), PAPER_RULE)), "scaled": scaled_rows,
                "wall_minutes": (time.perf_counter() - started) / 60}
-    write_json(args.out / "results.json", results)
-    plot(results, args.out / "compound_scaling.png")
-    print_tables(results)
+    publish(args.out, results, "compound_scaling.png", plot, print_tables)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'compound_scaling.png'} and the specs "
           f"(compound_2x.json, {', '.join(names[k] + '.json' for k in scaled)})")
     return 0
@@ -259,7 +257,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         rows = [base] + sorted((r for r in results["scaled"] if r["method"] == method), key=lambda r: r["macs"])
         x = [r["macs"] / 1e6 for r in rows]
         m = [r["top1_summary"]["mean"] for r in rows]
-        right.plot(x, m, "o-", color=f"C{i}", label=f"{method} scaling")
+        # compound drawn open and dashed: it may coincide with a single-dimension rule
+        style = ({"ls": "--", "marker": "s", "ms": 9, "mfc": "none", "zorder": 3} if method == "compound"
+                 else {"marker": "o"})
+        right.plot(x, m, color=f"C{i}", label=f"{method} scaling", **style)
         right.fill_between(x, [r["top1_summary"]["min"] for r in rows], [r["top1_summary"]["max"] for r in rows],
                            color=f"C{i}", alpha=0.15)
     right.set_xlabel("MMACs (batch of one)")

@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, save_figure, shipped_top1, spread, train, write_json
+from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, train
 
 CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -209,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                "final": final, "correlation": correlation,
                "models": [{"macs": m, "latency_ms": x} for m, x in zip(macs, lat)],
                "wall_minutes": (time.perf_counter() - started) / 60}
-    write_json(args.out / "results.json", results)
-    plot(results, args.out / "mnasnet_search.png")
-    print_tables(results)
+    publish(args.out, results, "mnasnet_search.png", plot, print_tables)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'mnasnet_search.png'} and the winners' specs "
           f"({', '.join(p.name for p in paths.values())})")
     return 0

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, run, save_figure, shipped_top1, spread, train, write_json
+from _common import ROOT, fmt, minutes, publish, run, save_figure, shipped_top1, spread, train
 
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
 MEMBER = (0.25, 0.25)  # B0 width, depth multipliers of an ensemble member (experiments/ensembles.py)
@@ -118,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                                       or [float("nan")]),
         "wall_minutes": (time.perf_counter() - started) / 60,
     }
-    write_json(args.out / "results.json", results)
-    plot(results, args.out / "training_methods.png")
-    print_tables(results)
+    publish(args.out, results, "training_methods.png", plot, print_tables)
     print(f"wrote {args.out / 'results.json'} and {args.out / 'training_methods.png'}")
     return 0
 

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _experiment import run_quick
 
 
 def test_quick_run_compares_autohas_with_random_and_tpe(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "autohas.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads((tmp_path / "results.json").read_text())
+    stdout, res = run_quick("autohas", tmp_path)
     seed = res["seeds"]["0"]
     for method in ("autohas", "random", "tpe"):
         final = seed["final"][method]
@@ -30,4 +22,4 @@ def test_quick_run_compares_autohas_with_random_and_tpe(tmp_path):
     assert set(grid) == {"autohas_choice", "other"} and all(set(g) == {"smallest", "middle", "largest"}
                                                             for g in grid.values())
     assert (tmp_path / "autohas_vs_baselines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "val top-1 % after retraining" in proc.stdout and "ranking under" in proc.stdout
+    assert "val top-1 % after retraining" in stdout and "ranking under" in stdout

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _experiment import run_quick
 
 
 def test_quick_run_writes_sane_results_tables_and_plot(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "bignas.py"), "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads((tmp_path / "results.json").read_text())
+    stdout, res = run_quick("bignas", tmp_path)
     targets = res["settings"]["targets"]
     assert targets == [1.5e6, 3e6]
     rows = res["seeds"]["0"]["children"]
@@ -33,4 +27,4 @@ def test_quick_run_writes_sane_results_tables_and_plot(tmp_path):
     gap = res["summary"]["per_target"][0]["gap"]["mean"]
     assert gap == rows[0]["supernet_val_top1"] - rows[0]["standalone_val_top1"]
     assert (tmp_path / "bignas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "trained alone" in proc.stdout and "ablations" in proc.stdout
+    assert "trained alone" in stdout and "ablations" in stdout

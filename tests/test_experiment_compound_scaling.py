@@ -3,25 +3,18 @@
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 from _effml_cli import effml
+
+from _experiment import run_quick
 
 from effml.spec import plan
 from effml.zoo import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "compound_scaling.py"), "--quick",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads((tmp_path / "results.json").read_text())
+    stdout, res = run_quick("compound_scaling", tmp_path)
     base = res["base"]["macs"]
     tol = res["settings"]["grid"]["tolerance"]
     # --quick's grid: resolution only and depth only, both realisable within the tolerance of 2x
@@ -38,7 +31,7 @@ def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
     at2 = {r["method"]: r for r in res["scaled"] if r["ratio"] == 2.0}
     assert at2["compound"]["name"] == best["name"] and at2["depth"]["alpha"] == 2.0
     assert (tmp_path / "compound_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "step 1: grid" in proc.stdout and "step 2" in proc.stdout
+    assert "step 1: grid" in stdout and "step 2" in stdout
     # the winners are specs that bench and export take by path
     spec = tmp_path / "compound_4x.json"
     assert load_spec(spec).resolution == at4["compound"]["resolution"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +9,19 @@ import pytest
 import torch
 from torch import nn
 
+from _experiment import run_quick
+
 import effml
 from effml.models import Ensemble
 from effml.models.counting import count_macs
 from effml.zoo import spec_from_json
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "experiments" / "ensembles.py"
-
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
     out = tmp_path_factory.mktemp("ensembles")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return out, json.loads((out / "results.json").read_text()), proc.stdout
+    stdout, results = run_quick("ensembles", out)
+    return out, results, stdout
 
 
 def _rebuilt(run_dir: str) -> nn.Module:

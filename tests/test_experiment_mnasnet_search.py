@@ -3,26 +3,19 @@ winners trained again, the MACs-latency rank correlation, results.json, the plot
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from _experiment import run_quick
 
 from effml.search.objectives import mnasnet_reward
 from effml.search.study import load_study
 from effml.spec import plan
 from effml.zoo import load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "mnasnet_search.py"), "--quick",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads((tmp_path / "results.json").read_text())
+    stdout, res = run_quick("mnasnet_search", tmp_path)
     target = res["target"]
     assert target["latency_ms"] > 0 and target["mmacs"] > 0
     assert set(res["searches"]) == {"reinforce_soft", "random_soft", "reinforce_hard", "reinforce_flops"}
@@ -50,4 +43,4 @@ def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
     c = res["correlation"]
     assert c["models"] == len(res["models"]) >= 4 and -1 <= c["spearman_macs_latency"] <= 1
     assert (tmp_path / "mnasnet_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "MACs vs measured latency" in proc.stdout and "full training" in proc.stdout
+    assert "MACs vs measured latency" in stdout and "full training" in stdout

@@ -3,19 +3,12 @@ AdvProp vs plain training on one recipe, results.json and the plot."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _experiment import run_quick
 
 
 def test_quick_run_writes_sane_results_and_plot(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "training_methods.py"), "--quick",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads((tmp_path / "results.json").read_text())
+    stdout, res = run_quick("training_methods", tmp_path)
     k = res["settings"]["k"]
     assert k == 2 and res["member"]["seeds"] == [0, 1] and res["advprop"]["seeds"] == [0]
     # the ensemble costs k members; the big model was scaled to within 10% of that
@@ -29,4 +22,4 @@ def test_quick_run_writes_sane_results_and_plot(tmp_path):
     saved = (tmp_path / "advprop_seed0" / "config.yaml").read_text()
     assert "enabled: true" in saved and "limit_train: 256" in saved
     assert (tmp_path / "training_methods.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "AdvProp - plain" in proc.stdout
+    assert "AdvProp - plain" in stdout
