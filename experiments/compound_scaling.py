@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.epochs, args.train_images = args.seeds[:1], 1, 1280
+        args.set = ["data.limit_val=500", *args.set]
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
