@@ -12,8 +12,9 @@ latency of the space's own reference network, MobileNetV2 at 32 px (batch 1, 1 t
 - ``reinforce_flops``: the soft reward with MACs in place of measured latency (T = the reference's MACs).
 
 Then each search's best trial and the reference network (the zoo-like baseline of the same
-latency) are trained with the full recipe (configs/fashion_mnist.yaml on ``--train-images`` images
-for ``--epochs`` epochs, ``--seeds`` seeds) and scored on the 10,000 val images, and every distinct
+latency) are trained with a full schedule (the proxy's AdamW and cosine schedule, on
+``--train-images`` images for ``--epochs`` epochs, ``--seeds`` seeds) and scored on the 10,000 val
+images, and every distinct
 sampled network's latency is measured again, one after another on a quiet machine, for the rank
 correlation of MACs and latency (the paper's point that FLOPs is a poor proxy for latency).
 
@@ -35,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, train
+from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, train, write_json
 
 CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -63,8 +64,14 @@ def reference(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = search_config("reinforce_soft", 1.0, args)
     spec = build_space(cfg, 10).base
-    latency = LatencyModel(cfg.objective)
-    return {"spec": spec, "latency_ms": statistics.median(latency(spec) for _ in range(3)), **spec_cost(spec)}
+    saved = args.out / "target.json"  # a rerun continues the same searches: the same T
+    if saved.is_file():
+        latency_ms = json.loads(saved.read_text())["latency_ms"]
+    else:
+        latency = LatencyModel(cfg.objective)
+        latency_ms = statistics.median(latency(spec) for _ in range(3))
+        write_json(saved, {"latency_ms": latency_ms})
+    return {"spec": spec, "latency_ms": latency_ms, **spec_cost(spec)}
 
 
 def run_one(name: str, target: float, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -117,9 +124,12 @@ def summarize_search(rows: list[dict[str, Any]], target_ms: float, measured: dic
 
 
 def final_trainings(specs: dict[str, Path], args: argparse.Namespace) -> dict[tuple[str, int], Path]:
+    # the proxy's optimizer and schedule (AdamW, cosine) on more images for more epochs: the
+    # RMSProp-TF recipe of configs/fashion_mnist.yaml leaves these networks near 59% in 3 epochs
     recipe = [f"data.limit_train={args.train_images}", f"train.epochs={args.epochs}",
-              f"train.eval_every={args.epochs}", f"schedule.decay_epochs={args.epochs / 40:g}",
-              "train.ema_decay=0.995", "data.image_size=32", *args.final_set]
+              f"train.eval_every={args.epochs}", "optim.name=adamw", "optim.lr=0.003",
+              "schedule.name=cosine", "schedule.warmup_epochs=0.3", "train.ema_decay=0.995", "data.image_size=32",
+              *args.final_set]
     jobs = [(name, seed) for name in specs for seed in args.seeds]
 
     def one(job: tuple[str, int]) -> Path:
