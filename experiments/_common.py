@@ -88,8 +88,10 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
-def publish(out: Path, results: dict[str, Any], png: str, plot: Any, print_tables: Any) -> None:
-    """Write ``results.json`` and the plot ``png`` to ``out``, then print the tables."""
+def publish(out: Path, results: dict[str, Any], png: str, plot: Any, print_tables: Any, also: str = "") -> None:
+    """Write ``results.json`` and the plot ``png`` to ``out``, print the tables, then what was
+    written (``also``: the other files, e.g. the specs)."""
     write_json(out / "results.json", results)
     plot(results, out / png)
     print_tables(results)
+    print(f"wrote {out / 'results.json'}, {out / png}{f' and {also}' if also else ''}")

@@ -209,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                "chosen": {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"]},
                "paper_rule": dict(zip(("alpha", "beta", "gamma"), PAPER_RULE)), "scaled": scaled_rows,
                "wall_minutes": (time.perf_counter() - started) / 60}
-    publish(args.out, results, "compound_scaling.png", plot, print_tables)
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'compound_scaling.png'} and the specs "
-          f"(compound_2x.json, {', '.join(names[k] + '.json' for k in scaled)})")
+    publish(args.out, results, "compound_scaling.png", plot, print_tables,
+            also=f"the specs (compound_2x.json, {', '.join(names[k] + '.json' for k in scaled)})")
     return 0
 
 

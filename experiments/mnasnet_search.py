@@ -219,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                "final": final, "correlation": correlation,
                "models": [{"macs": m, "latency_ms": x} for m, x in zip(macs, lat)],
                "wall_minutes": (time.perf_counter() - started) / 60}
-    publish(args.out, results, "mnasnet_search.png", plot, print_tables)
-    print(f"wrote {args.out / 'results.json'}, {args.out / 'mnasnet_search.png'} and the winners' specs "
-          f"({', '.join(p.name for p in paths.values())})")
+    publish(args.out, results, "mnasnet_search.png", plot, print_tables,
+            also=f"the winners' specs ({', '.join(p.name for p in paths.values())})")
     return 0
 
 

@@ -119,7 +119,6 @@ def main(argv: list[str] | None = None) -> int:
         "wall_minutes": (time.perf_counter() - started) / 60,
     }
     publish(args.out, results, "training_methods.png", plot, print_tables)
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'training_methods.png'}")
     return 0
 
 
