@@ -32,14 +32,13 @@ import argparse
 import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, train, write_json
+from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread
+from _search import (RECIPE, SEARCH_CONFIG, best_row, full_recipe, key_of, reference_target, remeasure, save_spec,
+                     search_config, search_rows, train_all)
 
-CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
-RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
 SEARCHES = {
     "reinforce_soft": {"search.strategy": "reinforce", "objective.constraint": "soft", "objective.latency": "measured"},
     "random_soft": {"search.strategy": "random", "objective.constraint": "soft", "objective.latency": "measured"},
@@ -48,71 +47,16 @@ SEARCHES = {
 }
 
 
-def search_config(name: str, target: float, args: argparse.Namespace) -> Any:
-    from effml.search.config import load_search_config
-
-    settings = {**SEARCHES[name], "objective.target": target, "search.trials": args.trials, "search.seed": args.seed,
-                "search.storage": args.out / f"{name}.db", "search.study": name, **dict(args.proxy)}
-    return load_search_config(CONFIG, [f"{k}={v}" for k, v in settings.items()])
-
-
-def reference(args: argparse.Namespace) -> dict[str, Any]:
-    """The space's reference network (MobileNetV2 at the search's input size): spec, MACs and its
-    latency here (the median of three measurements), which is the target T."""
-    from effml.search.objectives import LatencyModel, spec_cost
-    from effml.search.study import build_space
-
-    cfg = search_config("reinforce_soft", 1.0, args)
-    spec = build_space(cfg, 10).base
-    saved = args.out / "target.json"  # a rerun continues the same searches: the same T
-    if saved.is_file():
-        latency_ms = json.loads(saved.read_text())["latency_ms"]
-    else:
-        latency = LatencyModel(cfg.objective)
-        latency_ms = statistics.median(latency(spec) for _ in range(3))
-        write_json(saved, {"latency_ms": latency_ms})
-    return {"spec": spec, "latency_ms": latency_ms, **spec_cost(spec)}
-
-
-def run_one(name: str, target: float, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One search (continued when its database exists); its finished trials as rows."""
-    from effml.search.runner import run_search
-    from effml.search.study import build_space, finished_trials
-
-    cfg = search_config(name, target, args)
-    db = args.out / f"{name}.db"
-    started = time.perf_counter()
-    result = run_search(cfg, build_space(cfg, 10), resume=db.is_file(), echo=lambda line: print(f"  {name}: {line}"))
-    print(f"{name}: {result.finished} trials, {(time.perf_counter() - started) / 60:.1f} min in this run")
-    rows = []
-    for t in finished_trials(result.study):
-        if t.values is None:
-            continue
-        m = t.user_attrs["metrics"]
-        rows.append({"number": t.number, "reward": m["reward"], "accuracy": m["accuracy"], "macs": m["macs"],
-                     "params": m["params"], "latency_ms": m.get("latency_ms"), "spec": t.user_attrs["spec"],
-                     "duration_s": t.user_attrs["duration_s"]})
-    return sorted(rows, key=lambda r: r["number"])
-
-
-def remeasure(specs: dict[str, Any]) -> dict[str, float]:
-    """Latency (ms) of each distinct spec, one after another (median of three measurements)."""
-    from effml.search.config import ObjectiveConfig
-    from effml.search.objectives import LatencyModel
-    from effml.zoo import spec_from_dict
-
-    latency = LatencyModel(ObjectiveConfig(latency="measured"))
-    return {key: statistics.median(latency(spec_from_dict(d)) for _ in range(3)) for key, d in specs.items()}
-
-
-def key_of(spec: dict[str, Any]) -> str:
-    return json.dumps(spec, sort_keys=True)
+def config_of(name: str, target: float, args: argparse.Namespace) -> Any:
+    return search_config({**SEARCHES[name], "objective.target": target, "search.trials": args.trials,
+                          "search.seed": args.seed, "search.storage": args.out / f"{name}.db", "search.study": name,
+                          **dict(args.proxy)})
 
 
 def summarize_search(rows: list[dict[str, Any]], target_ms: float, measured: dict[str, float]) -> dict[str, Any]:
     """Best trial, the share of sampled networks at or under T (re-measured), and the mean reward of
     the first and second half of the trials (a controller that learns raises the second)."""
-    best = max(rows, key=lambda r: r["reward"])
+    best = best_row(rows)
     half = len(rows) // 2
     lat = [measured[key_of(r["spec"])] for r in rows]
     return {"trials": len(rows), "best": {k: v for k, v in best.items() if k != "spec"},
@@ -124,21 +68,10 @@ def summarize_search(rows: list[dict[str, Any]], target_ms: float, measured: dic
 
 
 def final_trainings(specs: dict[str, Path], args: argparse.Namespace) -> dict[tuple[str, int], Path]:
-    # the proxy's optimizer and schedule (AdamW, cosine) on more images for more epochs: the
-    # RMSProp-TF recipe of configs/fashion_mnist.yaml leaves these networks near 59% in 3 epochs
-    recipe = [f"data.limit_train={args.train_images}", f"train.epochs={args.epochs}",
-              f"train.eval_every={args.epochs}", "optim.name=adamw", "optim.lr=0.003",
-              "schedule.name=cosine", "schedule.warmup_epochs=0.3", "train.ema_decay=0.995", "data.image_size=32",
-              *args.final_set]
-    jobs = [(name, seed) for name in specs for seed in args.seeds]
-
-    def one(job: tuple[str, int]) -> Path:
-        name, seed = job
-        return train(RECIPE, [f"model.name={specs[name]}", f"train.seed={seed}", *recipe],
-                     args.out / f"final_{name}_seed{seed}")
-
-    with ThreadPoolExecutor(args.workers) as pool:
-        return dict(zip(jobs, pool.map(one, jobs)))
+    recipe = full_recipe(args.train_images, args.epochs) + args.final_set
+    return train_all({(name, seed): ([f"model.name={path}", f"train.seed={seed}", *recipe],
+                                     args.out / f"final_{name}_seed{seed}")
+                      for name, path in specs.items() for seed in args.seeds}, args.workers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,14 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    ref = reference(args)
+    ref = reference_target(config_of("reinforce_soft", 1.0, args), args.out / "target.json")
     target_ms, target_mmacs = ref["latency_ms"], ref["macs"] / 1e6
     print(f"target T: {target_ms:.2f} ms, {target_mmacs:.2f} MMACs (the reference, MobileNetV2 at 32 px)")
-    trials = {name: run_one(name, target_mmacs if SEARCHES[name]["objective.latency"] == "flops" else target_ms, args)
+    trials = {name: search_rows(config_of(name, target_mmacs if SEARCHES[name]["objective.latency"] == "flops"
+                                          else target_ms, args), name)
               for name in args.searches}
 
     from effml.search.objectives import spec_cost
-    from effml.zoo import spec_from_dict, spec_to_dict, spec_to_json
+    from effml.zoo import spec_from_dict, spec_to_dict
 
     ref_dict = spec_to_dict(ref["spec"])
     specs = {key_of(r["spec"]): r["spec"] for rows in trials.values() for r in rows}
@@ -183,12 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {name: summarize_search(rows, target_ms, measured) for name, rows in trials.items()}
 
     # the winners and the reference, trained with the full recipe
-    paths = {"reference": args.out / "reference_mobilenet_v2.json"}
-    paths["reference"].write_text(spec_to_json(ref["spec"]))
+    paths = {"reference": save_spec(ref_dict, args.out / "reference_mobilenet_v2.json")}
     for name, rows in trials.items():
-        best = max(rows, key=lambda r: r["reward"])
-        paths[name] = args.out / f"best_{name}.json"
-        paths[name].write_text(spec_to_json(spec_from_dict(best["spec"])))
+        paths[name] = save_spec(best_row(rows)["spec"], args.out / f"best_{name}.json")
     runs = final_trainings(paths, args)
     final = {}
     for name, path in paths.items():
@@ -212,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                    else None}
 
     results = {"settings": {"trials": args.trials, "seed": args.seed, "seeds": args.seeds, "epochs": args.epochs,
-                            "train_images": args.train_images, "searches": args.searches, "config": str(CONFIG),
+                            "train_images": args.train_images, "searches": args.searches, "config": str(SEARCH_CONFIG),
                             "recipe": str(RECIPE), "quick": args.quick},
                "target": {"latency_ms": target_ms, "mmacs": target_mmacs},
                "searches": {name: {"summary": summaries[name], "trials": trials[name]} for name in trials},

@@ -1,0 +1,118 @@
+"""What the search experiments share: a search of ``configs/search_fashion_mnist.yaml`` with
+overrides, its finished trials as rows, the latency target T of a space's reference network,
+latencies measured again one after another, and the full training recipe of the winners.
+
+Not an experiment itself; ``experiments/mnasnet_search.py``, ``akd.py`` and ``mixnet_kernels.py``
+import it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, train, write_json
+
+SEARCH_CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
+RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
+
+
+def search_config(settings: dict[str, Any], config: Path = SEARCH_CONFIG) -> Any:
+    """``config`` with ``section.key: value`` overrides."""
+    from effml.search.config import load_search_config
+
+    return load_search_config(config, [f"{k}={v}" for k, v in settings.items()])
+
+
+def reference_target(cfg: Any, saved: Path) -> dict[str, Any]:
+    """The space's reference network (its base spec): spec, MACs, parameters and its latency here
+    (the median of three measurements), which is the target T. Kept in ``saved`` so that a rerun
+    continues the same searches with the same T."""
+    from effml.search.config import ObjectiveConfig
+    from effml.search.objectives import LatencyModel, spec_cost
+    from effml.search.study import build_space
+
+    spec = build_space(cfg, 10).base
+    if saved.is_file():
+        latency_ms = json.loads(saved.read_text())["latency_ms"]
+    else:
+        latency = LatencyModel(ObjectiveConfig(latency="measured"))
+        latency_ms = statistics.median(latency(spec) for _ in range(3))
+        write_json(saved, {"latency_ms": latency_ms})
+    return {"spec": spec, "latency_ms": latency_ms, **spec_cost(spec)}
+
+
+def search_rows(cfg: Any, name: str) -> list[dict[str, Any]]:
+    """Run the search of ``cfg`` (continued when its storage exists); its finished trials as rows
+    (number, reward, proxy accuracy, MACs, parameters, latency, spec, duration)."""
+    from effml.search.runner import run_search
+    from effml.search.study import build_space, finished_trials
+
+    db = Path(cfg.search.storage)
+    started = time.perf_counter()
+    result = run_search(cfg, build_space(cfg, 10), resume=db.is_file(), echo=lambda line: print(f"  {name}: {line}"))
+    print(f"{name}: {result.finished} trials, {(time.perf_counter() - started) / 60:.1f} min in this run")
+    rows = []
+    for t in finished_trials(result.study):
+        if t.values is None:
+            continue
+        m = t.user_attrs["metrics"]
+        rows.append({"number": t.number, "reward": m["reward"], "accuracy": m["accuracy"], "macs": m["macs"],
+                     "params": m["params"], "latency_ms": m.get("latency_ms"), "spec": t.user_attrs["spec"],
+                     "duration_s": t.user_attrs["duration_s"]})
+    return sorted(rows, key=lambda r: r["number"])
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(rows, key=lambda r: r["reward"])
+
+
+def key_of(spec: dict[str, Any]) -> str:
+    """A spec dict as a hashable key."""
+    return json.dumps(spec, sort_keys=True)
+
+
+def first_of_same(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each name mapped to the first name whose spec is the same (a network two searches both
+    found is trained once)."""
+    first: dict[str, str] = {}
+    return {name: first.setdefault(key_of(spec), name) for name, spec in specs.items()}
+
+
+def remeasure(specs: dict[str, Any]) -> dict[str, float]:
+    """Latency (ms) of each distinct spec dict, one after another (median of three measurements)."""
+    from effml.search.config import ObjectiveConfig
+    from effml.search.objectives import LatencyModel
+    from effml.zoo import spec_from_dict
+
+    latency = LatencyModel(ObjectiveConfig(latency="measured"))
+    return {key: statistics.median(latency(spec_from_dict(d)) for _ in range(3)) for key, d in specs.items()}
+
+
+def save_spec(spec: dict[str, Any], path: Path) -> Path:
+    """Write a spec dict as the spec JSON that ``effml train|bench|export`` take by path."""
+    from effml.zoo import spec_from_dict, spec_to_json
+
+    path.write_text(spec_to_json(spec_from_dict(spec)))
+    return path
+
+
+def full_recipe(train_images: int, epochs: int) -> list[str]:
+    """The winners' full training: the proxy's optimizer and schedule (AdamW, cosine) on more
+    images for more epochs, EMA weights shipped. The RMSProp-TF recipe of
+    configs/fashion_mnist.yaml leaves MnasNet-space networks near 59% in 3 epochs."""
+    return [f"data.limit_train={train_images}", f"train.epochs={epochs}", f"train.eval_every={epochs}",
+            "optim.name=adamw", "optim.lr=0.003", "schedule.name=cosine", "schedule.warmup_epochs=0.3",
+            "train.ema_decay=0.995", "data.image_size=32"]
+
+
+def train_all(jobs: dict[Any, tuple[list[str], Path]], workers: int) -> dict[Any, Path]:
+    """``effml train configs/fashion_mnist.yaml OVERRIDES`` for every job (key: (overrides, run
+    directory)), ``workers`` at a time; finished runs are reused, unfinished ones resumed."""
+    keys = list(jobs)
+    with ThreadPoolExecutor(workers) as pool:
+        return dict(zip(keys, pool.map(lambda k: train(RECIPE, *jobs[k]), keys)))
