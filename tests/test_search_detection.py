@@ -124,6 +124,16 @@ def test_the_exported_winner_trains_as_a_detector_and_the_report_reads_ap50(dete
     assert "AP50 %" in page and "ssdlite on " in page
 
 
+def test_the_cli_runs_a_detection_search(detection_search):
+    tmp = detection_search
+    proc = _effml("search", "search.yaml", "search.trials=1", "search.study=cli", "search.storage=out/cli.db",
+                  "proxy.train.epochs=1", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    assert "trial 1/1" in proc.stdout and "AP50" in proc.stdout and "reward" in proc.stdout
+    (t,) = load_study(str(tmp / "out" / "cli.db")).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert t.user_attrs["metrics"]["metric"] == "AP50" and t.user_attrs["spec"]["kind"] == "ssdlite"
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["proxy.data.dataset=digits"], "search.detector=ssdlite searches detection backbones, but "
                                     "proxy.data.dataset=digits is a classification data set"),
@@ -153,3 +163,15 @@ def test_the_ibn_only_space_has_only_ibn_layers():
     assert kinds == {"ir"}
     fused = named_space("mobiledet_ibn_fused", num_classes=3, resolution=128)
     assert {o for c in fused.choices if c.field == "kind" for o in c.options} == {"ir", "er"}
+
+
+def test_the_shipped_mobiledet_search_config_describes_a_detection_search():
+    config = ROOT / "configs" / "search_mobiledet_shapes.yaml"
+    cfg = load_search_config(config)
+    assert (cfg.search.space, cfg.search.detector, cfg.search.strategy) == ("mobiledet", "ssdlite", "reinforce")
+    assert cfg.objective.metric == "AP50" and cfg.objective.latency == "measured" and cfg.proxy.data.holdout == 0.2
+    space = build_space(cfg, 3)
+    detector = search_network(cfg, space.base)
+    assert isinstance(detector, SSDLiteSpec) and detector.resolution == 128 and detector.num_classes == 3
+    ibn = load_search_config(config, ["search.space=mobiledet_ibn"])
+    assert build_space(ibn, 3).name == "mobiledet_ibn"

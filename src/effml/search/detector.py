@@ -1,8 +1,8 @@
 """Detection proxies for a backbone search: every sampled backbone wrapped into a detector,
 trained on a detection data set and scored by COCO AP on the held-out training images.
 
-MobileDets (Xiong et al., arXiv 2004.14525, section 5) searches backbones inside SSDLite and
-rewards mAP and the latency of the whole detector; here ``search.detector: ssdlite`` turns each
+MobileDets (Xiong et al., arXiv 2004.14525) searches backbones inside SSDLite, for COCO mAP and
+the latency of the whole detector (head fixed); here ``search.detector: ssdlite`` turns each
 sample (a ``NetworkSpec`` from any space: ``mobiledet``, ``mnasnet``, ...) into an
 ``SSDLiteSpec`` on it, for the data's classes at the searched resolution, with the SSDLite
 configs' extra maps (``EXTRA_DEPTHS``). That detector spec is what a trial trains, measures and

@@ -42,9 +42,9 @@ def mnasnet_space(num_classes: int = 1000, resolution: int = 224, in_channels: i
     return SearchSpace("mnasnet", base, tuple(choices))
 
 
-# MobileDets' layer operations (arXiv 2004.14525, section 4): IBN (``ir``), fused IBN (``er``),
-# Tucker convolution (``tucker``). The paper compares the IBN-only space, IBN + fused IBN and the
-# full space (section 6.1); ``mobiledet_ibn`` and ``mobiledet_ibn_fused`` are the first two.
+# MobileDets' layer operations (arXiv 2004.14525): IBN (``ir``), fused IBN (``er``), Tucker
+# convolution (``tucker``). The paper searches three nested spaces, IBN, IBN+Fused and
+# IBN+Fused+Tucker; ``mobiledet_ibn`` and ``mobiledet_ibn_fused`` are the first two.
 MOBILEDET_OPS = ("ir", "er", "tucker")
 
 
