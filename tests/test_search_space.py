@@ -108,7 +108,8 @@ def test_layer_variants_cover_every_layer_of_random_members():
                     l.mid_channels, l.se_channels, l.residual) in keys
 
 
-@pytest.mark.parametrize("name", ["mnasnet", "mobiledet", "mixnet_kernels", "efficientnet_compound"])
+@pytest.mark.parametrize("name", ["mnasnet", "mobiledet", "mobiledet_ibn", "mobiledet_ibn_fused", "mixnet_kernels",
+                                  "efficientnet_compound"])
 def test_named_spaces_sample_members_that_build(name):
     space = named_space(name, num_classes=10, resolution=64)
     rng = random.Random(0)

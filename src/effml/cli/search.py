@@ -144,7 +144,7 @@ def latency_table(
 
 @search_app.command("show")
 def show(
-    space: Annotated[str, typer.Argument(help="A named space (mnasnet, mobiledet, mixnet_kernels, "
+    space: Annotated[str, typer.Argument(help="A named space (mnasnet, mobiledet, mobiledet_ibn, mixnet_kernels, "
                                               "efficientnet_compound, bignas, autohas) or a space file.")],
     out: Annotated[Path | None, typer.Option(
         "--out", "-o", help="Also save the space as JSON or YAML (by suffix), to edit and search.")] = None,

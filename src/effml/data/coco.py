@@ -3,6 +3,7 @@ messages that name the file and id, and served as (image, target, index) samples
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -29,6 +30,8 @@ ISSUE_TEXT = {
     "outside_boxes": "dropped {n} box(es) wholly outside their image",
     "crowd_boxes": "ignored {n} crowd (iscrowd=1) box(es) in the training targets",
 }
+
+_KEEP = object()  # ``CocoDetection.subset``: keep the data set's own transform
 
 # EXIF orientation -> the PIL transpose that undoes ``ImageOps.exif_transpose`` (see _read_image).
 _UNDO_EXIF = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -138,6 +141,26 @@ class CocoDetection(AugmentedDataset):
                   "image_id": int(info["id"]), "orig_size": (int(info["height"]), int(info["width"])),
                   "scale": float(scale)}
         return pixels, target, index
+
+    def subset(self, indices: Sequence[int], transform: Callable | None | object = _KEEP) -> CocoDetection:
+        """The samples at ``indices`` as a data set of their own, renumbered 0..n-1, read with
+        ``transform`` (default: this one's); its ``coco_gt()`` holds only their images and
+        annotations, so it is evaluated on its own (``data.holdout``). The file is not re-read."""
+        bad = [i for i in indices if not 0 <= i < len(self)]
+        if bad:
+            raise InputError(f"{self.annotation_file}: subset indices {bad[:5]} are outside 0..{len(self) - 1}")
+        out = copy.copy(self)
+        if transform is not _KEEP:
+            out.transform = transform
+        out.image_ids = tuple(self.image_ids[i] for i in indices)
+        for name in ("_images", "_annotations", "_boxes", "_labels"):
+            setattr(out, name, [getattr(self, name)[i] for i in indices])
+        out.issues, out._examples = dict(self.issues), dict(self._examples)
+        return out
+
+    def num_boxes(self) -> int:
+        """Ground-truth boxes over this data set's images (crowd regions included)."""
+        return sum(len(anns) for anns in self._annotations)
 
     def image_path(self, index: int) -> Path:
         """The file of sample ``index``."""

@@ -22,8 +22,12 @@ from effml.train.config import CONFIG_SCHEMA, Config, config_to_dict, load_confi
 class StudyConfig:
     """The space, the strategy and where the study lives."""
 
-    space: Annotated[str, Field(min_length=1)] = "mnasnet"  # a named space (mnasnet, mobiledet, mixnet_kernels, efficientnet_compound, bignas, autohas) or a space file (.json/.yaml)
+    space: Annotated[str, Field(min_length=1)] = "mnasnet"  # a named space (mnasnet, mobiledet, mobiledet_ibn, mobiledet_ibn_fused, mixnet_kernels, efficientnet_compound, bignas, autohas) or a space file (.json/.yaml)
     resolution: Annotated[int, Field(ge=8)] | None = None  # input size of the searched networks (default: proxy data.image_size)
+    # null: the sampled networks are classifiers; ssdlite: each sampled backbone is wrapped into an
+    # SSDLite detector (MobileDets, arXiv 2004.14525) that the proxy trains on a detection data set
+    # and the latency measures whole; the detector spec is what a trial records and exports
+    detector: Literal["ssdlite"] | None = None
     trials: Annotated[int, Field(ge=1)] = 24  # finished trials the study reaches (a resumed study counts the ones it has)
     strategy: Literal["random", "tpe", "nsga2", "evolution", "reinforce"] = "evolution"
     strategy_options: dict[str, float | int | bool] = field(default_factory=dict)  # e.g. population_size: 8 (evolution)
@@ -53,7 +57,10 @@ class ObjectiveConfig:
     table: str | None = None  # latency: table: the file `effml search latency-table` wrote
     batch_size: Annotated[int, Field(ge=1)] = 1  # images per measured forward pass
     threads: Annotated[int, Field(ge=1)] = 1  # threads the measured model runs on
-    accuracy: Literal["holdout", "val"] = "holdout"  # top-1 on data.holdout of the training images (the search never sees val) or on val
+    accuracy: Literal["holdout", "val"] = "holdout"  # the metric on data.holdout of the training images (the search never sees val) or on val
+    # what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (fractions);
+    # null: top1, or AP50 with search.detector
+    metric: Literal["top1", "AP", "AP50", "AP75"] | None = None
 
 
 @dataclass(config=CONFIG_SCHEMA)

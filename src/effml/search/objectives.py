@@ -1,5 +1,6 @@
-"""What a trial is scored on: proxy accuracy through the Trainer, cost from the spec, latency
-measured or predicted, and the MnasNet reward that combines them."""
+"""What a trial is scored on: proxy accuracy through the Trainer (top-1, or a detector's AP50 on
+a detection proxy), cost from the spec, latency measured or predicted, and the MnasNet reward that
+combines them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch
 
 from effml.errors import SearchError
 from effml.search.config import ObjectiveConfig, SearchConfig
-from effml.search.space import Sample
+from effml.search.detector import check_task, score, score_metric, search_network
+from effml.search.space import Sample, SearchSpace
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
 
@@ -38,14 +40,18 @@ def reward_exponents(cfg: ObjectiveConfig) -> tuple[float, float]:
     return (alpha if cfg.alpha is None else cfg.alpha, beta if cfg.beta is None else cfg.beta)
 
 
-def spec_cost(spec: NetworkSpec) -> dict[str, int]:
-    """MACs (the layer plan's count, equal to ``torch.utils.flop_counter`` halved) and parameters,
-    from the spec alone: the network is built on the meta device, so no weights are allocated."""
-    from effml.models.network import EfficientNet
+def spec_cost(spec: Any) -> dict[str, int]:
+    """MACs and parameters from the spec alone, built on the meta device (no weights allocated):
+    a classifier's MACs are the layer plan's count (equal to ``torch.utils.flop_counter`` halved),
+    a detector's (``search.detector``) are counted on its forward pass at its resolution."""
+    from effml.models.counting import count_macs
+    from effml.zoo import create_model
 
     with torch.device("meta"):
-        net = EfficientNet(spec)
-    return {"macs": plan(spec).macs(), "params": sum(p.numel() for p in net.parameters())}
+        net = create_model(spec)
+    params = sum(p.numel() for p in net.parameters())
+    macs = plan(spec).macs() if isinstance(spec, NetworkSpec) else count_macs(net, spec.resolution, spec.in_channels)
+    return {"macs": macs, "params": params}
 
 
 class LatencyModel:
@@ -69,20 +75,29 @@ class LatencyModel:
         """'ms', or 'MMACs' for latency: flops."""
         return "MMACs" if self.cfg.latency == "flops" else "ms"
 
-    def __call__(self, spec: NetworkSpec) -> float:
-        """The spec's cost in ``unit``."""
+    def __call__(self, spec: Any) -> float:
+        """The spec's cost in ``unit``: a classifier (``NetworkSpec``) or a whole detector."""
         if self.cfg.latency == "flops":
-            return plan(spec).macs() / 1e6
+            return (plan(spec).macs() if isinstance(spec, NetworkSpec) else spec_cost(spec)["macs"]) / 1e6
         if self.table is not None:
             from effml.search.latency_table import predict
 
+            if not isinstance(spec, NetworkSpec):
+                raise SearchError(f"objective.latency=table predicts classifiers from their layers, not a "
+                                  f"{type(spec).__name__}; use objective.latency=measured or flops")
             return predict(self.table, spec)
-        from effml.models.network import EfficientNet
         from effml.search.latency import measure_latency
+        from effml.zoo import create_model
 
-        net = EfficientNet(spec).eval()
+        net = create_model(spec).eval()
         return measure_latency(net, spec.resolution, runtime=self.cfg.runtime, batch_size=self.cfg.batch_size,
                                threads=self.cfg.threads, in_channels=spec.in_channels).median_ms
+
+
+def reference_latency(cfg: SearchConfig, space: SearchSpace) -> float:
+    """The latency (in ``LatencyModel.unit``) of ``space``'s base network as a trial of ``cfg``
+    measures it (with ``search.detector``, the detector on it): a natural target T."""
+    return LatencyModel(cfg.objective)(search_network(cfg, space.base))
 
 
 @dataclass
@@ -93,7 +108,7 @@ class TrialOutcome:
     metrics: dict[str, Any]
     duration_s: float
     pruned: bool = False
-    history: list[float] = field(default_factory=list)  # per-epoch accuracy (what the pruner saw)
+    history: list[float] = field(default_factory=list)  # per-epoch accuracy or AP (what the pruner saw)
 
 
 # Reports a per-epoch accuracy (epoch, value) to the strategy; True: the trial should stop.
@@ -111,7 +126,8 @@ def proxy_config(cfg: SearchConfig, sample: Sample, seed: int) -> Any:
 
 
 def check_proxy(cfg: SearchConfig) -> None:
-    """The proxy can score what the objective asks for."""
+    """The proxy can score what the objective asks for, on the task the searched networks have."""
+    check_task(cfg)
     if cfg.objective.accuracy == "holdout" and not cfg.proxy.data.holdout:
         raise SearchError("objective.accuracy=holdout needs proxy.data.holdout > 0 (e.g. 0.2): the "
                           "reward is measured on training images kept out of training, never on val")
@@ -119,31 +135,36 @@ def check_proxy(cfg: SearchConfig) -> None:
 
 def evaluate_sample(cfg: SearchConfig, sample: Sample, seed: int, latency: LatencyModel,
                     report: Reporter | None = None) -> TrialOutcome:
-    """Train ``sample`` on the proxy task and score it: accuracy on the held-out training images
-    (``objective.accuracy``), latency, MACs, parameters and the reward."""
+    """Train ``sample`` (or with ``search.detector`` the detector on it) on the proxy task and
+    score it: ``objective.metric`` on the held-out training images (``objective.accuracy``) as
+    ``accuracy``, latency, MACs, parameters and the reward."""
     from effml.train import fit
 
     start = time.monotonic()
     o = cfg.objective
-    metrics: dict[str, Any] = dict(spec_cost(sample.spec))
-    metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = lat = latency(sample.spec)
+    check_proxy(cfg)
+    network = search_network(cfg, sample.spec)
+    metric = score_metric(cfg)
+    metrics: dict[str, Any] = dict(spec_cost(network))
+    metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = lat = latency(network)
     history: list[float] = []
     key = "holdout" if o.accuracy == "holdout" else "val"
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> bool:
-        acc = _accuracy(row, key)
+        acc = _accuracy(row, key, metric)
         history.append(acc)
         return bool(report and report(epoch, acc))
 
     proxy = proxy_config(cfg, sample, seed)
-    check_proxy(cfg)
-    result = fit(proxy, model=sample.spec, on_epoch=on_epoch, write_run=False, quiet=True)
+    result = fit(proxy, model=network, on_epoch=on_epoch, write_run=False, quiet=True)
     final = {"holdout": result.ema_holdout or result.holdout, "val": result.ema_val or result.val}[key]
-    accuracy = final["top1"] / 100
+    accuracy = score(final, metric)
     if not math.isfinite(accuracy):
-        raise SearchError(f"the proxy training gave accuracy {accuracy}")
+        raise SearchError(f"the proxy training gave {metric} {accuracy} on {key}")
     metrics["accuracy"] = accuracy
-    metrics["val_accuracy"] = (result.ema_val or result.val)["top1"] / 100
+    metrics["val_accuracy"] = score(result.ema_val or result.val, metric)
+    if metric != "top1":
+        metrics["metric"] = metric  # what 'accuracy' is, when not top-1
     if o.kind == "reward":
         alpha, beta = reward_exponents(o)
         metrics["reward"] = mnasnet_reward(accuracy, lat, o.target, alpha, beta)
@@ -154,7 +175,6 @@ def evaluate_sample(cfg: SearchConfig, sample: Sample, seed: int, latency: Laten
     return TrialOutcome(values, metrics, time.monotonic() - start, pruned=result.stopped, history=history)
 
 
-def _accuracy(row: dict[str, Any], key: str) -> float:
-    """Top-1 (fraction) of an epoch's metrics row: the EMA weights' when evaluated."""
-    metrics = row.get(f"ema_{key}") or row.get(key) or {}
-    return float(metrics.get("top1", float("nan"))) / 100
+def _accuracy(row: dict[str, Any], key: str, metric: str = "top1") -> float:
+    """``metric`` (a fraction) of an epoch's metrics row: the EMA weights' when evaluated."""
+    return score(row.get(f"ema_{key}") or row.get(key), metric)

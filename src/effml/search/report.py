@@ -146,6 +146,7 @@ class _Objective:
     alpha: float | None
     beta: float | None
     constraint: str | None
+    metric: str = "top1"  # what a trial's 'accuracy' is: top-1, or a detector's AP50 (search.detector)
 
     @classmethod
     def of(cls, study: optuna.Study) -> _Objective:
@@ -164,7 +165,12 @@ class _Objective:
         if get("beta") is not None:
             beta = float(get("beta"))
         return cls(kind, get("latency"), get("runtime"), None if target is None else float(target),
-                   alpha, beta, constraint)
+                   alpha, beta, constraint, get("metric") or "top1")
+
+    @property
+    def accuracy_label(self) -> str:
+        """'accuracy', or the detection metric the trials were scored on."""
+        return "accuracy" if self.metric == "top1" else self.metric
 
     @property
     def unit(self) -> str:
@@ -209,7 +215,10 @@ def _arch(trial: FrozenTrial) -> str:
     except SpecError as err:
         return f"(invalid spec: {_short(str(err))})"
     stages = getattr(spec, "stages", None)
-    if stages is None:  # a detection or SpineNet spec has no block rows to print
+    backbone = getattr(getattr(spec, "backbone", None), "stages", None)
+    if stages is None and backbone is not None:  # a searched detector: its backbone's blocks
+        return f"{data.get('kind')} on " + " | ".join(" ".join(stage) for stage in format_arch(backbone))
+    if stages is None:  # a SpineNet spec has no block rows to print
         return f"({data.get('kind', type(spec).__name__)} spec)"
     return " | ".join(" ".join(stage) for stage in format_arch(stages))
 
@@ -248,7 +257,7 @@ def _plot_png(trials: list[FrozenTrial], x_key: str, x_label: str, x_scale: floa
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{objective.accuracy_label} (%)")
     ax.grid(True, color="#e5e7eb", linewidth=0.8)
     ax.set_axisbelow(True)
     if not pts:
@@ -287,7 +296,7 @@ def _plot_png(trials: list[FrozenTrial], x_key: str, x_label: str, x_scale: floa
                         bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": BEST_COLOR, "lw": 0.8},
                         arrowprops={"arrowstyle": "-", "color": BEST_COLOR, "lw": 0.8})
         ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
-    ax.set_title(f"accuracy vs {x_label.split(' (')[0]}", fontsize=11)
+    ax.set_title(f"{objective.accuracy_label} vs {x_label.split(' (')[0]}", fontsize=11)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -367,7 +376,7 @@ def _values_shown(rows: list[dict[str, Any]], study: optuna.Study) -> bool:
 def _table_html(rows: list[dict[str, Any]], study: optuna.Study, objective: _Objective, best: int | None) -> str:
     e = html.escape
     shown = _values_shown(rows, study)
-    heads = ["#", "trial", *(_value_header(study, objective) if shown else []), "accuracy %", "latency ms",
+    heads = ["#", "trial", *(_value_header(study, objective) if shown else []), f"{objective.accuracy_label} %", "latency ms",
              "MACs M", "params M"]
     out = ["<div class=\"scroll\"><table class=\"best\"><thead><tr>", *(f"<th>{e(h)}</th>" for h in heads),
            "<th class=\"arch\">architecture</th></tr></thead><tbody>"]
@@ -444,7 +453,8 @@ def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], ro
             table_note += ", evenly spaced along the front"
     else:
         table_note = "ranked by " + ("reward" if objective.kind == "reward" else "value")
-    table_note += "; accuracy is held-out top-1"
+    table_note += ("; accuracy is held-out top-1" if objective.metric == "top1"
+                   else f"; {objective.metric} is COCO box {objective.metric} of the detector on held-out training images")
     if best is not None:
         table_note += "; highlighted: the trial the plots mark best"
     # Nothing may load from outside the file; the policy makes a browser refuse it if anything tries.

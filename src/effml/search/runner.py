@@ -23,6 +23,7 @@ import optuna
 
 from effml.errors import EffmlError, SearchError
 from effml.search.config import SearchConfig
+from effml.search.detector import search_network
 from effml.search.objectives import LatencyModel, check_proxy, evaluate_sample
 from effml.search.space import Sample, SearchSpace
 from effml.search.study import finished_trials, open_storage, open_study
@@ -149,8 +150,8 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
     if cfg.objective.kind == "reward" and cfg.objective.target is None:
         raise SearchError("objective.kind=reward needs objective.target: the latency target T "
                           "(ms, or millions of MACs with objective.latency=flops)")
-    LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
     check_proxy(cfg)
+    LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
     if sampler is None:
         sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=cfg.objective.kind == "multi",
                                **s.strategy_options)
@@ -171,7 +172,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
                     _fail(study, trial, f"invalid sample: {err}", echo)
                     failed += 1
                     continue
-                trial.set_user_attr("spec", _spec_dict(sample.spec))
+                trial.set_user_attr("spec", _spec_dict(search_network(cfg, sample.spec)))
                 trial.set_user_attr("overrides", list(sample.overrides))
                 seed = s.seed + trial.number
                 trial.set_user_attr("seed", seed)
@@ -232,8 +233,9 @@ def _progress(study: optuna.Study, number: int, result: dict[str, Any], total: i
     done = len(finished_trials(study))
     m = result["metrics"]
     lat = f"{m['latency_ms']:.2f} ms" if "latency_ms" in m else f"{m.get('latency_mmacs', 0):.1f} MMACs"
+    name = m.get("metric", "acc")  # AP50 for a detection proxy
     what = "pruned" if result["pruned"] else (
-        f"reward {m['reward']:.4f}" if m.get("reward") is not None else f"acc {100 * m['accuracy']:.1f}%")
+        f"reward {m['reward']:.4f}" if m.get("reward") is not None else f"{name} {100 * m['accuracy']:.1f}%")
     best = ""
     if len(study.directions) == 1:
         try:
@@ -246,5 +248,5 @@ def _progress(study: optuna.Study, number: int, result: dict[str, Any], total: i
     new = max(1, done - done_at_start)
     eta = elapsed / new * max(0, total - done)
     acc = f"{100 * m['accuracy']:.1f}%" if "accuracy" in m else "-"
-    return (f"trial {done}/{total} (#{number}): {what}, acc {acc}, {lat}, "
+    return (f"trial {done}/{total} (#{number}): {what}, {name} {acc}, {lat}, "
             f"{m['macs'] / 1e6:.1f} MMACs{best}, ETA {int(eta // 60)}:{int(eta % 60):02d}")

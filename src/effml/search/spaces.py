@@ -42,10 +42,18 @@ def mnasnet_space(num_classes: int = 1000, resolution: int = 224, in_channels: i
     return SearchSpace("mnasnet", base, tuple(choices))
 
 
-def mobiledet_space(num_classes: int = 1000, resolution: int = 320, in_channels: int = 3) -> SearchSpace:
+# MobileDets' layer operations (arXiv 2004.14525): IBN (``ir``), fused IBN (``er``), Tucker
+# convolution (``tucker``). The paper searches three nested spaces, IBN, IBN+Fused and
+# IBN+Fused+Tucker; ``mobiledet_ibn`` and ``mobiledet_ibn_fused`` are the first two.
+MOBILEDET_OPS = ("ir", "er", "tucker")
+
+
+def mobiledet_space(num_classes: int = 1000, resolution: int = 320, in_channels: int = 3,
+                    ops: tuple[str, ...] = MOBILEDET_OPS, name: str = "mobiledet") -> SearchSpace:
     """The MobileDets IBN + fused IBN + Tucker space (Xiong et al., arXiv 2004.14525, section 4):
     per searchable layer an IBN (expansion {4, 8}, kernel {3, 5}), a fused IBN (the same) or a
-    Tucker convolution (input and output compression {0.25, 0.75}, kernel 3).
+    Tucker convolution (input and output compression {0.25, 0.75}, kernel 3); ``ops`` restricts
+    the operations (``MOBILEDET_OPS``).
 
     The macro structure (strides, widths, residuals) is MobileDet-DSP's (tensorflow/models
     ``ssd_mobiledet_feature_extractor.py``, ``mobiledet_dsp_backbone``), one row per layer; its
@@ -54,6 +62,11 @@ def mobiledet_space(num_classes: int = 1000, resolution: int = 320, in_channels:
     """
     from effml.detection.mobiledet import MOBILEDET_TABLES
 
+    unknown = [op for op in ops if op not in MOBILEDET_OPS]
+    if unknown or not ops:
+        raise SearchError(f"space {name!r}: ops {list(ops)} must be a non-empty subset of {list(MOBILEDET_OPS)}")
+    ops = tuple(op for op in MOBILEDET_OPS if op in ops)
+    ibn = tuple(op for op in ops if op in ("ir", "er"))
     table = MOBILEDET_TABLES["dsp"]
     stages, choices = [], []
     for s, endpoint in enumerate(table.endpoints):
@@ -63,20 +76,32 @@ def mobiledet_space(num_classes: int = 1000, resolution: int = 320, in_channels:
                 rows.append(BlockSpec("ds", layer.filters, kernel_size=(3,), stride=layer.stride,
                                       skip=layer.residual))
                 continue
-            rows.append(BlockSpec("ir", layer.filters, kernel_size=(3,), stride=layer.stride,
-                                  expand_ratio=4.0, skip=layer.residual))
-            choices += [
-                Choice("kind", ("ir", "er", "tucker"), s, r),
-                Choice("expand_ratio", (4.0, 8.0), s, r, kinds=("ir", "er")),
-                Choice("kernel_size", (3, 5), s, r, kinds=("ir", "er")),
-                Choice("input_compression", (0.25, 0.75), s, r, kinds=("tucker",)),
-                Choice("output_compression", (0.25, 0.75), s, r, kinds=("tucker",)),
-            ]
+            rows.append(BlockSpec(ops[0], layer.filters, kernel_size=(3,), stride=layer.stride,
+                                  expand_ratio=4.0 if ibn else 1.0, skip=layer.residual,
+                                  **({} if ibn else {"input_compression": 0.25, "output_compression": 0.25})))
+            if len(ops) > 1:
+                choices.append(Choice("kind", ops, s, r))
+            if ibn:
+                choices += [Choice("expand_ratio", (4.0, 8.0), s, r, kinds=ibn),
+                            Choice("kernel_size", (3, 5), s, r, kinds=ibn)]
+            if "tucker" in ops:
+                choices += [Choice("input_compression", (0.25, 0.75), s, r, kinds=("tucker",)),
+                            Choice("output_compression", (0.25, 0.75), s, r, kinds=("tucker",))]
         stages.append(tuple(rows))
     base = NetworkSpec(tuple(stages), stem_channels=table.stem, head_channels=1280, num_classes=num_classes,
                        in_channels=in_channels, act=table.act, resolution=resolution, bn_eps=0.01,
                        bn_momentum=0.01)
-    return SearchSpace("mobiledet", base, tuple(choices))
+    return SearchSpace(name, base, tuple(choices))
+
+
+def mobiledet_ibn_space(num_classes: int = 1000, resolution: int = 320, in_channels: int = 3) -> SearchSpace:
+    """The MobileDets space restricted to IBN layers (the paper's IBN-only baseline space)."""
+    return mobiledet_space(num_classes, resolution, in_channels, ops=("ir",), name="mobiledet_ibn")
+
+
+def mobiledet_ibn_fused_space(num_classes: int = 1000, resolution: int = 320, in_channels: int = 3) -> SearchSpace:
+    """The MobileDets space with IBN and fused IBN layers, no Tucker convolutions."""
+    return mobiledet_space(num_classes, resolution, in_channels, ops=("ir", "er"), name="mobiledet_ibn_fused")
 
 
 # MixNet (Tan & Le, arXiv 1907.09595, section 4.1): a MixConv with 1-4 channel groups whose
@@ -183,6 +208,8 @@ SPACES: dict[str, Callable[..., SearchSpace]] = {
     "bignas": bignas_space,
     "mnasnet": mnasnet_space,
     "mobiledet": mobiledet_space,
+    "mobiledet_ibn": mobiledet_ibn_space,
+    "mobiledet_ibn_fused": mobiledet_ibn_fused_space,
     "mixnet_kernels": mixnet_kernel_space,
     "efficientnet_compound": efficientnet_compound_space,
 }

@@ -16,6 +16,7 @@ import optuna
 
 from effml.errors import SearchError
 from effml.search.config import SearchConfig, search_config_to_dict
+from effml.search.detector import score_metric
 from effml.search.space import SearchSpace, space_from_dict
 from effml.search.spaces import named_space
 
@@ -127,9 +128,12 @@ def open_study(cfg: SearchConfig, space: SearchSpace, *, resume: bool, sampler: 
 
 def _objective_record(cfg: SearchConfig) -> dict[str, Any]:
     o = cfg.objective
-    return {"kind": o.kind, "latency": o.latency, "runtime": o.runtime, "target": o.target,
-            "constraint": o.constraint, "alpha": o.alpha, "beta": o.beta, "accuracy": o.accuracy,
-            "threads": o.threads, "batch_size": o.batch_size}
+    record = {"kind": o.kind, "latency": o.latency, "runtime": o.runtime, "target": o.target,
+              "constraint": o.constraint, "alpha": o.alpha, "beta": o.beta, "accuracy": o.accuracy,
+              "threads": o.threads, "batch_size": o.batch_size}
+    if cfg.search.detector is not None:  # only then: a classification study's record stays as it was
+        record.update(detector=cfg.search.detector, metric=score_metric(cfg))
+    return record
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -112,6 +112,7 @@ class DataConfig:
     limit_val: Annotated[int, Field(ge=1)] | None = None
     # a fraction of the training images held out for search rewards (0 = off), drawn by train.seed,
     # excluded from training and read with the eval transform; the validation set stays untouched
+    # (detection: COCO AP on the held-out images against their own training annotations)
     holdout: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 

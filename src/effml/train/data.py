@@ -30,7 +30,8 @@ class DataBundle:
     val: AugmentedDataset
     classes: tuple[str, ...]
     # data.holdout > 0: training images kept out of training and read with the eval transform,
-    # for search rewards (the validation set stays untouched for the final report)
+    # for search rewards (the validation set stays untouched for the final report); for detection
+    # a CocoDetection whose ground truth is the training annotations of its images only
     holdout: AugmentedDataset | None = None
 
 
@@ -123,9 +124,6 @@ def _bundle(train: AugmentedDataset, val: AugmentedDataset, batch_size: int,
 
 def _detection_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     d, det = cfg.data, cfg.detect
-    if d.holdout:
-        raise InputError("data.holdout is not supported for detection data sets yet (COCO evaluation "
-                         "needs the held-out images' own annotation set); set data.holdout=0")
     if d.limit_val:
         raise InputError("data.limit_val is not supported for detection data sets (COCO evaluation scores "
                          "every image of the annotation file); set data.limit_val=null")
@@ -149,7 +147,17 @@ def _detection_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     if val.category_ids != train.category_ids:
         raise InputError(f"{val.annotation_file} has category ids {list(val.category_ids)[:10]} but "
                          f"{train.annotation_file} has {list(train.category_ids)[:10]}; both need the same")
-    return _bundle(train, val, d.batch_size)
+    holdout = None
+    if d.holdout:
+        # The held-out images are a data set of their own (eval transform), whose COCO ground
+        # truth is the training annotations restricted to their image ids: AP is computed on them alone.
+        keep, held = holdout_split(len(train), d.holdout, seed)
+        train, holdout = train.subset(keep), train.subset(held, transform=val_tf)
+        if holdout.num_boxes() == 0:
+            raise InputError(f"data.holdout={d.holdout} holds out {len(holdout)} training images of "
+                             f"{train.annotation_file} with no boxes among them: AP would be undefined; "
+                             f"raise data.holdout (or use more training images)")
+    return _bundle(train, val, d.batch_size, holdout)
 
 
 def _coco_split(root: Path, split: str) -> tuple[Path, Path]:
