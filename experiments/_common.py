@@ -51,10 +51,11 @@ def run_record(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "run.json").read_text())
 
 
-def shipped_top1(run_dir: Path) -> float:
-    """Val top-1 of the weights a finished run ships (its EMA weights where it kept them)."""
+def shipped_top1(run_dir: Path, metric: str = "top1") -> float:
+    """Val top-1 (or another val ``metric``, e.g. a detector's AP50) of the weights a finished run
+    ships (its EMA weights where it kept them)."""
     record = run_record(run_dir)
-    return (record["ema_val"] if record["weights"] == "weights_ema.safetensors" else record["val"])["top1"]
+    return (record["ema_val"] if record["weights"] == "weights_ema.safetensors" else record["val"])[metric]
 
 
 def minutes(run_dir: Path) -> float:

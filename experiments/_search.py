@@ -110,9 +110,10 @@ def full_recipe(train_images: int, epochs: int) -> list[str]:
             "train.ema_decay=0.995", "data.image_size=32"]
 
 
-def train_all(jobs: dict[Any, tuple[list[str], Path]], workers: int) -> dict[Any, Path]:
-    """``effml train configs/fashion_mnist.yaml OVERRIDES`` for every job (key: (overrides, run
-    directory)), ``workers`` at a time; finished runs are reused, unfinished ones resumed."""
+def train_all(jobs: dict[Any, tuple[list[str], Path]], workers: int, config: Path = RECIPE) -> dict[Any, Path]:
+    """``effml train CONFIG OVERRIDES`` (by default configs/fashion_mnist.yaml) for every job (key:
+    (overrides, run directory)), ``workers`` at a time; finished runs are reused, unfinished ones
+    resumed."""
     keys = list(jobs)
     with ThreadPoolExecutor(workers) as pool:
-        return dict(zip(keys, pool.map(lambda k: train(RECIPE, *jobs[k]), keys)))
+        return dict(zip(keys, pool.map(lambda k: train(config, *jobs[k]), keys)))
