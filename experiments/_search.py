@@ -8,6 +8,7 @@ import it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -19,6 +20,23 @@ from _common import ROOT, train, write_json
 
 SEARCH_CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
+
+
+def experiment_parser(doc: str, out: str, *, trials: int = 16, epochs: int = 3,
+                      train_images: int | None = 10000) -> argparse.ArgumentParser:
+    """The options every search experiment has: trials per search, the searches' seed, the final
+    trainings' seeds, epochs and images, workers, the output folder and ``--quick``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--trials", type=int, default=trials, help="trials per search")
+    p.add_argument("--seed", type=int, default=0, help="the searches' seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs of a final training")
+    if train_images is not None:
+        p.add_argument("--train-images", type=int, default=train_images, help="training images of a final training")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / out)
+    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
+    return p
 
 
 def search_config(settings: dict[str, Any], config: Path = SEARCH_CONFIG) -> Any:

@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, publish, run_record, save_figure, shipped_top1, spread
-from _search import (best_row, first_of_same, full_recipe, key_of, reference_target, remeasure, save_spec,
-                     search_config, search_rows, train_all)
+from _common import fmt, minutes, publish, run_record, save_figure, shipped_top1, spread
+from _search import (best_row, experiment_parser, first_of_same, full_recipe, key_of, reference_target, remeasure,
+                     save_spec, search_config, search_rows, train_all)
 
 # Two teachers of different families, built for 28 px photos: the zoo's networks halve 32 px
 # five times and reach about the students' accuracy (EfficientNet-B0: 72.0% after 4 epochs on
@@ -99,17 +99,9 @@ def differing_layers(a: dict[str, Any], b: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=16, help="trials per search")
-    p.add_argument("--seed", type=int, default=0, help="the searches' seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of a final training")
-    p.add_argument("--train-images", type=int, default=10000, help="training images of a final training")
+    p = experiment_parser(__doc__, "experiment_akd")
     p.add_argument("--teacher-epochs", type=int, default=5)
     p.add_argument("--teacher-images", type=int, default=10000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_akd")
-    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     args.proxy, final_set, teacher_set = {"search.workers": args.workers}, [], []
     if args.quick:

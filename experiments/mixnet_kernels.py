@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, write_json
-from _search import (best_row, first_of_same, full_recipe, key_of, remeasure, save_spec, search_config, search_rows,
-                     train_all)
+from _common import fmt, minutes, publish, save_figure, shipped_top1, spread, write_json
+from _search import (best_row, experiment_parser, first_of_same, full_recipe, key_of, remeasure, save_spec,
+                     search_config, search_rows, train_all)
 
 SINGLE = (3, 5, 7)  # the single-kernel networks trained in full
 BUDGET_KERNEL = 5  # T is the cost of the all-5x5 network
@@ -86,15 +86,7 @@ def targets(base: Any, out: Path) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=16, help="trials per search")
-    p.add_argument("--seed", type=int, default=0, help="the searches' seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of a final training")
-    p.add_argument("--train-images", type=int, default=8000, help="training images of a final training")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_mixnet_kernels")
-    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
+    p = experiment_parser(__doc__, "experiment_mixnet_kernels", train_images=8000)
     args = p.parse_args(argv)
     args.proxy, final_set = {"search.workers": args.workers}, []
     if args.quick:

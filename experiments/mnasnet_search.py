@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread
-from _search import (RECIPE, SEARCH_CONFIG, best_row, full_recipe, key_of, reference_target, remeasure, save_spec,
-                     search_config, search_rows, train_all)
+from _common import fmt, minutes, publish, save_figure, shipped_top1, spread
+from _search import (RECIPE, SEARCH_CONFIG, best_row, experiment_parser, full_recipe, key_of, reference_target,
+                     remeasure, save_spec, search_config, search_rows, train_all)
 
 SEARCHES = {
     "reinforce_soft": {"search.strategy": "reinforce", "objective.constraint": "soft", "objective.latency": "measured"},
@@ -75,16 +75,8 @@ def final_trainings(specs: dict[str, Path], args: argparse.Namespace) -> dict[tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=16, help="trials per search")
-    p.add_argument("--seed", type=int, default=0, help="the searches' seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of a final training")
-    p.add_argument("--train-images", type=int, default=10000, help="training images of a final training")
+    p = experiment_parser(__doc__, "experiment_mnasnet_search")
     p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_mnasnet_search")
-    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     args.proxy, args.final_set = {"search.workers": args.workers}, []
     if args.quick:

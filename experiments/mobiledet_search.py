@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, write_json
-from _search import best_row, key_of, remeasure, save_spec, search_config, search_rows, train_all
+from _search import best_row, experiment_parser, key_of, remeasure, save_spec, search_config, search_rows, train_all
 
 CONFIG = ROOT / "configs" / "search_mobiledet_shapes.yaml"
 SPACES = {"full": "mobiledet", "ibn": "mobiledet_ibn", "ibn_fused": "mobiledet_ibn_fused"}
@@ -105,15 +105,8 @@ def final_recipe(cfg: Any, args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trials", type=int, default=12, help="trials per search")
-    p.add_argument("--seed", type=int, default=0, help="the searches' seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of a final training")
+    p = experiment_parser(__doc__, "experiment_mobiledet_search", trials=12, epochs=10, train_images=None)
     p.add_argument("--searches", nargs="+", default=["full", "ibn"], choices=list(SPACES))
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_mobiledet_search")
-    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     args.proxy, final_set = {"search.workers": args.workers}, []
     if args.quick:
