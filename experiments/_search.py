@@ -2,8 +2,8 @@
 overrides, its finished trials as rows, the latency target T of a space's reference network,
 latencies measured again one after another, and the full training recipe of the winners.
 
-Not an experiment itself; ``experiments/mnasnet_search.py``, ``akd.py`` and ``mixnet_kernels.py``
-import it.
+Not an experiment itself; the search experiments (``experiments/mnasnet_search.py``, ``akd.py``,
+``mixnet_kernels.py``, ``mobiledet_search.py``, ``spinenet_search.py``) import it.
 """
 
 from __future__ import annotations
@@ -126,6 +126,23 @@ def full_recipe(train_images: int, epochs: int) -> list[str]:
     return [f"data.limit_train={train_images}", f"train.epochs={epochs}", f"train.eval_every={epochs}",
             "optim.name=adamw", "optim.lr=0.003", "schedule.name=cosine", "schedule.warmup_epochs=0.3",
             "train.ema_decay=0.995", "data.image_size=32"]
+
+
+def detection_recipe(cfg: Any, out: Path, epochs: int, val_images: int = 128) -> Path:
+    """The final trainings of a detection search: its proxy recipe on all training images (no
+    held-out part) for ``epochs`` epochs, scored once at the end on ``val_images`` generated val
+    images; written to ``out/final_recipe.yaml``."""
+    import yaml
+
+    from effml.search.config import search_config_to_dict
+
+    proxy = search_config_to_dict(cfg)["proxy"]
+    proxy["data"]["holdout"] = 0.0
+    proxy["detect"]["shapes_val"] = val_images
+    proxy["train"].update(epochs=epochs, eval_every=epochs)
+    path = out / "final_recipe.yaml"
+    path.write_text(yaml.safe_dump(proxy, sort_keys=False))
+    return path
 
 
 def train_all(jobs: dict[Any, tuple[list[str], Path]], workers: int, config: Path = RECIPE) -> dict[Any, Path]:

@@ -18,7 +18,7 @@ an IBN with expansion 4 and kernel 3) in each space:
 
 Then each search's winner and the reference (SSDLite on the base) are trained for ``--epochs``
 epochs on all 500 training images (the proxy's recipe, no held-out part) and scored by AP50 on the
-generated val images (``--seeds`` seeds); the winners' latency is measured again one after
+128 generated val images (``--seeds`` seeds); the winners' latency is measured again one after
 another.
 
 Writes ``results.json``, ``mobiledet_search.png`` (each search's sampled detectors and Pareto
@@ -37,10 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, write_json
-from _search import best_row, experiment_parser, key_of, remeasure, save_spec, search_config, search_rows, train_all
+from _search import best_row, detection_recipe, experiment_parser, key_of, remeasure, save_spec, search_config, search_rows, train_all
 
 CONFIG = ROOT / "configs" / "search_mobiledet_shapes.yaml"
 SPACES = {"full": "mobiledet", "ibn": "mobiledet_ibn", "ibn_fused": "mobiledet_ibn_fused"}
@@ -91,19 +89,6 @@ def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return front
 
 
-def final_recipe(cfg: Any, args: argparse.Namespace) -> Path:
-    """The final trainings' config: the search's proxy recipe on all training images for
-    ``--epochs`` epochs, scored on the val images."""
-    from effml.search.config import search_config_to_dict
-
-    proxy = search_config_to_dict(cfg)["proxy"]
-    proxy["data"]["holdout"] = 0.0
-    proxy["train"].update(epochs=args.epochs, eval_every=args.epochs)
-    path = args.out / "final_recipe.yaml"
-    path.write_text(yaml.safe_dump(proxy, sort_keys=False))
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     p = experiment_parser(__doc__, "experiment_mobiledet_search", trials=12, epochs=10, train_images=None)
     p.add_argument("--searches", nargs="+", default=["full", "ibn"], choices=list(SPACES))
@@ -129,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     specs = {"reference": reference, **{name: best_row(rows)["spec"] for name, rows in trials.items()}}
     paths = {name: save_spec(d, args.out / ("reference.json" if name == "reference" else f"best_{name}.json"))
              for name, d in specs.items()}
-    recipe = final_recipe(config_of("full", target, args), args)
+    recipe = detection_recipe(config_of("full", target, args), args.out, args.epochs)
     runs = train_all({(name, seed): ([f"model.name={path}", f"train.seed={seed}", "train.threads=1", *final_set],
                                      args.out / f"final_{name}_seed{seed}")
                       for name, path in paths.items() for seed in args.seeds}, args.workers, recipe)

@@ -125,6 +125,11 @@ def latency_table(
     from effml.search.study import space_for
 
     sp = space_for(space, num_classes, resolution)
+    if not hasattr(sp, "layer_variants"):
+        from effml.errors import SearchError
+
+        raise SearchError(f"space {space}: a latency table predicts classifiers from their layers; its members are "
+                          f"detectors (search with objective.latency=measured or flops)")
     members = _distinct_members(sp, calibrate + validate, random.Random(seed))
     if len(members) < calibrate + validate:
         echo(f"note: the space has {len(members)} distinct members; {min(calibrate, len(members))} calibrate, "
@@ -154,6 +159,8 @@ def show(
 
     import yaml
 
+    from effml.errors import SearchError
+    from effml.search.space import SearchSpace
     from effml.search.spaces import named_space
     from effml.search.study import load_space
     from effml.spec.notation import format_arch
@@ -162,6 +169,11 @@ def show(
 
     sp = load_space(space) if space.endswith((".json", ".yaml", ".yml")) else named_space(space)
     echo(sp.describe())
+    if not isinstance(sp, SearchSpace):  # SpineNet's block tables: every member at one MACs budget
+        if out is not None:
+            raise SearchError(f"space {space} is built in (search.space: {space}); only a space of choices over a "
+                              f"NetworkSpec is written to a file")
+        return
     for label, member in (("largest", sp.largest()), ("smallest", sp.smallest())):
         echo(f"{label}: {plan(member.spec).macs() / 1e6:.1f} MMACs at {member.spec.resolution} px: "
              f"{' '.join(b for stage in format_arch(member.spec.stages) for b in stage)}")

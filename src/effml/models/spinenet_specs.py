@@ -36,6 +36,32 @@ SPINENET_BLOCK_SPECS = (
     (2, "bottleneck", (2, 13), True),
 )
 
+# The scale-decreased baseline of SpineNet's comparison (arXiv 1912.05027, section 3.3 and Figure 4a:
+# a ResNet backbone with an FPN decoder), written as a member of the scale-permuted space
+# (``effml.search.scale_permuted``, the released space of google/vertex-ai-nas
+# ``tunable_spinenet_search_space.py``: intermediate levels {L2: 1, L3: 3, L4: 5, L5: 2}, two inputs per
+# block). The intermediate blocks come in increasing level, each merging the two blocks before it (a
+# ResNet whose block also sees the one before its parent); then the outputs as RetinaNet's FPN makes
+# them: P6 and P7 on top of C5, then top-down P5, P4 (lateral C4 + P5), P3 (lateral C3 + P4).
+SCALE_DECREASED_BLOCK_SPECS = (
+    (2, "bottleneck", (0, 1), False),
+    (3, "bottleneck", (1, 2), False),
+    (3, "bottleneck", (2, 3), False),
+    (3, "bottleneck", (3, 4), False),
+    (4, "bottleneck", (4, 5), False),
+    (4, "bottleneck", (5, 6), False),
+    (4, "bottleneck", (6, 7), False),
+    (4, "bottleneck", (7, 8), False),
+    (4, "bottleneck", (8, 9), False),
+    (5, "bottleneck", (9, 10), False),
+    (5, "bottleneck", (10, 11), False),
+    (6, "bottleneck", (11, 12), True),
+    (7, "bottleneck", (12, 13), True),
+    (5, "bottleneck", (11, 12), True),
+    (4, "bottleneck", (10, 15), True),
+    (3, "bottleneck", (5, 16), True),
+)
+
 # Block filters per level before filter_size_scale; a bottleneck outputs 4x, a residual 1x.
 FILTER_SIZE_MAP = {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
 

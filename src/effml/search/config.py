@@ -26,8 +26,9 @@ class StudyConfig:
     resolution: Annotated[int, Field(ge=8)] | None = None  # input size of the searched networks (default: proxy data.image_size)
     # null: the sampled networks are classifiers; ssdlite: each sampled backbone is wrapped into an
     # SSDLite detector (MobileDets, arXiv 2004.14525) that the proxy trains on a detection data set
-    # and the latency measures whole; the detector spec is what a trial records and exports
-    detector: Literal["ssdlite"] | None = None
+    # and the latency measures whole; the detector spec is what a trial records and exports;
+    # retinanet: the spinenet space's members are RetinaNet detectors already (SpineNet, arXiv 1912.05027)
+    detector: Literal["ssdlite", "retinanet"] | None = None
     trials: Annotated[int, Field(ge=1)] = 24  # finished trials the study reaches (a resumed study counts the ones it has)
     strategy: Literal["random", "tpe", "nsga2", "evolution", "reinforce"] = "evolution"
     strategy_options: dict[str, float | int | bool] = field(default_factory=dict)  # e.g. population_size: 8 (evolution)

@@ -7,33 +7,43 @@ sample (a ``NetworkSpec`` from any space: ``mobiledet``, ``mnasnet``, ...) into 
 ``SSDLiteSpec`` on it, for the data's classes at the searched resolution, with the SSDLite
 configs' extra maps (``EXTRA_DEPTHS``). That detector spec is what a trial trains, measures and
 records, so ``effml search export`` writes a detector that ``effml train`` trains as it is.
+
+SpineNet (Du et al., arXiv 1912.05027) searched the backbone's block table inside RetinaNet: the
+``spinenet`` space's members are RetinaNet specs already, and ``search.detector: retinanet`` says so.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from effml.detection.retinanet import RetinaNetSpec
 from effml.detection.ssdlite import EXTRA_DEPTHS, SSDLiteSpec
 from effml.errors import SearchError
 from effml.search.config import SearchConfig
-from effml.spec import NetworkSpec
 from effml.train.data import DETECTION_DATASETS
 
-DETECTORS = ("ssdlite",)
+DETECTORS = ("ssdlite", "retinanet")
 DETECTION_METRICS = ("AP", "AP50", "AP75")  # COCO box AP (fractions), as the detection task reports them
 
 
-def detector_spec(kind: str, backbone: NetworkSpec) -> SSDLiteSpec:
+def detector_spec(kind: str, backbone: Any) -> SSDLiteSpec | RetinaNetSpec:
     """The detector ``kind`` on ``backbone``: its classes (``num_classes``) at its ``resolution``;
-    SSDLite taps C4 and C5 and adds the four extra maps of the SSDLite configs."""
+    SSDLite taps C4 and C5 and adds the four extra maps of the SSDLite configs. A ``retinanet``
+    sample (the ``spinenet`` space) is the detector already."""
     if kind not in DETECTORS:
         raise SearchError(f"search.detector={kind!r} is unknown; detectors are {list(DETECTORS)} (or null "
                           f"for classification)")
+    if isinstance(backbone, RetinaNetSpec) != (kind == "retinanet"):
+        raise SearchError(f"search.detector={kind} does not fit the space: the spinenet space gives RetinaNet "
+                          f"detectors (search.detector=retinanet), the other spaces backbones for "
+                          f"search.detector=ssdlite")
+    if kind == "retinanet":
+        return backbone
     return SSDLiteSpec(backbone=backbone, extra_depths=EXTRA_DEPTHS, num_classes=backbone.num_classes,
                        resolution=backbone.resolution)
 
 
-def search_network(cfg: SearchConfig, spec: NetworkSpec) -> Any:
+def search_network(cfg: SearchConfig, spec: Any) -> Any:
     """What a trial of ``cfg`` trains for the sampled ``spec``: the spec itself (classification)
     or the ``search.detector`` built on it."""
     return spec if cfg.search.detector is None else detector_spec(cfg.search.detector, spec)

@@ -151,6 +151,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
         raise SearchError("objective.kind=reward needs objective.target: the latency target T "
                           "(ms, or millions of MACs with objective.latency=flops)")
     check_proxy(cfg)
+    search_network(cfg, space.base)  # the detector fits the space's members (a clear error, before any trial)
     LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
     if sampler is None:
         sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=cfg.objective.kind == "multi",

@@ -1,11 +1,13 @@
 """The named search spaces: MnasNet's, MobileDets', a MixNet kernel space and EfficientNet's
-compound-coefficient grid, each a ``SearchSpace`` over a base spec built here."""
+compound-coefficient grid, each a ``SearchSpace`` over a base spec built here, and SpineNet's
+scale-permuted block tables (``effml.search.scale_permuted``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from effml.errors import SearchError
+from effml.search.scale_permuted import ScalePermutedSpace, spinenet_space
 from effml.search.space import Choice, HyperChoice, SearchSpace, compound_grid
 from effml.spec import BlockSpec, NetworkSpec
 
@@ -203,7 +205,7 @@ def autohas_space(num_classes: int = 10, resolution: int = 32, in_channels: int 
     return SearchSpace("autohas", base, tuple(choices), AUTOHAS_HYPER)
 
 
-SPACES: dict[str, Callable[..., SearchSpace]] = {
+SPACES: dict[str, Callable[..., SearchSpace | ScalePermutedSpace]] = {
     "autohas": autohas_space,
     "bignas": bignas_space,
     "mnasnet": mnasnet_space,
@@ -212,10 +214,11 @@ SPACES: dict[str, Callable[..., SearchSpace]] = {
     "mobiledet_ibn_fused": mobiledet_ibn_fused_space,
     "mixnet_kernels": mixnet_kernel_space,
     "efficientnet_compound": efficientnet_compound_space,
+    "spinenet": spinenet_space,
 }
 
 
-def named_space(name: str, **options: int) -> SearchSpace:
+def named_space(name: str, **options: int) -> SearchSpace | ScalePermutedSpace:
     """A named space (``SPACES``) for ``num_classes`` / ``resolution`` / ``in_channels``."""
     if name not in SPACES:
         raise SearchError(f"unknown search space {name!r}; named spaces are {sorted(SPACES)} "
