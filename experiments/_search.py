@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, train, write_json
+from _common import ROOT, minutes, shipped_top1, spread, train, write_json
 
 SEARCH_CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -143,6 +143,26 @@ def detection_recipe(cfg: Any, out: Path, epochs: int, val_images: int = 128) ->
     path = out / "final_recipe.yaml"
     path.write_text(yaml.safe_dump(proxy, sort_keys=False))
     return path
+
+
+def train_detectors(specs: dict[str, dict[str, Any]], paths: dict[str, Path], recipe: Path, args: Any,
+                    overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Each detector (spec dict ``specs[name]``, written at ``paths[name]``) trained with ``recipe``
+    for every seed of ``args.seeds`` in ``args.out/final_NAME_seedS``: its val AP50 per seed and
+    their spread, MACs, parameters, minutes, and its latency measured again."""
+    from effml.search.objectives import spec_cost
+    from effml.zoo import spec_from_dict
+
+    runs = train_all({(name, seed): ([f"model.name={path}", f"train.seed={seed}", "train.threads=1", *overrides],
+                                     args.out / f"final_{name}_seed{seed}")
+                      for name, path in paths.items() for seed in args.seeds}, args.workers, recipe)
+    measured = remeasure({key_of(d): d for d in specs.values()})
+    final = {}
+    for name, d in specs.items():
+        ap50 = [shipped_top1(runs[(name, s)], "AP50") for s in args.seeds]
+        final[name] = {"spec": str(paths[name]), **spec_cost(spec_from_dict(d)), "latency_ms": measured[key_of(d)],
+                       "AP50": ap50, "AP50_summary": spread(ap50), "minutes": [minutes(runs[(name, s)]) for s in args.seeds]}
+    return final
 
 
 def train_all(jobs: dict[Any, tuple[list[str], Path]], workers: int, config: Path = RECIPE) -> dict[Any, Path]:

@@ -37,8 +37,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, write_json
-from _search import best_row, detection_recipe, experiment_parser, key_of, remeasure, save_spec, search_config, search_rows, train_all
+from _common import ROOT, fmt, publish, save_figure, write_json
+from _search import (best_row, detection_recipe, experiment_parser, save_spec, search_config, search_rows,
+                     train_detectors)
 
 CONFIG = ROOT / "configs" / "search_mobiledet_shapes.yaml"
 SPACES = {"full": "mobiledet", "ibn": "mobiledet_ibn", "ibn_fused": "mobiledet_ibn_fused"}
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from effml.search.objectives import spec_cost
-    from effml.zoo import spec_from_dict
 
     target, reference = target_ms(args)
     print(f"target T: {target:.2f} ms (SSDLite on the space's base, every searchable layer IBN e4 k3)")
@@ -115,16 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = {name: save_spec(d, args.out / ("reference.json" if name == "reference" else f"best_{name}.json"))
              for name, d in specs.items()}
     recipe = detection_recipe(config_of("full", target, args), args.out, args.epochs)
-    runs = train_all({(name, seed): ([f"model.name={path}", f"train.seed={seed}", "train.threads=1", *final_set],
-                                     args.out / f"final_{name}_seed{seed}")
-                      for name, path in paths.items() for seed in args.seeds}, args.workers, recipe)
-    measured = remeasure({key_of(d): d for d in specs.values()})
-    final = {}
+    final = train_detectors(specs, paths, recipe, args, final_set)
     for name, d in specs.items():
-        ap50 = [shipped_top1(runs[(name, s)], "AP50") for s in args.seeds]
-        final[name] = {"spec": str(paths[name]), **spec_cost(spec_from_dict(d)), "latency_ms": measured[key_of(d)],
-                       "layers": layer_kinds(d), "AP50": ap50, "AP50_summary": spread(ap50),
-                       "minutes": [minutes(runs[(name, s)]) for s in args.seeds]}
+        final[name]["layers"] = layer_kinds(d)
     searches = {}
     for name, rows in trials.items():
         best = best_row(rows)

@@ -101,3 +101,19 @@ def test_the_config_searches_retinanets_and_refuses_a_mismatched_detector():
     wrong = load_search_config(CONFIG, ["search.detector=ssdlite"])
     with pytest.raises(SearchError, match="search.detector=retinanet"):
         search_network(wrong, space.base)
+
+
+def test_the_command_line_shows_the_space_and_refuses_what_it_cannot_do(tmp_path):
+    import subprocess
+    import sys
+
+    def effml(*args):
+        return subprocess.run([sys.executable, "-m", "effml", *args], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+
+    proc = effml("search", "show", "spinenet")
+    assert proc.returncode == 0 and "59 decisions" in proc.stdout and "scale-permuted" in proc.stdout, proc.stderr
+    proc = effml("search", "show", "spinenet", "-o", "space.json")
+    assert proc.returncode != 0 and "search.space: spinenet" in proc.stderr and not (tmp_path / "space.json").exists()
+    proc = effml("search", "latency-table", "spinenet")
+    assert proc.returncode != 0 and "objective.latency=measured or flops" in proc.stderr
