@@ -54,7 +54,7 @@ def reference_target(cfg: Any, saved: Path) -> dict[str, Any]:
     from effml.search.objectives import LatencyModel, spec_cost
     from effml.search.study import build_space
 
-    spec = build_space(cfg, 10).base
+    spec = build_space(cfg).base
     if saved.is_file():
         latency_ms = json.loads(saved.read_text())["latency_ms"]
     else:
@@ -72,7 +72,7 @@ def search_rows(cfg: Any, name: str) -> list[dict[str, Any]]:
 
     db = Path(cfg.search.storage)
     started = time.perf_counter()
-    result = run_search(cfg, build_space(cfg, 10), resume=db.is_file(), echo=lambda line: print(f"  {name}: {line}"))
+    result = run_search(cfg, build_space(cfg), resume=db.is_file(), echo=lambda line: print(f"  {name}: {line}"))
     print(f"{name}: {result.finished} trials, {(time.perf_counter() - started) / 60:.1f} min in this run")
     rows = []
     for t in finished_trials(result.study):

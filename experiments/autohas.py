@@ -107,7 +107,7 @@ def baseline_search(data: dict[str, Any], strategy: str, seed: int, trials: int,
         "search.threads=1", "objective.kind=reward", "objective.latency=flops", "objective.target=1e6",
         "objective.constraint=hard"])  # hard constraint far above any member: the reward is the accuracy
     cfg = config_from_dict({"proxy": {k: v for k, v in proxy_dict.items() if k != "run"}}, cfg)
-    space = build_space(cfg, 10)
+    space = build_space(cfg)
     storage = out / f"{strategy}_seed{seed}.db"  # a rerun reuses the finished trials
     result = run_search(cfg, space, echo=lambda line: None, resume=storage.is_file())
     rows = []

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from effml.search.study import build_space
     from effml.zoo import spec_from_dict, spec_to_dict
 
-    base = build_space(config_of("flops", 1.0, args), 10).base
+    base = build_space(config_of("flops", 1.0, args)).base
     target = targets(base, args.out)
     print(f"T: {target['flops']:.2f} MMACs, {target['latency']:.2f} ms (MixNet-S with every MBConv row 5x5)")
     trials = {name: search_rows(config_of(name, target[name], args), name) for name in SEARCHES}

@@ -26,7 +26,7 @@ front of held-out AP50 against latency) and the winners as detector specs (``bes
 ``best_ibn.json``; ``effml train|bench|export`` take them by path) to ``--out``; a rerun continues
 unfinished searches and reuses finished trainings.
 
-Usage: python experiments/mobiledet_search.py [--trials 12] [--seeds 0 1] [--out DIR] [--quick]
+Usage: python experiments/mobiledet_search.py [--trials 10] [--seeds 0 1] [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def target_ms(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
     from effml.zoo import spec_to_dict
 
     cfg = config_of("full", 1.0, args)
-    space = build_space(cfg, cfg.proxy.detect.shapes_classes)
+    space = build_space(cfg)
     reference = spec_to_dict(search_network(cfg, space.base))
     saved = args.out / "target.json"
     if not saved.is_file():
@@ -91,7 +91,7 @@ def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = experiment_parser(__doc__, "experiment_mobiledet_search", trials=12, epochs=10, train_images=None)
+    p = experiment_parser(__doc__, "experiment_mobiledet_search", trials=10, epochs=10, train_images=None)
     p.add_argument("--searches", nargs="+", default=["full", "ibn"], choices=list(SPACES))
     args = p.parse_args(argv)
     args.proxy, final_set = {"search.workers": args.workers}, []

@@ -53,7 +53,7 @@ def rivals(cfg: Any) -> dict[str, Any]:
     from effml.search import build_space
     from effml.search.scale_permuted import scaled_to_macs, small_retinanet
 
-    space = build_space(cfg, cfg.proxy.detect.shapes_classes)
+    space = build_space(cfg)
     b = space.base
     spinenet49 = small_retinanet(blocks_from_table(SPINENET_BLOCK_SPECS), b.num_classes, b.resolution)
     return {"spinenet49": scaled_to_macs(spinenet49, space.budget, space.tolerance), "scale_decreased": b,

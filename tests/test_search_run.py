@@ -263,3 +263,12 @@ def test_latency_table_and_show_from_the_command_line(finished_search):
     assert proc.returncode == 0 and "4 distinct networks" in proc.stdout, proc.stderr
     assert json.loads((tmp / "copy.json").read_text())["choices"] == yaml.safe_load(
         (tmp / "space.yaml").read_text())["choices"]
+
+
+def test_a_space_for_another_class_count_is_refused_before_any_trial(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_search_config(_config(tmp_path, workers=1))
+    assert build_space(cfg).base.num_classes == 10  # the default: the proxy data set's classes (digits)
+    with pytest.raises(SearchError, match=r"built for 3 classes but proxy.data \(digits\) has 10"):
+        run_search(cfg, build_space(cfg, 3), echo=lambda line: None)
+    assert not (tmp_path / "search.db").exists() or not load_study(str(tmp_path / "search.db")).trials

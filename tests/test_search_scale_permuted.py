@@ -95,7 +95,7 @@ def test_scaling_to_macs_reaches_the_nearest_step():
 
 def test_the_config_searches_retinanets_and_refuses_a_mismatched_detector():
     cfg = load_search_config(CONFIG)
-    space = build_space(cfg, cfg.proxy.detect.shapes_classes)
+    space = build_space(cfg)
     assert search_network(cfg, space.base) is space.base
     assert cfg.objective.target == pytest.approx(space.budget / 1e6, abs=0.1)
     wrong = load_search_config(CONFIG, ["search.detector=ssdlite"])

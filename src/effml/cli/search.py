@@ -44,14 +44,13 @@ def run(
     from effml.search.config import load_search_config
     from effml.search.runner import run_search
     from effml.search.study import build_space, storage_url
-    from effml.train.data import num_classes
 
     config_file, overrides = args[0], args[1:]
     bad = [a for a in overrides if "=" not in a]
     if "=" in config_file or bad:
         raise typer.BadParameter("give the search config file first, then section.key=value overrides")
     cfg = load_search_config(config_file, overrides)
-    space = build_space(cfg, num_classes(cfg.proxy))
+    space = build_space(cfg)
     echo(f"{space.describe().splitlines()[0]}; strategy {cfg.search.strategy}, {cfg.search.trials} trials, "
          f"{cfg.search.workers} worker(s) x {cfg.search.threads} thread(s) ({cfg.search.runner}); "
          f"study {cfg.search.study!r} in {storage_url(cfg.search.storage)}")

@@ -3,7 +3,7 @@
 Three lines of Python run what ``effml search CONFIG`` runs::
 
     cfg = load_search_config("configs/search_digits.yaml", ["search.trials=8"])
-    result = run_search(cfg, build_space(cfg, num_classes=10))
+    result = run_search(cfg, build_space(cfg))
     print(choose_trial(result.study).spec)
 
 A detection-backbone search (MobileDets) differs only in its config (``search.detector: ssdlite``,

@@ -139,6 +139,18 @@ class SearchResult:
 Echo = Callable[[str], None]
 
 
+def check_classes(cfg: SearchConfig, space: SearchSpace) -> None:
+    """The space's networks have as many outputs as the proxy data set has classes (a network with
+    more would train, but its cost and latency would be those of another network)."""
+    from effml.train.data import num_classes
+
+    want, have = num_classes(cfg.proxy), space.base.num_classes
+    if have != want:
+        raise SearchError(f"space {space.name!r} was built for {have} classes but proxy.data "
+                          f"({cfg.proxy.data.dataset}) has {want}; build it with build_space(cfg), "
+                          f"which takes the proxy's class count")
+
+
 def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, echo: Echo = print,
                sampler: Any = None) -> SearchResult:
     """Run (or with ``resume`` continue) the search of ``cfg`` over ``space`` until the study has
@@ -152,6 +164,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
                           "(ms, or millions of MACs with objective.latency=flops)")
     check_proxy(cfg)
     search_network(cfg, space.base)  # the detector fits the space's members (a clear error, before any trial)
+    check_classes(cfg, space)
     LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
     if sampler is None:
         sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=cfg.objective.kind == "multi",

@@ -50,9 +50,13 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
                           f"(postgresql://user:pass@host/db, with its driver installed)") from None
 
 
-def build_space(cfg: SearchConfig, num_classes: int) -> SearchSpace:
-    """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes at the
-    search's resolution (default: the proxy's input size)."""
+def build_space(cfg: SearchConfig, num_classes: int | None = None) -> SearchSpace:
+    """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes (default:
+    the proxy data set's classes) at the search's resolution (default: the proxy's input size)."""
+    if num_classes is None:
+        from effml.train.data import num_classes as classes_of
+
+        num_classes = classes_of(cfg.proxy)
     return space_for(cfg.search.space, num_classes, cfg.search.resolution or cfg.proxy.data.image_size)
 
 
