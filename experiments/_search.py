@@ -23,13 +23,13 @@ RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
 
 
 def experiment_parser(doc: str, out: str, *, trials: int = 16, epochs: int = 3,
-                      train_images: int | None = 10000) -> argparse.ArgumentParser:
+                      train_images: int | None = 10000, seeds: tuple[int, ...] = (0, 1)) -> argparse.ArgumentParser:
     """The options every search experiment has: trials per search, the searches' seed, the final
     trainings' seeds, epochs and images, workers, the output folder and ``--quick``."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--trials", type=int, default=trials, help="trials per search")
     p.add_argument("--seed", type=int, default=0, help="the searches' seed")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the final trainings")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(seeds), help="seeds of the final trainings")
     p.add_argument("--epochs", type=int, default=epochs, help="epochs of a final training")
     if train_images is not None:
         p.add_argument("--train-images", type=int, default=train_images, help="training images of a final training")

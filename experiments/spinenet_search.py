@@ -22,7 +22,7 @@ val AP50) and the three detectors as specs (``found.json``, ``spinenet49.json``,
 ``scale_decreased.json``; ``effml train|bench|export`` take them by path) to ``--out``; a rerun
 continues an unfinished search and reuses finished trainings.
 
-Usage: python experiments/spinenet_search.py [--trials 12] [--seeds 0 1] [--out DIR] [--quick]
+Usage: python experiments/spinenet_search.py [--trials 12] [--seeds 0 1 2] [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ def levels(spec: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = experiment_parser(__doc__, "experiment_spinenet_search", trials=12, epochs=10, train_images=None)
+    p = experiment_parser(__doc__, "experiment_spinenet_search", trials=12, epochs=10, train_images=None,
+                          seeds=(0, 1, 2))
     args = p.parse_args(argv)
     args.proxy, final_set = {"search.workers": args.workers}, []
     if args.quick:

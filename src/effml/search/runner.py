@@ -246,7 +246,8 @@ def _progress(study: optuna.Study, number: int, result: dict[str, Any], total: i
     """'trial n/N ...: reward, accuracy, latency, best so far, ETA'."""
     done = len(finished_trials(study))
     m = result["metrics"]
-    lat = f"{m['latency_ms']:.2f} ms" if "latency_ms" in m else f"{m.get('latency_mmacs', 0):.1f} MMACs"
+    cost = f"{m['macs'] / 1e6:.1f} MMACs"  # the latency too, when it is counted in MACs
+    lat = f"{m['latency_ms']:.2f} ms, {cost}" if "latency_ms" in m else cost
     name = m.get("metric", "acc")  # AP50 for a detection proxy
     what = "pruned" if result["pruned"] else (
         f"reward {m['reward']:.4f}" if m.get("reward") is not None else f"{name} {100 * m['accuracy']:.1f}%")
@@ -262,5 +263,5 @@ def _progress(study: optuna.Study, number: int, result: dict[str, Any], total: i
     new = max(1, done - done_at_start)
     eta = elapsed / new * max(0, total - done)
     acc = f"{100 * m['accuracy']:.1f}%" if "accuracy" in m else "-"
-    return (f"trial {done}/{total} (#{number}): {what}, {name} {acc}, {lat}, "
-            f"{m['macs'] / 1e6:.1f} MMACs{best}, ETA {int(eta // 60)}:{int(eta % 60):02d}")
+    return (f"trial {done}/{total} (#{number}): {what}, {name} {acc}, {lat}"
+            f"{best}, ETA {int(eta // 60)}:{int(eta % 60):02d}")
