@@ -20,8 +20,7 @@ from _timing import inference_call, interleaved_ms, machine  # noqa: E402
 
 import effml  # noqa: E402
 from effml.deploy import export_onnx, fuse_for_inference, onnx_session  # noqa: E402
-from effml.deploy.onnx_export import INPUT_NAME  # noqa: E402
-
+from effml.measure.onnx import INPUT_NAME  # noqa: E402
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import machine  # noqa: E402
 
-from effml.search.latency_table import Settings, build_latency_table, validate_table  # noqa: E402
+from effml.measure.latency_table import Settings, build_latency_table, validate_table  # noqa: E402
 from effml.spec import BlockSpec, NetworkSpec  # noqa: E402
 from effml.spec.channels import scale_filters  # noqa: E402
 

@@ -24,10 +24,11 @@ from pathlib import Path
 import optuna
 from PIL import Image, ImageChops
 
-from effml.search.objectives import CONSTRAINTS, mnasnet_reward, spec_cost
-from effml.search.report import write_report
-from effml.search.spaces import named_space
-from effml.search.study import load_study
+from effml.search.spaces.catalog import named_space
+from effml.search.study.cost import spec_cost
+from effml.search.study.report import write_report
+from effml.search.study.reward import CONSTRAINTS, mnasnet_reward
+from effml.search.study.storage import load_study
 from effml.zoo import spec_to_dict
 
 ERRORS = ["proxy training diverged: loss is nan at epoch 2 (lower optim.lr or raise train.warmup_epochs)",

@@ -31,7 +31,7 @@ from _timing import inference_call, interleaved_ms, machine  # noqa: E402
 import effml  # noqa: E402
 import effml.detection.ssdlite  # noqa: E402,F401  registers ssdlite_mobiledet_*
 from effml.deploy import export_onnx, fuse_for_inference, onnx_session  # noqa: E402
-from effml.deploy.onnx_export import INPUT_NAME  # noqa: E402
+from effml.measure.onnx import INPUT_NAME  # noqa: E402
 from effml.models.counting import count_macs, count_params  # noqa: E402
 
 

@@ -77,14 +77,14 @@ def save_figure(fig: Any, path: Path) -> None:
     """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from effml.train.checkpoint import atomic_write_bytes
+    from effml.files import atomic_write_bytes
 
     atomic_write_bytes(path, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
 
 def write_json(path: Path, data: Any) -> None:
-    from effml.train.checkpoint import atomic_write_text
+    from effml.files import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=2))
 

@@ -41,7 +41,7 @@ def experiment_parser(doc: str, out: str, *, trials: int = 16, epochs: int = 3,
 
 def search_config(settings: dict[str, Any], config: Path = SEARCH_CONFIG) -> Any:
     """``config`` with ``section.key: value`` overrides."""
-    from effml.search.config import load_search_config
+    from effml.search.study.config import load_search_config
 
     return load_search_config(config, [f"{k}={v}" for k, v in settings.items()])
 
@@ -50,9 +50,8 @@ def reference_target(cfg: Any, saved: Path) -> dict[str, Any]:
     """The space's reference network (its base spec): spec, MACs, parameters and its latency here
     (the median of three measurements), which is the target T. Kept in ``saved`` so that a rerun
     continues the same searches with the same T."""
-    from effml.search.config import ObjectiveConfig
-    from effml.search.objectives import LatencyModel, spec_cost
-    from effml.search.study import build_space
+    from effml.search.study.config import ObjectiveConfig, build_space
+    from effml.search.study.cost import LatencyModel, spec_cost
 
     spec = build_space(cfg).base
     if saved.is_file():
@@ -67,8 +66,9 @@ def reference_target(cfg: Any, saved: Path) -> dict[str, Any]:
 def search_rows(cfg: Any, name: str) -> list[dict[str, Any]]:
     """Run the search of ``cfg`` (continued when its storage exists); its finished trials as rows
     (number, reward, proxy accuracy, MACs, parameters, latency, spec, duration)."""
-    from effml.search.runner import run_search
-    from effml.search.study import build_space, finished_trials
+    from effml.search.study.config import build_space
+    from effml.search.study.runner import run_search
+    from effml.search.study.storage import finished_trials
 
     db = Path(cfg.search.storage)
     started = time.perf_counter()
@@ -103,8 +103,8 @@ def first_of_same(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
 
 def remeasure(specs: dict[str, Any]) -> dict[str, float]:
     """Latency (ms) of each distinct spec dict, one after another (median of three measurements)."""
-    from effml.search.config import ObjectiveConfig
-    from effml.search.objectives import LatencyModel
+    from effml.search.study.config import ObjectiveConfig
+    from effml.search.study.cost import LatencyModel
     from effml.zoo import spec_from_dict
 
     latency = LatencyModel(ObjectiveConfig(latency="measured"))
@@ -134,7 +134,7 @@ def detection_recipe(cfg: Any, out: Path, epochs: int, val_images: int = 128) ->
     images; written to ``out/final_recipe.yaml``."""
     import yaml
 
-    from effml.search.config import search_config_to_dict
+    from effml.search.study.config import search_config_to_dict
 
     proxy = search_config_to_dict(cfg)["proxy"]
     proxy["data"]["holdout"] = 0.0
@@ -150,7 +150,7 @@ def train_detectors(specs: dict[str, dict[str, Any]], paths: dict[str, Path], re
     """Each detector (spec dict ``specs[name]``, written at ``paths[name]``) trained with ``recipe``
     for every seed of ``args.seeds`` in ``args.out/final_NAME_seedS``: its val AP50 per seed and
     their spread, MACs, parameters, minutes, and its latency measured again."""
-    from effml.search.objectives import spec_cost
+    from effml.search.study.cost import spec_cost
     from effml.zoo import spec_from_dict
 
     runs = train_all({(name, seed): ([f"model.name={path}", f"train.seed={seed}", "train.threads=1", *overrides],

@@ -37,8 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from _common import fmt, minutes, publish, run_record, save_figure, shipped_top1, spread
-from _search import (best_row, experiment_parser, first_of_same, full_recipe, key_of, reference_target, remeasure,
-                     save_spec, search_config, search_rows, train_all)
+from _search import (
+    best_row,
+    experiment_parser,
+    first_of_same,
+    full_recipe,
+    key_of,
+    reference_target,
+    remeasure,
+    save_spec,
+    search_config,
+    search_rows,
+    train_all,
+)
 
 # Two teachers of different families, built for 28 px photos: the zoo's networks halve 32 px
 # five times and reach about the students' accuracy (EfficientNet-B0: 72.0% after 4 epochs on
@@ -140,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                         args.out / f"final_{name}_kd_{t}_seed{seed}")
                       for name in set(same.values()) for t in TEACHERS for seed in args.seeds}, args.workers)
 
-    from effml.search.objectives import spec_cost
+    from effml.search.study.cost import spec_cost
     from effml.zoo import load_spec
 
     teachers = {t: {"top1": shipped_top1(r), "minutes": minutes(r), **spec_cost(load_spec(r / "model.json"))}

@@ -48,7 +48,7 @@ def overrides(settings: dict[str, Any]) -> list[str]:
 
 def plain_config(data: dict[str, Any], extra: list[str] = ()) -> Any:
     """The experiment's training recipe (the AutoHAS config without its ``autohas`` section) with ``extra``."""
-    from effml.search.autohas import load_autohas_config
+    from effml.search.oneshot.autohas import load_autohas_config
     from effml.train.config import config_from_dict, config_to_dict, load_config
 
     plain = config_to_dict(load_autohas_config(CONFIG, overrides(data)))
@@ -70,7 +70,12 @@ def final_training(config: Any, seed: int, epochs: int, run_dir: Path) -> dict[s
 
 def run_autohas_seed(data: dict[str, Any], seed: int, epochs: int, out: Path) -> dict[str, Any]:
     """One AutoHAS search (reused when its run directory holds a finished one)."""
-    from effml.search.autohas import RESULT_JSON, load_autohas_config, load_autohas_result, run_autohas
+    from effml.search.oneshot.autohas import (
+        RESULT_JSON,
+        load_autohas_config,
+        load_autohas_result,
+        run_autohas,
+    )
 
     run_dir = out / f"autohas_seed{seed}"
     if not (run_dir / RESULT_JSON).is_file():
@@ -92,9 +97,9 @@ def run_autohas_seed(data: dict[str, Any], seed: int, epochs: int, out: Path) ->
 def baseline_search(data: dict[str, Any], strategy: str, seed: int, trials: int, epochs: int,
                     out: Path) -> dict[str, Any]:
     """Random search or TPE over the joint space: each trial a proxy training scored on held-out images."""
-    from effml.search.config import load_search_config
-    from effml.search.runner import run_search
-    from effml.search.study import build_space, finished_trials
+    from effml.search.study.config import build_space, load_search_config
+    from effml.search.study.runner import run_search
+    from effml.search.study.storage import finished_trials
     from effml.train.config import config_from_dict, config_to_dict
 
     proxy_dict = config_to_dict(plain_config(data, [f"train.epochs={epochs}", f"train.eval_every={epochs}"]))
@@ -143,7 +148,7 @@ def baseline_config(best: dict[str, Any], data: dict[str, Any], out: Path, name:
 def ranking_grid(data: dict[str, Any], hyper_sets: dict[str, list[str]], seed: int, epochs: int,
                  out: Path) -> dict[str, dict[str, float]]:
     """Val top-1 of three architectures (smallest, a middle one, largest) under each hyper-parameter set."""
-    from effml.search.spaces import autohas_space
+    from effml.search.spaces.catalog import autohas_space
     from effml.zoo import spec_to_json
 
     space = dataclasses.replace(autohas_space(), hyper=())  # the architectures alone
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         for method in ("random", "tpe"):
             r[method] = baseline_search(data, method, seed, args.trials, args.search_epochs, out)
         median_trial = statistics.median(t["minutes"] for m in ("random", "tpe") for t in r[m]["trials"])
-        from effml.search.autohas import load_autohas_config
+        from effml.search.oneshot.autohas import load_autohas_config
 
         final = {}
         chosen = load_autohas_config(r["autohas"]["config"], saved=True)

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _common import ROOT, fmt, minutes, run, save_figure, spread
 
 CONFIG = ROOT / "configs" / "bignas_digits.yaml"
@@ -97,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    from effml.search.bignas import load_supernet, select_child
-    from effml.search.selection import parse_macs
-    from effml.train.checkpoint import atomic_write_text
+    from effml.files import atomic_write_text
+    from effml.search.oneshot.bignas import load_supernet, select_child
+    from effml.search.oneshot.selection import parse_macs
     from effml.train.run_dir import load_run
     from effml.train.trainer import preserved_global_state
     from effml.zoo import spec_to_json

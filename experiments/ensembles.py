@@ -48,16 +48,17 @@ from torch import nn
 
 import effml
 from effml.errors import EffmlError
-from effml.models.ensemble import Ensemble
+from effml.files import atomic_write_bytes, atomic_write_text
 from effml.models.counting import count_macs, count_params
+from effml.models.ensemble import Ensemble
 from effml.spec import NetworkSpec, compound_scale, format_arch
-from effml.zoo import spec_to_json
-from effml.train.checkpoint import CHECKPOINT_NAME, atomic_write_bytes, atomic_write_text
+from effml.train.checkpoint import CHECKPOINT_NAME
 from effml.train.config import Config, config_to_yaml, load_config
 from effml.train.data import build_datasets, eval_loader
 from effml.train.engine import fit
 from effml.train.evaluate import evaluate
 from effml.train.run_dir import TrainedModel, load_run
+from effml.zoo import spec_to_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "digits.yaml"

@@ -36,8 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from _common import fmt, minutes, publish, save_figure, shipped_top1, spread, write_json
-from _search import (best_row, experiment_parser, first_of_same, full_recipe, key_of, remeasure, save_spec,
-                     search_config, search_rows, train_all)
+from _search import (
+    best_row,
+    experiment_parser,
+    first_of_same,
+    full_recipe,
+    key_of,
+    remeasure,
+    save_spec,
+    search_config,
+    search_rows,
+    train_all,
+)
 
 SINGLE = (3, 5, 7)  # the single-kernel networks trained in full
 BUDGET_KERNEL = 5  # T is the cost of the all-5x5 network
@@ -72,7 +82,7 @@ def targets(base: Any, out: Path) -> dict[str, float]:
     ``target.json`` so that a rerun continues the same searches) of the all-5x5 network."""
     import json
 
-    from effml.search.objectives import spec_cost
+    from effml.search.study.cost import spec_cost
     from effml.zoo import spec_to_dict
 
     budget = spec_to_dict(single_kernel(base, BUDGET_KERNEL))
@@ -99,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from effml.search.objectives import spec_cost
-    from effml.search.study import build_space
+    from effml.search.study.config import build_space
+    from effml.search.study.cost import spec_cost
     from effml.zoo import spec_from_dict, spec_to_dict
 
     base = build_space(config_of("flops", 1.0, args)).base

@@ -36,8 +36,20 @@ from pathlib import Path
 from typing import Any
 
 from _common import fmt, minutes, publish, save_figure, shipped_top1, spread
-from _search import (RECIPE, SEARCH_CONFIG, best_row, experiment_parser, full_recipe, key_of, reference_target,
-                     remeasure, save_spec, search_config, search_rows, train_all)
+from _search import (
+    RECIPE,
+    SEARCH_CONFIG,
+    best_row,
+    experiment_parser,
+    full_recipe,
+    key_of,
+    reference_target,
+    remeasure,
+    save_spec,
+    search_config,
+    search_rows,
+    train_all,
+)
 
 SEARCHES = {
     "reinforce_soft": {"search.strategy": "reinforce", "objective.constraint": "soft", "objective.latency": "measured"},
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                                           else target_ms, args), name)
               for name in args.searches}
 
-    from effml.search.objectives import spec_cost
+    from effml.search.study.cost import spec_cost
     from effml.zoo import spec_from_dict, spec_to_dict
 
     ref_dict = spec_to_dict(ref["spec"])

@@ -38,8 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT, fmt, publish, save_figure, write_json
-from _search import (best_row, detection_recipe, experiment_parser, save_spec, search_config, search_rows,
-                     train_detectors)
+from _search import (
+    best_row,
+    detection_recipe,
+    experiment_parser,
+    save_spec,
+    search_config,
+    search_rows,
+    train_detectors,
+)
 
 CONFIG = ROOT / "configs" / "search_mobiledet_shapes.yaml"
 SPACES = {"full": "mobiledet", "ibn": "mobiledet_ibn", "ibn_fused": "mobiledet_ibn_fused"}
@@ -58,7 +65,7 @@ def target_ms(args: argparse.Namespace) -> tuple[float, dict[str, Any]]:
     import statistics
 
     from effml.search import build_space, reference_latency
-    from effml.search.detector import search_network
+    from effml.search.study.detection_proxy import search_network
     from effml.zoo import spec_to_dict
 
     cfg = config_of("full", 1.0, args)

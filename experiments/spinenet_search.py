@@ -7,7 +7,7 @@ with an FPN decoder (section 3.3, Figure 4: on COCO, R50-FPN 37.8% AP; R0-SP53, 
 permuted, 40.7%; SpineNet-49, with block adjustments, 40.8% at 10% fewer FLOPs).
 
 The search of ``configs/search_spinenet_shapes.yaml``: SpineNet's released space over the block
-table (``effml.search.scale_permuted``: block order, levels, two inputs per block, residual or
+table (``effml.search.spaces.scale_permuted``: block order, levels, two inputs per block, residual or
 bottleneck), every member a small RetinaNet scaled to the MACs of the scale-decreased member,
 trained from scratch on 400 generated 128 px images and scored by AP50 on the 100 held out;
 REINFORCE. Then three RetinaNets of the same MACs (within a few %) are trained for ``--epochs`` epochs on
@@ -33,8 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT, fmt, publish, save_figure, spread
-from _search import (best_row, detection_recipe, experiment_parser, save_spec, search_config, search_rows,
-                     train_detectors)
+from _search import (
+    best_row,
+    detection_recipe,
+    experiment_parser,
+    save_spec,
+    search_config,
+    search_rows,
+    train_detectors,
+)
 
 CONFIG = ROOT / "configs" / "search_spinenet_shapes.yaml"
 NETWORKS = ("found", "spinenet49", "scale_decreased")
@@ -51,7 +58,7 @@ def rivals(cfg: Any) -> dict[str, Any]:
     from effml.models.spinenet import blocks_from_table
     from effml.models.spinenet_specs import SPINENET_BLOCK_SPECS
     from effml.search import build_space
-    from effml.search.scale_permuted import scaled_to_macs, small_retinanet
+    from effml.search.spaces.scale_permuted import scaled_to_macs, small_retinanet
 
     space = build_space(cfg)
     b = space.base

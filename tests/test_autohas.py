@@ -13,17 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _effml_cli import effml
 from safetensors.torch import load_file
 
-from _effml_cli import effml
-
 from effml.errors import EffmlError, SearchError
-from effml.search.autohas import (AutoHASSection, AutoHASStep, build_supernet, joint_space, load_autohas_config,
-                                  run_autohas)
-from effml.search.joint_space import JointSpace, hyper_basis
-from effml.search.policy import FactorizedPolicy
-from effml.search.space import HyperChoice
-from effml.search.spaces import autohas_space
+from effml.search.oneshot.autohas import (
+    AutoHASSection,
+    AutoHASStep,
+    build_supernet,
+    joint_space,
+    load_autohas_config,
+    run_autohas,
+)
+from effml.search.spaces.catalog import autohas_space
+from effml.search.spaces.joint import JointSpace, hyper_basis
+from effml.search.spaces.search_space import HyperChoice
+from effml.search.study.policy import FactorizedPolicy
 from effml.train.objective import Batch, classification_loss
 from effml.train.optim import build_optimizer
 from effml.train.step import temporary_weights

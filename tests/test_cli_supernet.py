@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from _effml_cli import ENV, effml
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "bignas_digits.yaml"
@@ -47,7 +46,7 @@ def test_select_writes_the_best_child_per_target_with_a_plot(trained):
 
 
 def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(trained, tmp_path):
-    from effml.search.bignas import load_supernet
+    from effml.search.oneshot.bignas import load_supernet
     from effml.spec.plan import plan
     from effml.train.run_dir import load_run
     from effml.zoo import create_model, load_spec
@@ -86,7 +85,7 @@ def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(traine
 
 def test_export_refuses_an_existing_directory_and_a_child_outside_the_space(trained, tmp_path):
     from effml.errors import EffmlError, SearchError
-    from effml.search.bignas import export_child, load_supernet, select_child
+    from effml.search.oneshot.bignas import export_child, load_supernet, select_child
     from effml.train.trainer import preserved_global_state
     from effml.zoo import load_spec
 
@@ -113,7 +112,7 @@ def test_export_refuses_an_existing_directory_and_a_child_outside_the_space(trai
 
 def test_errors_name_the_setting(tmp_path):
     from effml.errors import EffmlError
-    from effml.search.bignas import load_supernet_config, train_supernet
+    from effml.search.oneshot.bignas import load_supernet_config, train_supernet
 
     out = effml("supernet", "train", str(CONFIG), f"run.dir={tmp_path / 'r'}", "data.holdout=0", check=False)
     assert out.returncode == 2 and "data.holdout" in out.stderr

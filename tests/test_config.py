@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from effml.zoo import load_spec
 from effml.train.config import (
     Config,
     ConfigError,
@@ -21,6 +20,7 @@ from effml.train.config import (
     describe_config,
     load_config,
 )
+from effml.zoo import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
@@ -219,11 +219,11 @@ def test_every_shipped_config_loads_from_another_folder(name, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     path = ROOT / "configs" / name
     if "\nsupernet:" in path.read_text():  # a training config plus the supernet section (effml supernet)
-        from effml.search.bignas import load_supernet_config
+        from effml.search.oneshot.bignas import load_supernet_config
 
         cfg = load_supernet_config(path)
     elif "\nautohas:" in path.read_text():  # plus the autohas section (effml autohas)
-        from effml.search.autohas import load_autohas_config
+        from effml.search.oneshot.autohas import load_autohas_config
 
         cfg = load_autohas_config(path)
     else:

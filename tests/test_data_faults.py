@@ -23,9 +23,9 @@ from PIL import Image
 
 import effml
 from effml.data.datasets import FolderDataset
-from effml.data.files import make_output_dir, os_error
 from effml.data.transforms import MAX_PIXELS_ENV, load_image
 from effml.errors import InputError
+from effml.files import make_output_dir, os_error
 from effml.spec import NetworkSpec, parse_arch
 from effml.spec.entry import Preprocess
 from effml.train.config import load_config
@@ -323,7 +323,7 @@ def test_export_on_a_full_or_read_only_disk_leaves_nothing(tmp_path, monkeypatch
         raise OSError(code, os.strerror(code))
 
     if fault == "enospc_on_fsync":
-        monkeypatch.setattr(onnx_export, "_fsync", fail)
+        monkeypatch.setattr(onnx_export, "fsync_file", fail)
     else:
         monkeypatch.setattr(onnx_export.os, "replace", fail)
     with pytest.raises(InputError) as info:

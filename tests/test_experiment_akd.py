@@ -4,10 +4,9 @@ with one target, every winner distilled from every teacher, results.json, the pl
 from __future__ import annotations
 
 import pytest
-
 from _experiment import run_quick
 
-from effml.search.study import load_study
+from effml.search.study.storage import load_study
 from effml.spec import plan
 from effml.zoo import load_spec
 

@@ -5,11 +5,10 @@ MixNet-S, results.json, the plot and the specs."""
 from __future__ import annotations
 
 import pytest
-
 from _experiment import run_quick
 
-from effml.search.objectives import mnasnet_reward
-from effml.search.study import load_study
+from effml.search.study.reward import mnasnet_reward
+from effml.search.study.storage import load_study
 from effml.spec import plan
 from effml.zoo import load_spec
 

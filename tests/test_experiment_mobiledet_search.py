@@ -5,12 +5,11 @@ results.json, the plot and detector specs that effml train takes."""
 from __future__ import annotations
 
 import pytest
-
 from _experiment import run_quick
 
 from effml.detection.ssdlite import SSDLiteSpec
-from effml.search.objectives import mnasnet_reward
-from effml.search.study import load_study
+from effml.search.study.reward import mnasnet_reward
+from effml.search.study.storage import load_study
 from effml.zoo import load_spec
 
 

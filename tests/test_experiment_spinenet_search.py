@@ -5,13 +5,12 @@ at the same MACs trained again; results.json, the plot and detector specs that e
 from __future__ import annotations
 
 import pytest
-
 from _experiment import run_quick
 
 from effml.detection.retinanet import RetinaNetSpec
 from effml.models.spinenet_specs import SCALE_DECREASED_BLOCK_SPECS, SPINENET_BLOCK_SPECS
-from effml.search.objectives import spec_cost
-from effml.search.study import load_study
+from effml.search.study.cost import spec_cost
+from effml.search.study.storage import load_study
 from effml.zoo import load_spec
 
 

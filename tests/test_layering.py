@@ -1,8 +1,10 @@
 """The package's imports run one way: no cycles, and no layer imports a higher one (not even lazily).
 
 Layers, lowest first (DESIGN.md): spec -> layers -> models -> detection -> zoo -> data -> train ->
-search -> deploy -> cli. ``effml.errors`` sits under all of them; the top-level ``effml`` package
-and ``effml.__main__`` are facades over everything.
+measure -> search -> deploy -> cli. ``effml.errors`` and ``effml.files`` (OS errors in words, atomic
+writes) sit under all of them; the top-level ``effml`` package and ``effml.__main__`` are facades
+over everything. ``measure`` (timing, latency, latency tables, the ONNX Runtime session) is below
+both search and deploy, so neither imports the other's measuring code.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 import effml
 
 ROOT = Path(effml.__file__).parent
-LAYERS = ["errors", "spec", "layers", "models", "detection", "zoo", "data", "train", "search", "deploy", "cli"]
+LAYERS = ["errors", "files", "spec", "layers", "models", "detection", "zoo", "data", "train", "measure", "search", "deploy", "cli"]
 FACADES = {"effml", "effml.__main__"}
 
 
@@ -67,9 +69,14 @@ def test_every_module_belongs_to_a_layer():
     assert not strays, f"modules outside the layers {LAYERS}: {strays}"
 
 
-def test_no_layer_imports_a_higher_one():
+# Layers that share a floor: neither imports the other (search ranks what deploy ships by measuring
+# it with ``measure``, never by importing deploy; deploy times with ``measure``, never with search).
+SIBLINGS = [("search", "deploy")]
+
+
+def _violations(graph: dict[str, list[tuple[str, bool]]]) -> list[str]:
     bad = []
-    for module, imports in _graph().items():
+    for module, imports in graph.items():
         if module in FACADES:
             continue
         for target, _ in imports:
@@ -78,7 +85,28 @@ def test_no_layer_imports_a_higher_one():
                     bad.append(f"{module} imports the facade {target}")
             elif _layer(target) > _layer(module):
                 bad.append(f"{module} ({LAYERS[_layer(module)]}) imports {target} ({LAYERS[_layer(target)]})")
+            elif {LAYERS[_layer(module)], LAYERS[_layer(target)]} in [set(s) for s in SIBLINGS]:
+                bad.append(f"{module} ({LAYERS[_layer(module)]}) imports its sibling {target}")
+    return bad
+
+
+def test_no_layer_imports_a_higher_one():
+    bad = _violations(_graph())
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("module, target", [
+    ("effml.measure.latency", "effml.search.study.runner"),  # measuring must not know the search
+    ("effml.train.trainer", "effml.measure.latency"),
+    ("effml.files", "effml.spec"),  # the ground floor imports nothing of effml's but errors
+    ("effml.deploy.benchmark", "effml.search.study.cost"),  # siblings
+    ("effml.search.study.cost", "effml.deploy.quantize"),
+])
+def test_an_injected_upward_import_is_caught(module, target):
+    graph = _graph()
+    assert module in graph and target in graph, "the test names modules that no longer exist"
+    graph[module] = graph[module] + [(target, False)]  # even a lazy import inside a function
+    assert any(module in line and target in line for line in _violations(graph))
 
 
 def test_module_level_imports_have_no_cycle():

@@ -423,7 +423,7 @@ class TestDamagedMetadata:
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_a_failed_atomic_write_is_a_clear_error_and_keeps_the_old_file(tmp_path, monkeypatch, code):
-    from effml.train.checkpoint import atomic_write_text
+    from effml.files import atomic_write_text
 
     target = tmp_path / "run.json"
     target.write_text("old")

@@ -17,13 +17,14 @@ import yaml
 from effml.detection.ssdlite import EXTRA_DEPTHS, SSDLite, SSDLiteSpec
 from effml.errors import EffmlError
 from effml.models.counting import count_macs, count_params
-from effml.search.config import load_search_config
-from effml.search.detector import search_network
-from effml.search.report import write_report
-from effml.search.objectives import LatencyModel, mnasnet_reward, spec_cost
-from effml.search.runner import run_search
-from effml.search.spaces import named_space
-from effml.search.study import build_space, choose_trial, load_study
+from effml.search.spaces.catalog import named_space
+from effml.search.study.config import build_space, load_search_config
+from effml.search.study.cost import LatencyModel, spec_cost
+from effml.search.study.detection_proxy import search_network
+from effml.search.study.report import write_report
+from effml.search.study.reward import mnasnet_reward
+from effml.search.study.runner import run_search
+from effml.search.study.storage import choose_trial, load_study
 from effml.spec import NetworkSpec, parse_arch
 from effml.zoo import create_model
 from effml.zoo.kinds import spec_to_dict

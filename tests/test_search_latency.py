@@ -11,16 +11,29 @@ from itertools import count
 import pytest
 import torch
 
-import effml.search.latency_table as lt
+import effml.measure.latency_table as lt
 from effml.errors import EffmlError, InputError
+from effml.measure.latency import (
+    LatencyStats,
+    measure_latency,
+    resolve_clock,
+    time_calls,
+    time_interleaved,
+    torch_threads,
+)
+from effml.measure.latency_table import (
+    LatencyTable,
+    LatencyTableError,
+    Settings,
+    build_latency_table,
+    head_key,
+    layer_key,
+    load_latency_table,
+    predict,
+    stem_key,
+    validate_table,
+)
 from effml.models.network import EfficientNet
-from effml.search.latency import (
-    LatencyStats, measure_latency, resolve_clock, time_calls, time_interleaved, torch_threads,
-)
-from effml.search.latency_table import (
-    LatencyTable, LatencyTableError, Settings, build_latency_table, head_key, layer_key,
-    load_latency_table, predict, stem_key, validate_table,
-)
 from effml.spec import BlockSpec, NetworkSpec, plan
 
 FAST = Settings(warmup=1, rounds=5)

@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 from PIL import Image, ImageStat
 
 from effml.errors import SearchError
-from effml.search.report import FRONT_COLOR, TARGET_COLOR, Report, best_trials, pareto_front, write_report
+from effml.search.study.report import (
+    FRONT_COLOR,
+    TARGET_COLOR,
+    Report,
+    best_trials,
+    pareto_front,
+    write_report,
+)
 from effml.zoo import resolve_spec, spec_to_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

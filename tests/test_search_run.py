@@ -19,10 +19,11 @@ import yaml
 from effml.errors import SearchError
 from effml.models.counting import count_macs, count_params
 from effml.models.network import EfficientNet
-from effml.search.config import load_search_config
-from effml.search.objectives import mnasnet_reward, spec_cost
-from effml.search.runner import run_search
-from effml.search.study import INTERRUPTED, build_space, choose_trial, load_study
+from effml.search.study.config import build_space, load_search_config
+from effml.search.study.cost import spec_cost
+from effml.search.study.reward import mnasnet_reward
+from effml.search.study.runner import run_search
+from effml.search.study.storage import INTERRUPTED, choose_trial, load_study
 from effml.spec import NetworkSpec, parse_arch
 from effml.zoo.kinds import spec_to_dict
 
@@ -255,7 +256,7 @@ def test_latency_table_and_show_from_the_command_line(finished_search):
     # the search takes it: latency from the table, no trial measured
     cfg = load_search_config(tmp / "search.yaml", ["objective.latency=table", f"objective.table={tmp / 'lut.json'}",
                                                    "objective.target=5"])
-    from effml.search.objectives import LatencyModel
+    from effml.search.study.cost import LatencyModel
     model = LatencyModel(cfg.objective)
     space = build_space(cfg, 10)
     assert model(space.largest().spec) > 0

@@ -10,13 +10,12 @@ import pytest
 
 from effml.detection.retinanet import RetinaNetSpec
 from effml.errors import SearchError
-from effml.models.spinenet import spinenet_graph
+from effml.models.spinenet import blocks_from_table, spinenet_graph
 from effml.models.spinenet_specs import SCALE_DECREASED_BLOCK_SPECS, SPINENET_BLOCK_SPECS
 from effml.search import build_space, load_search_config
-from effml.search.detector import search_network
-from effml.search.scale_permuted import detector_macs, scaled_to_macs, small_retinanet
-from effml.search.spaces import named_space
-from effml.models.spinenet import blocks_from_table
+from effml.search.spaces.catalog import named_space
+from effml.search.spaces.scale_permuted import detector_macs, scaled_to_macs, small_retinanet
+from effml.search.study.detection_proxy import search_network
 
 CONFIG = "configs/search_spinenet_shapes.yaml"
 

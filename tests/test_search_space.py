@@ -15,7 +15,7 @@ import yaml
 from effml.errors import SearchError
 from effml.models.network import EfficientNet
 from effml.search import Choice, HyperChoice, SearchSpace, compound_grid, named_space, space_from_dict
-from effml.search.space import NETWORK_FIELDS, ROW_FIELDS
+from effml.search.spaces.search_space import NETWORK_FIELDS, ROW_FIELDS
 from effml.spec import NetworkSpec, parse_arch
 from effml.spec.plan import plan
 
@@ -182,7 +182,7 @@ def test_field_tables_are_what_the_docs_say():
 
 
 def test_stem_and_head_widths_are_network_choices():
-    from effml.search.space import Choice, SearchSpace
+    from effml.search.spaces.search_space import Choice, SearchSpace
     from effml.zoo import resolve_spec
 
     space = SearchSpace("widths", resolve_spec("efficientnet_b0"),

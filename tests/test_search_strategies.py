@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from effml.errors import EffmlError, SearchError
 from effml.search import named_space
-from effml.search.strategies import (
+from effml.search.study.strategies import (
     STRATEGIES,
     RegularizedEvolutionSampler,
     ReinforceSampler,

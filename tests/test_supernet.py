@@ -9,10 +9,10 @@ import torch
 
 from effml.errors import SearchError
 from effml.models.network import EfficientNet
-from effml.search.sandwich import SandwichStep
-from effml.search.space import Choice, SearchSpace
-from effml.search.spaces import bignas_space
-from effml.search.supernet import Supernet, check_elastic, resize_to, slice_weight, zero_init_last_bn
+from effml.search.oneshot.sandwich import SandwichStep
+from effml.search.oneshot.supernet import Supernet, check_elastic, resize_to, slice_weight, zero_init_last_bn
+from effml.search.spaces.catalog import bignas_space
+from effml.search.spaces.search_space import Choice, SearchSpace
 from effml.spec import BlockSpec, NetworkSpec
 from effml.train.bn_calibration import recalibrate_bn
 from effml.train.config import load_config
@@ -248,7 +248,7 @@ def test_spaces_a_supernet_cannot_slice_are_refused_by_name():
 
 
 def test_coarse_to_fine_keeps_every_candidate_within_the_target_and_returns_the_best_scored():
-    from effml.search.selection import coarse_to_fine, skeletons
+    from effml.search.oneshot.selection import coarse_to_fine, skeletons
     from effml.spec.plan import plan
 
     space = tiny_space()
@@ -266,8 +266,8 @@ def test_coarse_to_fine_keeps_every_candidate_within_the_target_and_returns_the_
 
 
 def test_selection_by_latency_uses_the_tables_prediction():
-    from effml.search.latency_table import Settings, build_latency_table, predict
-    from effml.search.selection import coarse_to_fine
+    from effml.measure.latency_table import Settings, build_latency_table, predict
+    from effml.search.oneshot.selection import coarse_to_fine
 
     space = SearchSpace("lat", tiny_space().base.replace(resolution=16),
                         tuple(c for c in tiny_space().choices if c.field != "resolution"))

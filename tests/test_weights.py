@@ -15,7 +15,11 @@ import effml
 from effml import WeightsError
 from effml.models import weights as weights_mod
 from effml.models.weights import (
-    LoadReport, convert_efficientnet_pytorch, detect_format, load_weights, read_checkpoint,
+    LoadReport,
+    convert_efficientnet_pytorch,
+    detect_format,
+    load_weights,
+    read_checkpoint,
     save_weights,
 )
 

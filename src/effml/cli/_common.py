@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -81,7 +81,7 @@ def echo(text: str = "") -> None:
         raise typer.Exit(0) from None
     except OSError as e:
         _detach_stdout()
-        from effml.data.files import os_error
+        from effml.files import os_error
 
         raise os_error(e, "write the output to", "standard output") from None
 
@@ -150,9 +150,9 @@ def resolve_model(model: str, *, weights: Path | None = None, num_classes: int |
     spec and is only fed images of that size. Random weights get the loud warning. ``task``
     ("classify" / "detect") refuses a model of the other task, before building it.
     """
-    from effml.zoo import create_model, get_entry
     from effml.spec.entry import Preprocess
     from effml.train.run_dir import is_run_dir, load_run
+    from effml.zoo import create_model, get_entry
 
     if is_run_dir(model) and weights is None:
         trained = load_run(model)
@@ -199,8 +199,8 @@ def fast_network(net: nn.Module, input_size: int, onnx: Path | None, fast: bool)
     """What runs the network: an ONNX Runtime runner for ``--onnx FILE`` or ``--fast``, else None
     (the PyTorch network itself). Its threads do not spin between calls: PyTorch pre- and
     post-processing run in between (measured on SSDLite, benchmarks/deploy_speed.py)."""
-    from effml.deploy.onnx_export import model_in_channels
     from effml.deploy.runtime import OnnxRunner, onnx_runner
+    from effml.measure.onnx import model_in_channels
 
     if onnx is not None:
         if fast:

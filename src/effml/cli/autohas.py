@@ -20,7 +20,7 @@ def autohas(
 ) -> None:
     """AutoHAS (arXiv 2006.03656): one training run with shared weights and a REINFORCE controller
     picks the architecture and the hyper-parameters; writes chosen.yaml for `effml train`."""
-    from effml.search.autohas import load_autohas_config, run_autohas
+    from effml.search.oneshot.autohas import load_autohas_config, run_autohas
 
     cfg = resumable_config(args, resume, load_autohas_config, "AutoHAS")
     result = run_autohas(cfg, resume=resume is not None, quiet=quiet)

@@ -45,8 +45,8 @@ def detect(
 
     Unreadable images are reported and skipped (exit code 1 if any).
     """
-    from effml.data.files import make_output_dir, os_error, remove_empty_dirs, remove_files
     from effml.data.transforms import max_image_pixels
+    from effml.files import make_output_dir, os_error, remove_empty_dirs, remove_files
 
     max_image_pixels()  # a bad EFFML_MAX_IMAGE_PIXELS is one error, not one per image
     # The folder is made and tried before any work; if the command fails, what it wrote goes.
@@ -84,7 +84,7 @@ def _detect(model: str, images: list[Path], weights: Path | None, num_classes: i
     from effml.data import load_image
     from effml.data.det_transforms import detection_eval_transform
     from effml.detection.predictor import DetectionPredictor
-    from effml.train.checkpoint import atomic_write_text
+    from effml.files import atomic_write_text
 
     resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
                              task="detect")
@@ -230,7 +230,7 @@ def _save_annotated(picture: Any, boxes: Any, rows: list[dict], path: Path) -> N
     from torchvision.transforms.v2 import functional as F
     from torchvision.utils import draw_bounding_boxes
 
-    from effml.train.checkpoint import atomic_write_bytes
+    from effml.files import atomic_write_bytes
 
     pixels = F.pil_to_tensor(picture)
     if rows:

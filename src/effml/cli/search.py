@@ -41,9 +41,9 @@ def run(
                          "trials that were running are sampled anew.")] = False,
 ) -> None:
     """Run a search (the config's `search.trials` finished trials) and print its best trial."""
-    from effml.search.config import load_search_config
-    from effml.search.runner import run_search
-    from effml.search.study import build_space, storage_url
+    from effml.search.study.config import build_space, load_search_config
+    from effml.search.study.runner import run_search
+    from effml.search.study.storage import storage_url
 
     config_file, overrides = args[0], args[1:]
     bad = [a for a in overrides if "=" not in a]
@@ -71,8 +71,8 @@ def report(
     top: Annotated[int, typer.Option(min=1, help="Trials in the table.")] = 10,
 ) -> None:
     """Write the study's report: the best trials, Pareto fronts (PNG) and one offline HTML page."""
-    from effml.search.report import write_report
-    from effml.search.study import load_study
+    from effml.search.study.report import write_report
+    from effml.search.study.storage import load_study
 
     s = load_study(storage, study)
     out = out_dir or (Path(storage).parent / "report" if "://" not in storage else Path("report"))
@@ -91,8 +91,8 @@ def export(
 ) -> None:
     """Write a trial's network as a spec JSON that `effml train model.name=...`, `effml bench` and
     `effml export` take."""
-    from effml.search.study import choose_trial, load_study
-    from effml.train.checkpoint import atomic_write_text
+    from effml.files import atomic_write_text
+    from effml.search.study.storage import choose_trial, load_study
     from effml.zoo.kinds import spec_to_json
 
     chosen = choose_trial(load_study(storage, study), trial)
@@ -120,8 +120,8 @@ def latency_table(
     report the prediction error on random members."""
     import random
 
-    from effml.search.latency_table import build_latency_table
-    from effml.search.study import space_for
+    from effml.measure.latency_table import build_latency_table
+    from effml.search.spaces.catalog import space_for
 
     sp = space_for(space, num_classes, resolution)
     if not hasattr(sp, "layer_variants"):
@@ -159,12 +159,11 @@ def show(
     import yaml
 
     from effml.errors import SearchError
-    from effml.search.space import SearchSpace
-    from effml.search.spaces import named_space
-    from effml.search.study import load_space
+    from effml.files import atomic_write_text
+    from effml.search.spaces.catalog import load_space, named_space
+    from effml.search.spaces.search_space import SearchSpace
     from effml.spec.notation import format_arch
     from effml.spec.plan import plan
-    from effml.train.checkpoint import atomic_write_text
 
     sp = load_space(space) if space.endswith((".json", ".yaml", ".yml")) else named_space(space)
     echo(sp.describe())

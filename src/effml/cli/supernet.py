@@ -26,7 +26,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ) -> None:
     """Train a supernet with the sandwich rule and inplace distillation (works under torchrun)."""
-    from effml.search.bignas import load_supernet_config, train_supernet
+    from effml.search.oneshot.bignas import load_supernet_config, train_supernet
 
     cfg = resumable_config(args, resume, load_supernet_config, "supernet")
     result = train_supernet(cfg, resume=resume is not None, quiet=quiet)
@@ -46,7 +46,7 @@ TableOpt = Annotated[Path | None, typer.Option(
 def _targets(flops: str | None, latency: str | None, table: Path | None) -> tuple[list[float], object]:
     """The targets and the latency table (None: MACs targets) that the options give."""
     from effml.errors import EffmlError
-    from effml.search.selection import parse_macs
+    from effml.search.oneshot.selection import parse_macs
 
     if (flops is None) == (latency is None):
         raise EffmlError("give one of --flops (MACs targets) or --latency (ms targets, with --table)")
@@ -54,7 +54,7 @@ def _targets(flops: str | None, latency: str | None, table: Path | None) -> tupl
         return [parse_macs(t) for t in flops.split(",") if t.strip()], None
     if table is None:
         raise EffmlError("--latency needs --table: a latency table of the space measured on this machine")
-    from effml.search.latency_table import load_latency_table
+    from effml.measure.latency_table import load_latency_table
 
     try:
         targets = [float(t) for t in latency.split(",") if t.strip()]
@@ -79,9 +79,9 @@ def select(
     shared weights after BN calibration; writes RUN/selection.json and RUN/selection.png."""
     import json
 
-    from effml.search.bignas import load_supernet, select_child
-    from effml.search.selection import describe_cost, plot_selection
-    from effml.train.checkpoint import atomic_write_text
+    from effml.files import atomic_write_text
+    from effml.search.oneshot.bignas import load_supernet, select_child
+    from effml.search.oneshot.selection import describe_cost, plot_selection
     from effml.train.trainer import preserved_global_state
 
     targets, lut = _targets(flops, latency, table)
@@ -121,7 +121,7 @@ def export(
     import json
 
     from effml.errors import EffmlError
-    from effml.search.bignas import export_child, load_supernet, select_child
+    from effml.search.oneshot.bignas import export_child, load_supernet, select_child
     from effml.train.trainer import preserved_global_state
     from effml.zoo import load_spec
 

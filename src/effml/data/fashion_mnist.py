@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effml.data.files import os_error_reason
 from effml.errors import InputError
+from effml.files import os_error_reason
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")  # where dataset-fashion-mnist installs
 # Label order of the paper's Table 1 (and of the IDX label files).

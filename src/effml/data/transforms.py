@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode, v2
 
-from effml.data.files import os_error_reason
 from effml.errors import InputError
+from effml.files import os_error_reason
 from effml.spec.entry import Preprocess
 
 _INTERPOLATION = {

@@ -2,9 +2,10 @@
 
 from effml.deploy.benchmark import RUNTIMES, BenchResult, benchmark
 from effml.deploy.fuse import fold_conv_bn, fuse_for_inference
-from effml.deploy.onnx_export import ExportReport, export_onnx, onnx_session
+from effml.deploy.onnx_export import ExportReport, export_onnx
 from effml.deploy.quantize import Int8RefusedError, Int8Report, export_int8, quantize_onnx
 from effml.deploy.runtime import OnnxRunner, onnx_runner
+from effml.measure.onnx import onnx_session
 
 __all__ = [
     "RUNTIMES", "BenchResult", "ExportReport", "Int8RefusedError", "Int8Report", "OnnxRunner",

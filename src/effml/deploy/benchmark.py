@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from effml.deploy.fuse import fuse_for_inference
-from effml.deploy.onnx_export import INPUT_NAME, export_onnx, model_in_channels, onnx_session
+from effml.deploy.onnx_export import export_onnx
 from effml.errors import EffmlError, InputError
-from effml.search.latency import require_cpu, time_interleaved, torch_threads
+from effml.measure.latency import require_cpu, time_interleaved, torch_threads
+from effml.measure.onnx import INPUT_NAME, model_in_channels, onnx_session
 
 RUNTIMES = ("eager", "channels_last", "fused", "fused_channels_last", "compiled", "fused_compiled",
             "onnxruntime", "int8")

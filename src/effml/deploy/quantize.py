@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from effml.data.files import os_error, remove_empty_dirs
-from effml.deploy.onnx_export import INPUT_NAME, export_onnx, prepare_output
+from effml.deploy.onnx_export import export_onnx, prepare_output
 from effml.deploy.runtime import OnnxRunner
 from effml.errors import ExportError, InputError
-from effml.models.weights import fsync_dir
-from effml.search.latency import time_interleaved
+from effml.files import fsync_dir, fsync_file, os_error, remove_empty_dirs
+from effml.measure.latency import time_interleaved
+from effml.measure.onnx import INPUT_NAME
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MIN_AGREEMENT = 0.99
@@ -112,7 +112,11 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: torch.Tensor, 
     """Write the int8 (QDQ) version of the fp32 ONNX model ``fp32`` to ``out``, calibrated on the
     images ``calibration`` ([N, C, H, W], preprocessed as the model expects)."""
     from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -238,8 +242,7 @@ def export_int8(
         )
         if not ok:
             raise Int8RefusedError(report)
-        with open(int8_path, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(int8_path)
         os.replace(int8_path, final)
         fsync_dir(final.parent)
         return report

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from effml.deploy.onnx_export import export_onnx, onnx_session
+from effml.deploy.onnx_export import export_onnx
 from effml.errors import InputError
+from effml.measure.onnx import onnx_session
 
 
 class OnnxRunner:

@@ -38,7 +38,7 @@ SPINENET_BLOCK_SPECS = (
 
 # The scale-decreased baseline of SpineNet's comparison (arXiv 1912.05027, section 3.3 and Figure 4a:
 # a ResNet backbone with an FPN decoder), written as a member of the scale-permuted space
-# (``effml.search.scale_permuted``, the released space of google/vertex-ai-nas
+# (``effml.search.spaces.scale_permuted``, the released space of google/vertex-ai-nas
 # ``tunable_spinenet_search_space.py``: intermediate levels {L2: 1, L3: 3, L4: 5, L5: 2}, two inputs per
 # block). The intermediate blocks come in increasing level, each merging the two blocks before it (a
 # ResNet whose block also sees the one before its parent); then the outputs as RetinaNet's FPN makes

@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import struct
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from effml.errors import WeightsError
+from effml.files import atomic_path
 from effml.layers import DepthwiseSeparableConv
 
 Format = Literal["timm", "efficientnet_pytorch"]
@@ -402,59 +402,10 @@ def save_weights(
         raise WeightsError(f"safetensors metadata must map str to str; not so for {bad}")
     tensors = _tensors_for_safetensors(state)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
-        with tmp.open("rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())  # mkstemp made it 0600; a plain open() would honour the umask
-        os.replace(tmp, target)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, Exception):
-            raise WeightsError(f"could not write weights to {target} ({err}); "
-                               f"any previous file there is unchanged") from err
-        raise
-    fsync_dir(target.parent)
+        with atomic_path(target) as tmp:
+            safetensors.torch.save_file(tensors, str(tmp), metadata=meta)
+    except Exception as err:
+        raise WeightsError(f"could not write weights to {target} ({err}); "
+                           f"any previous file there is unchanged") from err
     return target
-
-
-def _read_umask() -> int:
-    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it; done once, at import
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file (0o666 less the umask read at import), for temp files
-    that ``tempfile.mkstemp`` creates 0600 before they are renamed into place."""
-    return 0o666 & ~_UMASK
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make the rename durable; not every platform lets a directory be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

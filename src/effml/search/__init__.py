@@ -1,4 +1,5 @@
-"""AutoML: search spaces over the spec, objectives, strategies, studies and runners.
+"""AutoML, in three rooms: ``spaces`` (what can be searched), ``study`` (black-box search: a
+proxy training per trial) and ``oneshot`` (weight sharing: BigNAS, AutoHAS).
 
 Three lines of Python run what ``effml search CONFIG`` runs::
 
@@ -15,15 +16,16 @@ AutoHAS (architecture and training hyper-parameters in one run with shared weigh
     print(result.spec, result.hyper, result.config_path)   # chosen.yaml: `effml train` from scratch
 """
 
-from effml.search.autohas import AutoHASResult, load_autohas_config, run_autohas
-from effml.search.config import SearchConfig, load_search_config
-from effml.search.detector import search_network
-from effml.search.objectives import LatencyModel, mnasnet_reward, reference_latency, spec_cost
-from effml.search.runner import SearchResult, run_search
-from effml.search.space import Choice, HyperChoice, Sample, SearchSpace, compound_grid, space_from_dict
-from effml.search.spaces import SPACES, named_space
-from effml.search.strategies import STRATEGIES, make_sampler
-from effml.search.study import build_space, choose_trial, load_space, load_study
+from effml.search.oneshot.autohas import AutoHASResult, load_autohas_config, run_autohas
+from effml.search.spaces.catalog import SPACES, load_space, named_space
+from effml.search.spaces.search_space import Choice, HyperChoice, Sample, SearchSpace, compound_grid, space_from_dict
+from effml.search.study.config import SearchConfig, build_space, load_search_config
+from effml.search.study.cost import LatencyModel, reference_latency, spec_cost
+from effml.search.study.detection_proxy import search_network
+from effml.search.study.reward import mnasnet_reward
+from effml.search.study.runner import SearchResult, run_search
+from effml.search.study.storage import choose_trial, load_study
+from effml.search.study.strategies import STRATEGIES, make_sampler
 
 __all__ = ["SPACES", "STRATEGIES", "AutoHASResult", "Choice", "HyperChoice", "LatencyModel", "Sample", "SearchConfig", "SearchResult",
            "SearchSpace", "build_space", "choose_trial", "compound_grid", "load_autohas_config", "load_search_config", "load_space",

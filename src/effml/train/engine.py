@@ -32,14 +32,21 @@ from typing import Any
 
 import torch
 
-from effml.errors import EffmlError
-from effml.models.weights import fsync_dir
 import effml.train.distributed as distributed
-from effml.train.checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_text, load_checkpoint
+from effml.errors import EffmlError
+from effml.files import atomic_write_text, fsync_dir
+from effml.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from effml.train.config import Config, config_from_dict, config_to_yaml
-from effml.train.run_dir import (RUN_INFO, RunDirError, RunLock, read_metrics, read_run_info,
-                                 resume_changes, spec_changes)
 from effml.train.objective import Objective
+from effml.train.run_dir import (
+    RUN_INFO,
+    RunDirError,
+    RunLock,
+    read_metrics,
+    read_run_info,
+    resume_changes,
+    spec_changes,
+)
 from effml.train.step import StepFn, TrainingDiverged, train_step
 from effml.train.trainer import Trainer, model_spec, preserved_global_state
 

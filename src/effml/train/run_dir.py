@@ -203,7 +203,7 @@ class RunLock:
 
         from filelock import FileLock, Timeout
 
-        from effml.train.checkpoint import atomic_write_text
+        from effml.files import atomic_write_text
 
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from effml.errors import EffmlError, SearchError
-from effml.search.policy import FactorizedPolicy
+from effml.search.study.policy import FactorizedPolicy
 
 __all__ = ["STRATEGIES", "Strategy", "make_sampler", "RegularizedEvolutionSampler", "ReinforceSampler"]
 

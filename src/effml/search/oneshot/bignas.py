@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import field
 from collections.abc import Callable
+from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,18 +24,26 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from effml.errors import EffmlError
+from effml.files import atomic_dir, atomic_write_text
+from effml.measure.latency_table import LatencyTable, predict
 from effml.models.network import EfficientNet
-from effml.models.weights import fsync_dir, load_weights, save_weights
-from effml.search.latency_table import LatencyTable, predict
-from effml.search.sandwich import SandwichStep
-from effml.search.selection import Selection, coarse_to_fine
-from effml.search.study import space_for
-from effml.search.supernet import Supernet, resize_to, zero_init_last_bn
+from effml.models.weights import load_weights, save_weights
+from effml.search.oneshot.sandwich import SandwichStep
+from effml.search.oneshot.selection import Selection, coarse_to_fine
+from effml.search.oneshot.supernet import Supernet, resize_to, zero_init_last_bn
+from effml.search.spaces.catalog import space_for
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
 from effml.train.bn_calibration import recalibrate_bn
-from effml.train.checkpoint import atomic_write_text
-from effml.train.config import CONFIG_SCHEMA, PATH_KEYS, Config, config_from_dict, config_to_dict, config_to_yaml, load_config
+from effml.train.config import (
+    CONFIG_SCHEMA,
+    PATH_KEYS,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+)
 from effml.train.data import num_classes
 from effml.train.engine import RunResult, fit
 from effml.train.run_dir import CONFIG_YAML, RUN_INFO, read_run_info
@@ -192,25 +197,18 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
         "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
         "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         save_weights(child.state_dict(), tmp / "weights.safetensors")
         atomic_write_text(tmp / "model.json", spec_to_json(spec))
         atomic_write_text(tmp / CONFIG_YAML, config_to_yaml(plain))
         atomic_write_text(tmp / RUN_INFO, json.dumps(info, indent=2))
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
 def select_child(trained: TrainedSupernet, target: float, *, table: LatencyTable | None = None,
                  coarse_top: int = 4, mutations: int = 12, seed: int = 0,
                  echo: Callable[[str], None] | None = None) -> Selection:
-    """Coarse-to-fine selection (``effml.search.selection``) of the best child within ``target`` MACs (or,
+    """Coarse-to-fine selection (``effml.search.oneshot.selection``) of the best child within ``target`` MACs (or,
     with a latency ``table``, ``target`` ms of predicted latency), each candidate scored by its held-out
     top-1 with the shared weights after BN calibration."""
     batches = trained.calibration_batches()

@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 
+from effml.search.spaces.catalog import space_for
+from effml.search.spaces.search_space import SearchSpace
 from effml.train.config import CONFIG_SCHEMA, Config, config_to_dict, load_config
 
 
@@ -89,3 +91,13 @@ def load_search_config(path: str | Path | None, overrides: list[str] = ()) -> Se
 def search_config_to_dict(cfg: SearchConfig) -> dict[str, Any]:
     """The config as plain data for YAML/JSON (and the study's record)."""
     return config_to_dict(cfg)
+
+
+def build_space(cfg: SearchConfig, num_classes: int | None = None) -> SearchSpace:
+    """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes (default:
+    the proxy data set's classes) at the search's resolution (default: the proxy's input size)."""
+    if num_classes is None:
+        from effml.train.data import num_classes as classes_of
+
+        num_classes = classes_of(cfg.proxy)
+    return space_for(cfg.search.space, num_classes, cfg.search.resolution or cfg.proxy.data.image_size)

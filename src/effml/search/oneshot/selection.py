@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from effml.errors import SearchError
-from effml.search.space import SearchSpace, _magnitude, _suggestible
+from effml.search.spaces.search_space import SearchSpace, _magnitude, _suggestible
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
 
@@ -163,7 +163,7 @@ def plot_selection(selections: list[Selection], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from effml.train.checkpoint import atomic_write_bytes
+    from effml.files import atomic_write_bytes
 
     unit = selections[0].unit if selections else "MACs"
     scale = 1e6 if unit == "MACs" else 1.0

@@ -13,6 +13,7 @@ no supernet code.
 from __future__ import annotations
 
 from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +22,7 @@ from torch.func import functional_call
 from effml.errors import SearchError
 from effml.models.builder import BLOCK_MODULES
 from effml.models.network import EfficientNet
-from effml.search.space import SearchSpace
+from effml.search.spaces.search_space import SearchSpace
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
 

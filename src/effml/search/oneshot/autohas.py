@@ -45,13 +45,21 @@ from pydantic.dataclasses import dataclass
 from torch.optim import Optimizer
 
 from effml.errors import EffmlError
-from effml.search.joint_space import JointSpace
-from effml.search.policy import FactorizedPolicy
-from effml.search.study import space_for
-from effml.search.supernet import Supernet
+from effml.files import atomic_write_text
+from effml.search.oneshot.supernet import Supernet
+from effml.search.spaces.catalog import space_for
+from effml.search.spaces.joint import JointSpace
+from effml.search.study.policy import FactorizedPolicy
 from effml.spec import NetworkSpec
-from effml.train.checkpoint import atomic_write_text
-from effml.train.config import CONFIG_SCHEMA, PATH_KEYS, Config, config_from_dict, config_to_dict, config_to_yaml, load_config
+from effml.train.config import (
+    CONFIG_SCHEMA,
+    PATH_KEYS,
+    Config,
+    config_from_dict,
+    config_to_dict,
+    config_to_yaml,
+    load_config,
+)
 from effml.train.data import num_classes, train_loader
 from effml.train.distributed import unwrap
 from effml.train.engine import RunResult, fit

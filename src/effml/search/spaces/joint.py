@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from effml.errors import SearchError
-from effml.search.space import HyperChoice, SearchSpace, _suggestible
+from effml.search.spaces.search_space import HyperChoice, SearchSpace, _suggestible
 from effml.spec import NetworkSpec
 
 # The hyper-parameters AutoHAS can change from one step to the next with shared weights: the

@@ -1,14 +1,17 @@
 """The named search spaces: MnasNet's, MobileDets', a MixNet kernel space and EfficientNet's
 compound-coefficient grid, each a ``SearchSpace`` over a base spec built here, and SpineNet's
-scale-permuted block tables (``effml.search.scale_permuted``)."""
+scale-permuted block tables (``effml.search.spaces.scale_permuted``); ``space_for`` names one or
+reads a space file."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 from effml.errors import SearchError
-from effml.search.scale_permuted import ScalePermutedSpace, spinenet_space
-from effml.search.space import Choice, HyperChoice, SearchSpace, compound_grid
+from effml.search.spaces.scale_permuted import ScalePermutedSpace, spinenet_space
+from effml.search.spaces.search_space import Choice, HyperChoice, SearchSpace, compound_grid, space_from_dict
 from effml.spec import BlockSpec, NetworkSpec
 
 # MobileNetV2 (Sandler et al., arXiv 1801.04381, Table 2): expansion t, filters c, repeats n,
@@ -227,3 +230,29 @@ def named_space(name: str, **options: int) -> SearchSpace | ScalePermutedSpace:
         return SPACES[name](**options)
     except TypeError as err:
         raise SearchError(f"space {name!r}: {err}; options are num_classes, resolution, in_channels") from None
+
+
+def space_for(name: str, num_classes: int, resolution: int) -> SearchSpace:
+    """A named space or a space file (.json/.yaml) for ``num_classes`` classes at ``resolution``."""
+    if name.endswith((".json", ".yaml", ".yml")):
+        space = load_space(name)
+        return SearchSpace(space.name, space.base.replace(num_classes=num_classes, resolution=resolution),
+                           space.choices, space.hyper, space.phi)
+    return named_space(name, num_classes=num_classes, resolution=resolution)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """A space file (JSON or YAML, as ``SearchSpace.to_dict`` writes)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SearchError(f"space file {path} cannot be read ({err.strerror}); check the path") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise SearchError(f"space file {path} is not valid {path.suffix[1:].upper()}: "
+                          f"{' '.join(str(err).split())}") from None
+    return space_from_dict(data, source=str(path))

@@ -15,10 +15,9 @@ from typing import Any
 import optuna
 
 from effml.errors import SearchError
-from effml.search.config import SearchConfig, search_config_to_dict
-from effml.search.detector import score_metric
-from effml.search.space import SearchSpace, space_from_dict
-from effml.search.spaces import named_space
+from effml.search.spaces.search_space import SearchSpace
+from effml.search.study.config import SearchConfig, search_config_to_dict
+from effml.search.study.detection_proxy import score_metric
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 INTERRUPTED = "interrupted: the search stopped while this trial ran; a resumed search samples a new one"
@@ -48,42 +47,6 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
         raise SearchError(f"cannot open the study storage {url}: {reason}; give a writable SQLite file "
                           f"(search.storage=search.db) or a database URL Optuna accepts "
                           f"(postgresql://user:pass@host/db, with its driver installed)") from None
-
-
-def build_space(cfg: SearchConfig, num_classes: int | None = None) -> SearchSpace:
-    """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes (default:
-    the proxy data set's classes) at the search's resolution (default: the proxy's input size)."""
-    if num_classes is None:
-        from effml.train.data import num_classes as classes_of
-
-        num_classes = classes_of(cfg.proxy)
-    return space_for(cfg.search.space, num_classes, cfg.search.resolution or cfg.proxy.data.image_size)
-
-
-def space_for(name: str, num_classes: int, resolution: int) -> SearchSpace:
-    """A named space or a space file (.json/.yaml) for ``num_classes`` classes at ``resolution``."""
-    if name.endswith((".json", ".yaml", ".yml")):
-        space = load_space(name)
-        return SearchSpace(space.name, space.base.replace(num_classes=num_classes, resolution=resolution),
-                           space.choices, space.hyper, space.phi)
-    return named_space(name, num_classes=num_classes, resolution=resolution)
-
-
-def load_space(path: str | Path) -> SearchSpace:
-    """A space file (JSON or YAML, as ``SearchSpace.to_dict`` writes)."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise SearchError(f"space file {path} cannot be read ({err.strerror}); check the path") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SearchError(f"space file {path} is not valid {path.suffix[1:].upper()}: "
-                          f"{' '.join(str(err).split())}") from None
-    return space_from_dict(data, source=str(path))
 
 
 def directions(cfg: SearchConfig) -> list[str]:

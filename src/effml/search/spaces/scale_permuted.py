@@ -37,7 +37,7 @@ from effml.detection.retinanet import RETINANET_ASPECT_RATIOS, RetinaNetSpec
 from effml.errors import SearchError, SpecError
 from effml.models.spinenet import SpineNetBlock, SpineNetSpec, blocks_from_table
 from effml.models.spinenet_specs import FILTER_SIZE_MAP, SCALE_DECREASED_BLOCK_SPECS
-from effml.search.space import Sample
+from effml.search.spaces.search_space import Sample
 
 # The released SpineNet space (google/vertex-ai-nas tunable_spinenet.py, spinenet_search_space).
 INTERMEDIATE_LEVELS = (2, 3, 3, 3, 4, 4, 4, 4, 4, 5, 5)
@@ -68,7 +68,7 @@ def small_retinanet(blocks: Any, num_classes: int, resolution: int, in_channels:
 
 def detector_macs(spec: RetinaNetSpec) -> int:
     """Multiply-accumulates of the whole detector at its resolution."""
-    from effml.search.objectives import spec_cost
+    from effml.search.study.cost import spec_cost
 
     return spec_cost(spec)["macs"]
 

@@ -10,7 +10,7 @@ networks. Validation networks, held out of the calibration, are measured end to 
 
 Parts and networks are timed together in interleaved rounds, one call each per round, on the
 calling thread's CPU time when there is one thread: on a shared machine a busy spell then slows
-everything alike, and time spent waiting for a core is not counted (see ``effml.search.latency``).
+everything alike, and time spent waiting for a core is not counted (see ``effml.measure.latency``).
 """
 
 from __future__ import annotations
@@ -31,21 +31,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from effml.errors import EffmlError
+from effml.files import atomic_write_text
 from effml.layers import BatchNormAct2d
-from effml.models.builder import build_block, build_conv
-from effml.models.network import EfficientNet
-from effml.search.latency import (
-    check_runtime, clock_fn, machine_fingerprint, prepared_call, resolve_clock, time_interleaved,
+from effml.measure.latency import (
+    check_runtime,
+    clock_fn,
+    machine_fingerprint,
+    prepared_call,
+    resolve_clock,
+    time_interleaved,
     torch_threads,
 )
+from effml.models.builder import build_block, build_conv
+from effml.models.network import EfficientNet
 from effml.spec import NetworkSpec, to_dict
 from effml.spec.plan import LayerPlan, NetworkPlan, plan
-from effml.train.checkpoint import atomic_write_text
 
 FORMAT = "effml.latency_table"  # the file's "format" and "version" fields (_TableFile)
 VERSION = 1
 REBUILD = ("rebuild it on this machine with `effml search latency-table ...` (or "
-           "effml.search.latency_table.build_latency_table), or use latency: measured")
+           "effml.measure.latency_table.build_latency_table), or use latency: measured")
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being measured)
 Item = NetworkSpec | tuple[LayerPlan, NetworkSpec]

@@ -24,10 +24,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from effml.errors import SearchError, SpecError
-from effml.search.objectives import CONSTRAINTS
-from effml.search.study import recommended_trial
+from effml.files import atomic_write_bytes, atomic_write_text
+from effml.search.study.reward import CONSTRAINTS
+from effml.search.study.storage import recommended_trial
 from effml.spec.notation import format_arch
-from effml.train.checkpoint import atomic_write_bytes, atomic_write_text
 from effml.zoo import spec_from_dict
 
 TrialState = optuna.trial.TrialState
@@ -482,6 +482,6 @@ def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], ro
 <figcaption>The same trials against MACs (multiply-accumulates), the hardware-independent cost.</figcaption></figure>
 </div>
 {_errors_html(study)}
-<footer>Written by effml.search.report from study {e(repr(name))}.</footer>
+<footer>Written by effml.search.study.report from study {e(repr(name))}.</footer>
 </main></body></html>
 """

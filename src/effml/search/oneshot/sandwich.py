@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from effml.search.supernet import Supernet
+from effml.search.oneshot.supernet import Supernet
 from effml.spec import NetworkSpec
 from effml.train.distributed import unwrap
 from effml.train.objective import Batch, StepOutput, classification_loss

@@ -19,7 +19,7 @@ from typing import Any
 from effml.detection.retinanet import RetinaNetSpec
 from effml.detection.ssdlite import EXTRA_DEPTHS, SSDLiteSpec
 from effml.errors import SearchError
-from effml.search.config import SearchConfig
+from effml.search.study.config import SearchConfig
 from effml.train.data import DETECTION_DATASETS
 
 DETECTORS = ("ssdlite", "retinanet")

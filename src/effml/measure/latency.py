@@ -3,7 +3,7 @@
 MnasNet (arXiv 1807.11626, Sec. 3 and 5) optimises the latency measured on the target device
 rather than a proxy such as FLOPs; this module is that measurement for the user's CPU, under eager
 PyTorch or ONNX Runtime. ``effml.deploy.benchmark`` times with the same primitives, and the latency
-tables (search/latency_table.py) time each layer with them, so all three agree on what "ms" means.
+tables (``effml.measure.latency_table``) time each layer with them, so all three agree on what "ms" means.
 
 With one thread the default clock is the calling thread's CPU time, not the wall clock: all the work
 runs on that thread, so on an idle core the two agree, while on a shared machine the wall clock also
@@ -13,7 +13,6 @@ counts the turns other processes take on the core (measured here: 2x the CPU tim
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import platform
 import random
@@ -28,11 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from effml.errors import EffmlError, InputError
+from effml.errors import InputError
+from effml.measure.onnx import INPUT_NAME, onnx_program, onnx_session
 
 Runtime = Literal["eager", "onnxruntime"]
 RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime")
-ONNX_INPUT = "input"  # the input name effml's ONNX exports use (deploy/onnx_export.py)
 
 # Adaptive repeats: a timing is the median of at least MIN_REPEATS calls lasting MIN_TIME_MS in all,
 # so a 50 us layer gets thousands of calls and a 20 ms network a few dozen.
@@ -179,39 +178,6 @@ def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
-def _ort_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # errors only: ORT warns about unused initializers
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
-    # The same exporter call as effml.deploy.export_onnx (dynamo, batch-only dynamic shape traced
-    # at batch >= 2, default opset), so a measured ORT latency is that of the model effml exports.
-    example = x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).contiguous()
-    quiet = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript")]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        program = torch.onnx.export(
-            model, (example,), None, input_names=[ONNX_INPUT], output_names=["output"],
-            dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), verbose=False,
-        )
-    except Exception as e:  # the exporter raises many types; the cause is what the user needs
-        raise EffmlError(f"cannot time {type(model).__name__} under onnxruntime: export failed: "
-                         f"{str(e)[:1000]}") from e
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
-    program.save(path, external_data=False)
-
-
 @contextlib.contextmanager
 def prepared_call(model: nn.Module, x: torch.Tensor, *, runtime: str = "eager",
                   threads: int = 1) -> Iterator[Callable[[], object]]:
@@ -228,9 +194,11 @@ def prepared_call(model: nn.Module, x: torch.Tensor, *, runtime: str = "eager",
             return
         with tempfile.TemporaryDirectory(prefix="effml-latency-") as tmp:
             path = Path(tmp) / "model.onnx"
-            _export_onnx(model, x, path)
-            session = _ort_session(path, threads)
-            feed = {ONNX_INPUT: x.numpy()}
+            # Traced at batch >= 2 with a dynamic batch, as effml.deploy.export_onnx traces it.
+            example = x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).contiguous()
+            onnx_program(model, example, ["output"]).save(path, external_data=False)
+            session = onnx_session(path, threads)
+            feed = {INPUT_NAME: x.numpy()}
             yield lambda: session.run(None, feed)
     finally:
         model.train(was_training)

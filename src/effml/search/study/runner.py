@@ -22,11 +22,12 @@ from typing import Any
 import optuna
 
 from effml.errors import EffmlError, SearchError
-from effml.search.config import SearchConfig
-from effml.search.detector import search_network
-from effml.search.objectives import LatencyModel, check_proxy, evaluate_sample
-from effml.search.space import Sample, SearchSpace
-from effml.search.study import finished_trials, open_storage, open_study
+from effml.search.spaces.search_space import Sample, SearchSpace
+from effml.search.study.config import SearchConfig
+from effml.search.study.cost import LatencyModel
+from effml.search.study.detection_proxy import search_network
+from effml.search.study.proxy import check_proxy, evaluate_sample
+from effml.search.study.storage import finished_trials, open_storage, open_study
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     report: Callable[[int, float], bool] | None = None
     if job.cfg.search.pruner != "none":
-        from effml.search.study import make_pruner
+        from effml.search.study.storage import make_pruner
 
         study = optuna.load_study(study_name=job.cfg.search.study, storage=open_storage(job.cfg.search.storage),
                                   pruner=make_pruner(job.cfg.search.pruner))
@@ -155,7 +156,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
                sampler: Any = None) -> SearchResult:
     """Run (or with ``resume`` continue) the search of ``cfg`` over ``space`` until the study has
     ``search.trials`` finished trials."""
-    from effml.search.strategies import make_sampler
+    from effml.search.study.strategies import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search

@@ -1,0 +1,97 @@
+"""A trial's proxy training: the sampled network (or the detector on it) trained on the proxy
+task through the Trainer and scored by top-1, or a detector's AP50, on held-out images."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from effml.errors import SearchError
+from effml.search.spaces.search_space import Sample
+from effml.search.study.config import SearchConfig
+from effml.search.study.cost import LatencyModel, spec_cost
+from effml.search.study.detection_proxy import check_task, score, score_metric, search_network
+from effml.search.study.reward import mnasnet_reward, reward_exponents
+
+
+@dataclass
+class TrialOutcome:
+    """What one trial measured: the objective values and every metric recorded with the trial."""
+
+    values: list[float]
+    metrics: dict[str, Any]
+    duration_s: float
+    pruned: bool = False
+    history: list[float] = field(default_factory=list)  # per-epoch accuracy or AP (what the pruner saw)
+
+
+# Reports a per-epoch accuracy (epoch, value) to the strategy; True: the trial should stop.
+Reporter = Callable[[int, float], bool]
+
+
+def proxy_config(cfg: SearchConfig, sample: Sample, seed: int) -> Any:
+    """The proxy training of one trial: the search's ``proxy`` section, the sample's overrides,
+    the input size of its spec, the trial's seed and the worker's threads."""
+    from effml.train.config import config_from_dict, load_config
+
+    proxy = load_config(None, list(sample.overrides), base=cfg.proxy)
+    return config_from_dict({"data": {"image_size": sample.spec.resolution},
+                             "train": {"seed": seed, "threads": cfg.search.threads}}, proxy)
+
+
+def check_proxy(cfg: SearchConfig) -> None:
+    """The proxy can score what the objective asks for, on the task the searched networks have."""
+    check_task(cfg)
+    if cfg.objective.accuracy == "holdout" and not cfg.proxy.data.holdout:
+        raise SearchError("objective.accuracy=holdout needs proxy.data.holdout > 0 (e.g. 0.2): the "
+                          "reward is measured on training images kept out of training, never on val")
+
+
+def evaluate_sample(cfg: SearchConfig, sample: Sample, seed: int, latency: LatencyModel,
+                    report: Reporter | None = None) -> TrialOutcome:
+    """Train ``sample`` (or with ``search.detector`` the detector on it) on the proxy task and
+    score it: ``objective.metric`` on the held-out training images (``objective.accuracy``) as
+    ``accuracy``, latency, MACs, parameters and the reward."""
+    from effml.train import fit
+
+    start = time.monotonic()
+    o = cfg.objective
+    check_proxy(cfg)
+    network = search_network(cfg, sample.spec)
+    metric = score_metric(cfg)
+    metrics: dict[str, Any] = dict(spec_cost(network))
+    metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = lat = latency(network)
+    history: list[float] = []
+    key = "holdout" if o.accuracy == "holdout" else "val"
+
+    def on_epoch(epoch: int, row: dict[str, Any]) -> bool:
+        acc = _accuracy(row, key, metric)
+        history.append(acc)
+        return bool(report and report(epoch, acc))
+
+    proxy = proxy_config(cfg, sample, seed)
+    result = fit(proxy, model=network, on_epoch=on_epoch, write_run=False, quiet=True)
+    final = {"holdout": result.ema_holdout or result.holdout, "val": result.ema_val or result.val}[key]
+    accuracy = score(final, metric)
+    if not math.isfinite(accuracy):
+        raise SearchError(f"the proxy training gave {metric} {accuracy} on {key}")
+    metrics["accuracy"] = accuracy
+    metrics["val_accuracy"] = score(result.ema_val or result.val, metric)
+    if metric != "top1":
+        metrics["metric"] = metric  # what 'accuracy' is, when not top-1
+    if o.kind == "reward":
+        alpha, beta = reward_exponents(o)
+        metrics["reward"] = mnasnet_reward(accuracy, lat, o.target, alpha, beta)
+        values = [metrics["reward"]]
+    else:
+        metrics["reward"] = None
+        values = [accuracy, lat]
+    return TrialOutcome(values, metrics, time.monotonic() - start, pruned=result.stopped, history=history)
+
+
+def _accuracy(row: dict[str, Any], key: str, metric: str = "top1") -> float:
+    """``metric`` (a fraction) of an epoch's metrics row: the EMA weights' when evaluated."""
+    return score(row.get(f"ema_{key}") or row.get(key), metric)
