@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from effml.train.run_dir import shipped_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,8 +56,7 @@ def run_record(run_dir: Path) -> dict[str, Any]:
 def shipped_top1(run_dir: Path, metric: str = "top1") -> float:
     """Val top-1 (or another val ``metric``, e.g. a detector's AP50) of the weights a finished run
     ships (its EMA weights where it kept them)."""
-    record = run_record(run_dir)
-    return (record["ema_val"] if record["weights"] == "weights_ema.safetensors" else record["val"])[metric]
+    return shipped_metrics(run_record(run_dir))[metric]
 
 
 def minutes(run_dir: Path) -> float:

@@ -51,6 +51,8 @@ from _search import (
     train_all,
 )
 
+from effml.train.run_dir import weights_file
+
 # Two teachers of different families, built for 28 px photos: the zoo's networks halve 32 px
 # five times and reach about the students' accuracy (EfficientNet-B0: 72.0% after 4 epochs on
 # 20,000 images), so the teachers keep 8x8 maps (stem and one stage of stride 2), as the base of
@@ -81,7 +83,7 @@ def teacher_spec(name: str, out: Path) -> Path:
 
 def teacher_weights(run_dir: Path) -> Path:
     """The weights a finished teacher run ships (its EMA weights where it kept them)."""
-    return run_dir / run_record(run_dir)["weights"]
+    return weights_file(run_dir, run_record(run_dir))
 
 
 def distill(teacher: str, args: argparse.Namespace) -> list[str]:

@@ -78,61 +78,42 @@ def _detect(model: str, images: list[Path], weights: Path | None, num_classes: i
             fast: bool = False) -> int:
     """Run the detector over ``images``, write into ``out_dir`` (appending each file written to
     ``written``); returns how many images could not be read."""
-    import torch
-
     from effml.cli._common import fast_network, resolve_model
     from effml.data import load_image
-    from effml.data.det_transforms import detection_eval_transform
-    from effml.detection.predictor import DetectionPredictor
+    from effml.deploy.image_detector import ImageDetector
     from effml.files import atomic_write_text
 
     resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
                              task="detect")
     net, preprocess = resolved.net, resolved.preprocess
-    size = preprocess.input_size
     names = _class_names(net.num_classes, resolved, classes)
     category_ids = _category_ids(net.num_classes, resolved)
-    transform = detection_eval_transform(size, preprocess.mean, preprocess.std, _fill(resolved))
-    predictor = DetectionPredictor(net, iou_threshold=iou_threshold, max_detections=max_detections,
-                                   score_threshold=score_threshold,
-                                   network=fast_network(net, size, onnx, fast)).eval()
+    detector = ImageDetector(net, preprocess, fill=_fill(resolved), score_threshold=score_threshold,
+                             iou_threshold=iou_threshold, max_detections=max_detections,
+                             network=fast_network(net, preprocess.input_size, onnx, fast))
 
     results: list[dict[str, Any]] = [{"image": str(path)} for path in images]
     outputs = _output_names(images, out_dir)
     failed = 0
     for start in range(0, len(images), _CHUNK):
-        batch, slots, pictures, scales = [], [], [], []
+        slots, pictures = [], []
         for i in range(start, min(start + _CHUNK, len(images))):
             try:
-                picture = load_image(images[i])
+                pictures.append(load_image(images[i]))
+                slots.append(i)
             except InputError as e:
                 failed += 1
                 typer.echo(f"error: {e}", err=True)
                 results[i]["error"] = str(e)
-                continue
-            out = transform((picture, torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64)))
-            batch.append(out.image)
-            slots.append(i)
-            pictures.append(picture)
-            scales.append(out.scale)
-        if not batch:
-            continue
-        # Clip to the resized image inside the letterbox, not to its padding.
-        sizes = [(p.height * s, p.width * s) for p, s in zip(pictures, scales)]
-        with torch.inference_mode():
-            found = predictor(torch.stack(batch), sizes)
-        for i, picture, scale, det in zip(slots, pictures, scales, found):
-            w, h = picture.size
-            boxes = det.boxes.float() / scale
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        for i, picture, det in zip(slots, pictures, detector(pictures)):
             rows = []
-            for box, score, label in zip(boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
+            for box, score, label in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist()):
                 rows.append({"box": [round(v, 2) for v in box], "score": round(score, 5), "label": label,
                              "class": names[label],
                              "category_id": category_ids[label] if category_ids else None})
-            _write(outputs[i], written, _save_annotated, picture, boxes, rows, outputs[i])
-            results[i].update({"width": w, "height": h, "annotated": str(outputs[i]), "detections": rows})
+            _write(outputs[i], written, _save_annotated, picture, det.boxes, rows, outputs[i])
+            results[i].update({"width": picture.width, "height": picture.height, "annotated": str(outputs[i]),
+                               "detections": rows})
             _print_table(results[i])
 
     json_path = out_dir / "detections.json"

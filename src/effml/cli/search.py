@@ -124,7 +124,7 @@ def latency_table(
     from effml.search.spaces.catalog import space_for
 
     sp = space_for(space, num_classes, resolution)
-    if not hasattr(sp, "layer_variants"):
+    if not sp.layered:
         from effml.errors import SearchError
 
         raise SearchError(f"space {space}: a latency table predicts classifiers from their layers; its members are "
@@ -161,13 +161,12 @@ def show(
     from effml.errors import SearchError
     from effml.files import atomic_write_text
     from effml.search.spaces.catalog import load_space, named_space
-    from effml.search.spaces.search_space import SearchSpace
     from effml.spec.notation import format_arch
     from effml.spec.plan import plan
 
     sp = load_space(space) if space.endswith((".json", ".yaml", ".yml")) else named_space(space)
     echo(sp.describe())
-    if not isinstance(sp, SearchSpace):  # SpineNet's block tables: every member at one MACs budget
+    if not sp.layered:  # SpineNet's block tables: every member at one MACs budget
         if out is not None:
             raise SearchError(f"space {space} is built in (search.space: {space}); only a space of choices over a "
                               f"NetworkSpec is written to a file")

@@ -2,13 +2,15 @@
 
 from effml.deploy.benchmark import RUNTIMES, BenchResult, benchmark
 from effml.deploy.fuse import fold_conv_bn, fuse_for_inference
+from effml.deploy.image_detector import ImageDetector, PictureDetections
 from effml.deploy.onnx_export import ExportReport, export_onnx
 from effml.deploy.quantize import Int8RefusedError, Int8Report, export_int8, quantize_onnx
 from effml.deploy.runtime import OnnxRunner, onnx_runner
 from effml.measure.onnx import onnx_session
 
 __all__ = [
-    "RUNTIMES", "BenchResult", "ExportReport", "Int8RefusedError", "Int8Report", "OnnxRunner",
+    "RUNTIMES", "BenchResult", "ExportReport", "ImageDetector", "Int8RefusedError", "Int8Report", "OnnxRunner",
+    "PictureDetections",
     "benchmark", "export_int8", "export_onnx", "fold_conv_bn", "fuse_for_inference", "onnx_runner",
     "onnx_session", "quantize_onnx",
 ]

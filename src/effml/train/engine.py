@@ -40,12 +40,17 @@ from effml.train.config import Config, config_from_dict, config_to_yaml
 from effml.train.objective import Objective
 from effml.train.run_dir import (
     RUN_INFO,
+    WEIGHTS_EMA,
+    WEIGHTS_RAW,
     RunDirError,
     RunLock,
     read_metrics,
     read_run_info,
     resume_changes,
+    shipped_weights,
     spec_changes,
+    weights_file,
+    write_run_info,
 )
 from effml.train.step import StepFn, TrainingDiverged, train_step
 from effml.train.trainer import Trainer, model_spec, preserved_global_state
@@ -176,7 +181,7 @@ def _outputs_complete(run_dir: Path) -> bool:
         json.loads((run_dir / "model.json").read_text())
     except (EffmlError, OSError, ValueError):
         return False
-    return (run_dir / info["weights"]).is_file() and (run_dir / "weights.safetensors").is_file()
+    return weights_file(run_dir, info).is_file() and weights_file(run_dir, info, "raw").is_file()
 
 
 def _longer(t: Trainer) -> str:
@@ -380,9 +385,9 @@ def _write_outputs(run_dir: Path, t: Trainer, val: dict, ema_val: dict | None, h
             return strip_aux_bn(state)
         return state
 
-    save_weights(plain(t.model.state_dict()), run_dir / "weights.safetensors")
+    save_weights(plain(t.model.state_dict()), run_dir / WEIGHTS_RAW)
     if ema is not None:
-        save_weights(plain(ema.module.state_dict()), run_dir / "weights_ema.safetensors")
+        save_weights(plain(ema.module.state_dict()), run_dir / WEIGHTS_EMA)
     atomic_write_text(run_dir / "model.json", t.task.spec_json(t.spec))
     info = {
         "task": t.task.name, **t.task.run_info(t.bundle.train),
@@ -390,9 +395,9 @@ def _write_outputs(run_dir: Path, t: Trainer, val: dict, ema_val: dict | None, h
         "input_size": cfg.data.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
         "crop_pct": preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
         "val": val, "ema_val": ema_val, "processes": world, "ranks_agree": ranks_agree,
-        "weights": "weights_ema.safetensors" if ema is not None else "weights.safetensors",
+        "weights": shipped_weights(ema is not None),
         "stopped": stopped,
     }
     if holdout is not None:
         info.update(holdout=holdout, ema_holdout=ema_holdout)
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+    write_run_info(run_dir, **info)

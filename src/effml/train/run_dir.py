@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from effml.errors import EffmlError, WeightsError
+from effml.files import atomic_write_text
 from effml.models.weights import load_weights
 from effml.spec.entry import Preprocess
 from effml.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -31,10 +32,15 @@ class RunDirError(EffmlError):
     """A run directory's metadata is missing or damaged."""
 
 
-class _RunInfo(BaseModel):
-    """The keys of ``run.json`` that loading a run needs (it holds more: metrics, steps, ...)."""
+WEIGHTS_RAW, WEIGHTS_EMA = "weights.safetensors", "weights_ema.safetensors"
+WEIGHT_CHOICES = ("best", "ema", "raw")  # best: the EMA weights where the run kept them, else raw
 
-    model_config = ConfigDict(extra="allow")
+
+class RunInfo(BaseModel):
+    """``run.json``: what loading a finished run needs (weights, preprocessing, classes) and what it
+    measured. Every writer goes through this schema; readers check the keys that loading needs."""
+
+    model_config = ConfigDict(extra="allow")  # e.g. a supernet child's macs, params and supernet
 
     weights: Literal["weights.safetensors", "weights_ema.safetensors"]
     input_size: int = Field(gt=0)
@@ -44,6 +50,30 @@ class _RunInfo(BaseModel):
     classes: list[str] = Field(min_length=1)
     task: Literal["classify", "detect"] = "classify"
     category_ids: list[int] = []
+
+
+def shipped_weights(has_ema: bool) -> str:
+    """The weights file a run ships: its EMA weights where it kept them, else the raw ones."""
+    return WEIGHTS_EMA if has_ema else WEIGHTS_RAW
+
+
+def weights_file(run_dir: Path, info: dict[str, Any], choice: str = "best") -> Path:
+    """The weights file of a finished run for ``choice`` ('best' as run.json says, 'ema' or 'raw')."""
+    files = {"best": info["weights"], "ema": WEIGHTS_EMA, "raw": WEIGHTS_RAW}
+    if choice not in files:
+        raise EffmlError(f"weights must be one of {sorted(files)}, got {choice!r}")
+    return Path(run_dir) / files[choice]
+
+
+def shipped_metrics(info: dict[str, Any], split: str = "val") -> dict[str, Any]:
+    """The ``split`` ('val' or 'holdout') metrics of the weights a run ships (its EMA's where kept)."""
+    return info[f"ema_{split}"] if info["weights"] == WEIGHTS_EMA else info[split]
+
+
+def write_run_info(run_dir: Path, **fields: Any) -> None:
+    """Write ``run.json`` atomically, through the ``RunInfo`` schema (a bad field is a bug here)."""
+    info = RunInfo.model_validate(fields).model_dump(exclude_unset=True)
+    atomic_write_text(Path(run_dir) / RUN_INFO, json.dumps(info, indent=2))
 
 
 @dataclass
@@ -84,7 +114,7 @@ def read_run_info(run_dir: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise RunDirError(f"{path} is not readable JSON ({e}); {repair_hint(run_dir)}") from None
     try:
-        _RunInfo.model_validate(info)
+        RunInfo.model_validate(info)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'top level'}: {err['msg']}"
                              for err in e.errors()[:4])
@@ -96,14 +126,11 @@ def load_run(run_dir: str | Path, weights: str = "best") -> TrainedModel:
     """Rebuild a run's model; ``weights`` is 'best' (EMA when the run kept one), 'ema' or 'raw'."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir)
-    choices = {"best": info["weights"], "ema": "weights_ema.safetensors", "raw": "weights.safetensors"}
-    if weights not in choices:
-        raise EffmlError(f"weights must be one of {sorted(choices)}, got {weights!r}")
+    path = weights_file(run_dir, info, weights)
     try:
         spec = load_spec(run_dir / MODEL_JSON)
     except EffmlError as e:
         raise RunDirError(f"run {run_dir} has no usable {MODEL_JSON}: {e}; {repair_hint(run_dir)}") from None
-    path = run_dir / choices[weights]
     if not path.is_file():
         if weights == "best" or path.name == info["weights"]:
             raise RunDirError(f"{path} is missing although {run_dir / RUN_INFO} names it; "

@@ -12,7 +12,6 @@ Three lines of Python do what ``effml supernet`` does::
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import field
 from pathlib import Path
@@ -46,7 +45,7 @@ from effml.train.config import (
 )
 from effml.train.data import num_classes
 from effml.train.engine import RunResult, fit
-from effml.train.run_dir import CONFIG_YAML, RUN_INFO, read_run_info
+from effml.train.run_dir import CONFIG_YAML, WEIGHTS_RAW, read_run_info, weights_file, write_run_info
 from effml.train.trainer import Trainer, preserved_global_state, seed_everything
 from effml.zoo import spec_to_json
 
@@ -161,11 +160,9 @@ def load_supernet(run_dir: str | Path, weights: str = "best") -> TrainedSupernet
         raise EffmlError(f"{run_dir} is an ordinary training run (its {CONFIG_YAML} has no supernet section); "
                          f"give a run written by `effml supernet train`")
     cfg = load_supernet_config(path, saved=True)
-    names = {"best": info["weights"], "ema": "weights_ema.safetensors", "raw": "weights.safetensors"}
-    if weights not in names:
-        raise EffmlError(f"weights must be one of {sorted(names)}, got {weights!r}")
+    path = weights_file(run_dir, info, weights)
     supernet = build_supernet(cfg, len(info["classes"]))
-    load_weights(supernet, run_dir / names[weights])
+    load_weights(supernet, path)
     trainer = Trainer(cfg, model=supernet)
     supernet.eval()
     return TrainedSupernet(supernet, cfg, run_dir, trainer, info)
@@ -193,15 +190,15 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
         "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
         "input_size": spec.resolution, "mean": list(t.preprocess.mean), "std": list(t.preprocess.std),
         "crop_pct": t.preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
-        "val": val, "ema_val": None, "holdout": holdout, "weights": "weights.safetensors",
+        "val": val, "ema_val": None, "holdout": holdout, "weights": WEIGHTS_RAW,
         "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
         "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
     }
     with atomic_dir(out) as tmp:
-        save_weights(child.state_dict(), tmp / "weights.safetensors")
+        save_weights(child.state_dict(), tmp / WEIGHTS_RAW)
         atomic_write_text(tmp / "model.json", spec_to_json(spec))
         atomic_write_text(tmp / CONFIG_YAML, config_to_yaml(plain))
-        atomic_write_text(tmp / RUN_INFO, json.dumps(info, indent=2))
+        write_run_info(tmp, **info)
     return out
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from effml.errors import SearchError
-from effml.search.spaces.scale_permuted import ScalePermutedSpace, spinenet_space
-from effml.search.spaces.search_space import Choice, HyperChoice, SearchSpace, compound_grid, space_from_dict
+from effml.search.spaces.scale_permuted import spinenet_space
+from effml.search.spaces.search_space import Choice, HyperChoice, SearchSpace, Space, compound_grid, space_from_dict
 from effml.spec import BlockSpec, NetworkSpec
 
 # MobileNetV2 (Sandler et al., arXiv 1801.04381, Table 2): expansion t, filters c, repeats n,
@@ -208,7 +208,7 @@ def autohas_space(num_classes: int = 10, resolution: int = 32, in_channels: int 
     return SearchSpace("autohas", base, tuple(choices), AUTOHAS_HYPER)
 
 
-SPACES: dict[str, Callable[..., SearchSpace | ScalePermutedSpace]] = {
+SPACES: dict[str, Callable[..., Space]] = {
     "autohas": autohas_space,
     "bignas": bignas_space,
     "mnasnet": mnasnet_space,
@@ -221,7 +221,7 @@ SPACES: dict[str, Callable[..., SearchSpace | ScalePermutedSpace]] = {
 }
 
 
-def named_space(name: str, **options: int) -> SearchSpace | ScalePermutedSpace:
+def named_space(name: str, **options: int) -> Space:
     """A named space (``SPACES``) for ``num_classes`` / ``resolution`` / ``in_channels``."""
     if name not in SPACES:
         raise SearchError(f"unknown search space {name!r}; named spaces are {sorted(SPACES)} "

@@ -30,7 +30,7 @@ import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from effml.detection.anchors import AnchorSpec
 from effml.detection.retinanet import RETINANET_ASPECT_RATIOS, RetinaNetSpec
@@ -135,6 +135,7 @@ class ScalePermutedSpace:
     """SpineNet's space; ``base`` is its scale-decreased member, whose MACs every member is scaled to
     (``macs``, when given, instead)."""
 
+    layered: ClassVar[bool] = False
     name: str
     base: RetinaNetSpec
     macs: float | None = None

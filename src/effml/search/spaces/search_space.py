@@ -20,7 +20,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from effml.errors import SearchError, SpecError
 from effml.spec import BLOCK_KINDS, BlockSpec, NetworkSpec
@@ -92,9 +92,34 @@ def _suggestible(option: Any) -> Any:
     return option
 
 
+class Space(Protocol):
+    """What every search space offers a search: samples from an Optuna trial, members by their
+    decisions, random members, a record for the study, a summary. ``SearchSpace`` (choices over a
+    classifier spec) and ``ScalePermutedSpace`` (SpineNet's block tables) are the two kinds."""
+
+    name: str
+    # True: members are classifiers built layer by layer, so a latency table can cost them and the
+    # choices can be written to a space file; False: members are whole detectors.
+    layered: ClassVar[bool]
+
+    def sample(self, trial: Any) -> Sample: ...
+
+    def member(self, params: Mapping[str, Any]) -> Sample: ...
+
+    def random_member(self, rng: random.Random) -> Sample: ...
+
+    def decisions(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """A base spec plus choices; ``phi`` is the compound coefficient the ``compound`` choice uses."""
+
+    layered: ClassVar[bool] = True
 
     name: str
     base: NetworkSpec
