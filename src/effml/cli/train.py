@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -80,8 +79,8 @@ def evaluate_run(
     import torch
 
     from effml.train.data import build_datasets, eval_loader
-    from effml.train.evaluate import evaluate
     from effml.train.run_dir import load_run, read_run_config
+    from effml.train.tasks import task_for
 
     trained = load_run(run_dir, weights)
     if trained.task == "detect" and pgd_epsilon is not None:
@@ -92,11 +91,11 @@ def evaluate_run(
     cfg = read_run_config(run_dir)
     bundle = build_datasets(cfg, trained.preprocess)
     loader = eval_loader(bundle.val, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.workers, 0, 1)
+    metrics = task_for(trained.spec).evaluate(cfg, trained.model, loader, torch.device("cpu"), bundle.val)
     if trained.task == "detect":
-        _evaluate_detection_run(run_dir, trained, cfg, loader, bundle.val, as_json)
+        _print_detection_metrics(run_dir, trained, metrics, as_json)
         return
-    result: dict[str, object] = {"weights": str(trained.weights_path),
-                                 "clean": evaluate(trained.model, loader, torch.device("cpu"))}
+    result: dict[str, object] = {"weights": str(trained.weights_path), "clean": metrics}
     if pgd_epsilon is not None:
         from effml.train.advprop import PGDAttacker, evaluate_under_attack
 
@@ -118,19 +117,14 @@ def evaluate_run(
 _DETECTION_ROWS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
-def _evaluate_detection_run(run_dir: Path, trained: TrainedModel, cfg: Config, loader: Iterable,
-                            dataset: Any, as_json: bool) -> None:
-    """COCO AP/AR of a detection run on its val set, with the NMS settings it was trained with."""
+def _print_detection_metrics(run_dir: Path, trained: TrainedModel, metrics: dict[str, Any], as_json: bool) -> None:
+    """A detection run's COCO AP/AR on its val set (evaluated with the NMS settings it was trained with)."""
     import math
     import sys
 
-    import torch
     from rich.console import Console
     from rich.table import Table
 
-    from effml.train.tasks import task_for
-
-    metrics = task_for(trained.spec).evaluate(cfg, trained.model, loader, torch.device("cpu"), dataset)
     # NaN where COCO has no ground truth in an area range: JSON gets null, the table "n/a".
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     if as_json:

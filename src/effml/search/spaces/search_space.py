@@ -78,11 +78,17 @@ class HyperChoice:
 
 @dataclass(frozen=True)
 class Sample:
-    """One member of a space: the decisions taken, the spec they give, the config overrides."""
+    """One member of a space: the decisions taken, the spec they give, and the training
+    hyper-parameters they set (config key -> typed value, e.g. ``{"optim.lr": 0.05}``)."""
 
     params: dict[str, Any]
     spec: NetworkSpec
-    overrides: tuple[str, ...] = ()
+    hyper: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The hyper-parameters as ``key=value`` overrides, as a study records them."""
+        return tuple(f"{key}={value}" for key, value in self.hyper.items())
 
 
 def _suggestible(option: Any) -> Any:
@@ -173,8 +179,7 @@ class SearchSpace:
                                   f"(options: {list(self._decode[c.name])})")
             picked[c.name] = self._decode[c.name][value]
         spec = self._apply(picked)
-        overrides = tuple(f"{h.key}={params[h.name]}" for h in self.hyper)
-        return Sample(dict(params), spec, overrides)
+        return Sample(dict(params), spec, {h.key: params[h.name] for h in self.hyper})
 
     def _apply(self, picked: Mapping[str, Any]) -> NetworkSpec:
         """The spec for the decoded options in ``picked`` (decisions absent keep the base)."""

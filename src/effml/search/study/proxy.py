@@ -13,7 +13,7 @@ from effml.errors import SearchError
 from effml.search.spaces.search_space import Sample
 from effml.search.study.config import SearchConfig
 from effml.search.study.cost import LatencyModel, spec_cost
-from effml.search.study.detection_proxy import check_task, score, score_metric, search_network
+from effml.search.study.detection_proxy import check_task, score, score_metric
 from effml.search.study.reward import mnasnet_reward, reward_exponents
 
 
@@ -33,13 +33,21 @@ Reporter = Callable[[int, float], bool]
 
 
 def proxy_config(cfg: SearchConfig, sample: Sample, seed: int) -> Any:
-    """The proxy training of one trial: the search's ``proxy`` section, the sample's overrides,
-    the input size of its spec, the trial's seed and the worker's threads."""
-    from effml.train.config import config_from_dict, load_config
+    """The proxy training of one trial: the search's ``proxy`` section with the sample's
+    hyper-parameters (typed values), the input size of its spec, the trial's seed and the worker's
+    threads."""
+    from effml.train.config import config_from_dict
 
-    proxy = load_config(None, list(sample.overrides), base=cfg.proxy)
-    return config_from_dict({"data": {"image_size": sample.spec.resolution},
-                             "train": {"seed": seed, "threads": cfg.search.threads}}, proxy)
+    changes: dict[str, Any] = {}
+    for key, value in sample.hyper.items():
+        *sections, name = key.split(".")
+        section = changes
+        for part in sections:
+            section = section.setdefault(part, {})
+        section[name] = value
+    changes.setdefault("data", {})["image_size"] = sample.spec.resolution  # the trial's own, whatever the space says
+    changes.setdefault("train", {}).update(seed=seed, threads=cfg.search.threads)
+    return config_from_dict(changes, cfg.proxy, source="the sampled hyper-parameters")
 
 
 def check_proxy(cfg: SearchConfig) -> None:
@@ -50,17 +58,17 @@ def check_proxy(cfg: SearchConfig) -> None:
                           "reward is measured on training images kept out of training, never on val")
 
 
-def evaluate_sample(cfg: SearchConfig, sample: Sample, seed: int, latency: LatencyModel,
+def evaluate_sample(cfg: SearchConfig, sample: Sample, network: Any, seed: int, latency: LatencyModel,
                     report: Reporter | None = None) -> TrialOutcome:
-    """Train ``sample`` (or with ``search.detector`` the detector on it) on the proxy task and
-    score it: ``objective.metric`` on the held-out training images (``objective.accuracy``) as
-    ``accuracy``, latency, MACs, parameters and the reward."""
+    """Train ``network`` (``search_network(cfg, sample.spec)``: the sample, or with
+    ``search.detector`` the detector on it) on the proxy task with the sample's hyper-parameters
+    and score it: ``objective.metric`` on the held-out training images (``objective.accuracy``)
+    as ``accuracy``, latency, MACs, parameters and the reward. ``check_proxy(cfg)`` first (as
+    ``run_search`` does, once per search)."""
     from effml.train import fit
 
     start = time.monotonic()
     o = cfg.objective
-    check_proxy(cfg)
-    network = search_network(cfg, sample.spec)
     metric = score_metric(cfg)
     metrics: dict[str, Any] = dict(spec_cost(network))
     metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = lat = latency(network)

@@ -32,13 +32,30 @@ from effml.search.study.storage import finished_trials, open_storage, open_study
 
 @dataclass(frozen=True)
 class TrialJob:
-    """What a worker needs to run one trial."""
+    """What a worker needs to run one trial: ``network`` is what it trains (the sampled spec, or
+    with ``search.detector`` the detector on it, wrapped once by the driver)."""
 
     cfg: SearchConfig
     sample: Sample
+    network: Any
     number: int
     trial_id: int
     seed: int
+
+
+# A worker's state, built at its first trial and kept for the next ones (a worker process runs
+# many trials of one search): the latency model, whose latency table is read once. Keyed by the
+# search config, so a worker that serves another search builds its own.
+_WORKER: dict[str, LatencyModel] = {}
+
+
+def worker_latency_model(cfg: SearchConfig) -> LatencyModel:
+    """This process's latency model for ``cfg`` (built once per worker)."""
+    key = repr(cfg)
+    if key not in _WORKER:
+        _WORKER.clear()
+        _WORKER[key] = LatencyModel(cfg.objective)
+    return _WORKER[key]
 
 
 def run_trial(job: TrialJob) -> dict[str, Any]:
@@ -63,7 +80,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
 
         report = to_pruner
 
-    outcome = evaluate_sample(job.cfg, job.sample, job.seed, LatencyModel(job.cfg.objective), report)
+    outcome = evaluate_sample(job.cfg, job.sample, job.network, job.seed, worker_latency_model(job.cfg), report)
     return {"values": outcome.values, "metrics": outcome.metrics, "duration_s": outcome.duration_s,
             "pruned": outcome.pruned, "history": outcome.history}
 
@@ -187,11 +204,12 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
                     _fail(study, trial, f"invalid sample: {err}", echo)
                     failed += 1
                     continue
-                trial.set_user_attr("spec", _spec_dict(search_network(cfg, sample.spec)))
+                network = search_network(cfg, sample.spec)
+                trial.set_user_attr("spec", _spec_dict(network))
                 trial.set_user_attr("overrides", list(sample.overrides))
                 seed = s.seed + trial.number
                 trial.set_user_attr("seed", seed)
-                job = TrialJob(cfg, sample, trial.number, trial._trial_id, seed)
+                job = TrialJob(cfg, sample, network, trial.number, trial._trial_id, seed)
                 running[executor.submit(job)] = (trial, time.monotonic())
             if not running:
                 break
