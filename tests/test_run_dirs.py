@@ -344,7 +344,7 @@ class TestPermissions:
 
     def test_another_umask_is_followed_too(self, tmp_path):
         code = ("import os, sys; os.umask(0o027); from pathlib import Path; import torch; "
-                "from effml.train.checkpoint import atomic_write_text, save_checkpoint; "
+                "from effml.files import atomic_write_text; from effml.train.checkpoint import save_checkpoint; "
                 "from effml.models.weights import save_weights; d = Path(sys.argv[1]); "
                 "atomic_write_text(d / 'a.txt', 'x'); save_checkpoint(d / 'c.pt', {'x': 1}); "
                 "save_weights({'w': torch.zeros(2)}, d / 'w.safetensors')")
