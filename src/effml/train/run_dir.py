@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from effml.data.transforms import INTERPOLATIONS
 from effml.errors import EffmlError, WeightsError
 from effml.models.weights import load_weights
 from effml.spec.entry import Preprocess
@@ -25,6 +26,8 @@ from effml.train.tasks import task_for
 from effml.zoo import load_spec
 
 RUN_INFO, MODEL_JSON, CONFIG_YAML = "run.json", "model.json", "config.yaml"
+# The eval interpolation of a run.json written before it was recorded: those runs evaluated bilinear.
+UNRECORDED_INTERPOLATION = "bilinear"
 
 
 class RunDirError(EffmlError):
@@ -41,9 +44,17 @@ class _RunInfo(BaseModel):
     crop_pct: float = Field(gt=0)
     mean: list[float] = Field(min_length=1)
     std: list[float] = Field(min_length=1)
+    interpolation: str = UNRECORDED_INTERPOLATION  # how evaluation resized the images
     classes: list[str] = Field(min_length=1)
     task: Literal["classify", "detect"] = "classify"
     category_ids: list[int] = []
+
+    @field_validator("interpolation")
+    @classmethod
+    def _known_interpolation(cls, value: str) -> str:
+        if value not in INTERPOLATIONS:
+            raise ValueError(f"{value!r} is not one of {', '.join(INTERPOLATIONS)}")
+        return value
 
 
 @dataclass
@@ -115,7 +126,7 @@ def load_run(run_dir: str | Path, weights: str = "best") -> TrainedModel:
     except WeightsError as e:
         raise RunDirError(f"{e} (run {run_dir}: {repair_hint(run_dir)})") from None
     preprocess = Preprocess(info["input_size"], info["crop_pct"], tuple(info["mean"]), tuple(info["std"]),
-                            "bilinear")
+                            info.get("interpolation", UNRECORDED_INTERPOLATION))
     return TrainedModel(model.eval(), spec, preprocess, tuple(info["classes"]), path,
                         info.get("task", "classify"), tuple(info.get("category_ids", ())))
 
