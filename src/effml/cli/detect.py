@@ -80,14 +80,14 @@ def _detect(model: str, images: list[Path], weights: Path | None, num_classes: i
     ``written``); returns how many images could not be read."""
     import torch
 
-    from effml.cli._common import fast_network, resolve_model
+    from effml.cli._common import fast_network, load_model
     from effml.data import load_image
     from effml.data.det_transforms import detection_eval_transform
     from effml.detection.predictor import DetectionPredictor
     from effml.files import atomic_write_text
 
-    resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
-                             task="detect")
+    resolved = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
+                          task="detect")
     net, preprocess = resolved.net, resolved.preprocess
     size = preprocess.input_size
     names = _class_names(net.num_classes, resolved, classes)
