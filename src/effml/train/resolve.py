@@ -1,9 +1,10 @@
 """One way to turn a model argument into a model: a zoo name, a spec JSON file, a run directory, a
 spec or a module built from a spec is resolved to its spec, preprocessing and weights.
 
-Every command, the Trainer, a distillation teacher and the benchmark call ``resolve_model``;
-``ResolvedModel.build`` gives the network. It lives in ``train`` because a run directory (written by
-``effml train``, read by ``effml.train.run_dir``) is one of the things a model argument can name.
+The commands that take a MODEL (predict, detect, export, bench), the Trainer, a distillation teacher
+and the benchmark call ``resolve_model``; ``ResolvedModel.build`` gives the network. It lives in
+``train`` because a run directory (written by ``effml train``, read by ``effml.train.run_dir``) is
+one of the things a model argument can name.
 """
 
 from __future__ import annotations
