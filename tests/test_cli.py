@@ -122,6 +122,34 @@ def test_predict_missing_weights_is_a_user_error(files, tmp_path):
     _no_traceback(proc)
 
 
+def test_predict_takes_a_spec_json_file_like_every_other_command(files, tmp_path):
+    spec = effml.resolve_spec("efficientnet_b0", num_classes=10, resolution=32)
+    (tmp_path / "ten.json").write_text(effml.spec_to_json(spec))
+    proc = run("predict", tmp_path / "ten.json", files["odd"], "--top-k", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM" in proc.stderr and "ten.json" in proc.stderr
+    preds = json.loads(proc.stdout)[0]["predictions"]
+    assert [p["rank"] for p in preds] == [1, 2, 3] and all(0 <= p["index"] < 10 for p in preds)
+    # with weights: the checkpoint's rigged classifier decides
+    torch.manual_seed(0)
+    state = effml.create_model(spec).state_dict()
+    state["classifier.bias"] = torch.zeros(10)
+    state["classifier.bias"][3] = 50.0
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "ten.safetensors"))
+    proc = run("predict", tmp_path / "ten.json", files["odd"], "-w", tmp_path / "ten.safetensors", "--json")
+    assert proc.returncode == 0 and "RANDOM" not in proc.stderr, proc.stderr
+    top = json.loads(proc.stdout)[0]["predictions"][0]
+    assert top["index"] == 3 and top["label"] == "3" and top["prob"] > 0.99
+
+
+def test_predict_refuses_a_detector_and_names_detect(files):
+    proc = run("predict", "tf_efficientdet_d0", files["odd"])
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: tf_efficientdet_d0 is a detection model")
+    assert "effml detect tf_efficientdet_d0" in proc.stderr
+    _no_traceback(proc)
+
+
 # ---------------------------------------------------------------- bench, export
 
 

@@ -14,10 +14,11 @@ import torch
 from torchvision.transforms import v2
 
 import effml.train.data
-from effml.data.datasets import FashionMNISTDataset, eval_tensor_transform, train_transform
+from effml.data.datasets import FashionMNISTDataset, train_transform
 from effml.data.fashion_mnist import (
     FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, FASHION_MNIST_ROOT, load_fashion_mnist,
 )
+from effml.data.transforms import eval_transform
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
 from effml.train.config import load_config
@@ -86,7 +87,7 @@ def test_a_replaced_file_is_read_again(tmp_path):
 
 def test_the_dataset_gives_three_equal_channels_at_the_image_size_and_the_paper_class_names(tmp_path):
     written = _fake(tmp_path)
-    tf = eval_tensor_transform(40, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), natural_images=False)
+    tf = eval_transform(Preprocess(40, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear"))
     ds = FashionMNISTDataset("val", tmp_path, tf)
     assert len(ds) == N_TEST and ds.classes == FASHION_MNIST_CLASSES
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and len(ds.classes) == 10

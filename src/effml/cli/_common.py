@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,7 +16,7 @@ from effml.errors import EffmlError
 if TYPE_CHECKING:
     from torch import nn
 
-    from effml.spec.entry import Preprocess
+    from effml.train.resolve import ResolvedModel
 
 
 def parse_ints(value: str, what: str) -> list[int]:
@@ -110,8 +110,8 @@ def warn_random_weights(model: str) -> None:
 
 # Options shared by several commands.
 ModelArg = Annotated[str, typer.Argument(
-    help="Model name (efficientnet_b0; with a weight tag: tf_efficientnet_b0.ap_in1k) "
-         "or a run directory written by `effml train`.")]
+    help="Model name (efficientnet_b0; with a weight tag: tf_efficientnet_b0.ap_in1k), a spec JSON "
+         "file, or a run directory written by `effml train`.")]
 WeightsOpt = Annotated[Path | None, typer.Option(
     "--weights", "-w", help="Checkpoint: timm or effml safetensors / state_dict.")]
 InputSizeOpt = Annotated[int | None, typer.Option(
@@ -128,60 +128,28 @@ NumClassesOpt = Annotated[int | None, typer.Option(
          "90 for COCO detectors).")]
 
 
-@dataclass
-class ResolvedModel:
-    """What a MODEL argument names, built: the network, its preprocessing and where it came from."""
-
-    net: nn.Module
-    preprocess: Preprocess
-    task: str  # "classify" or "detect"
-    source: str  # "run" (a run directory), "spec" (a spec JSON file) or "zoo" (a registered name)
-    classes: tuple[str, ...] = ()  # run directories only
-    category_ids: tuple[int, ...] = ()  # detection run directories only
-    run_dir: Path | None = None
-
-
-def resolve_model(model: str, *, weights: Path | None = None, num_classes: int | None = None,
-                  input_size: int | None = None, task: str | None = None) -> ResolvedModel:
-    """Build a MODEL argument: a run directory (its weights unless ``weights`` is given), a spec
-    JSON file (``*.json``, as ``effml train`` takes) or a registered model name.
+def load_model(model: str, *, weights: Path | None = None, num_classes: int | None = None,
+               input_size: int | None = None, task: str | None = None,
+               warn_random: bool = True) -> ResolvedModel:
+    """A MODEL argument resolved (``effml.train.resolve``) and built, in ``net``: a run directory
+    (its weights unless ``weights`` is given), a spec JSON file or a registered model name.
 
     A detector is built at ``input_size`` (its spec's image size otherwise); a classifier keeps its
-    spec and is only fed images of that size. Random weights get the loud warning. ``task``
-    ("classify" / "detect") refuses a model of the other task, before building it.
+    spec and is only fed images of that size. Random weights get the loud warning (unless
+    ``warn_random`` is false). ``task`` ("classify" / "detect") refuses a model of the other task,
+    before building it.
     """
-    from effml.spec.entry import Preprocess
-    from effml.train.run_dir import is_run_dir, load_run
-    from effml.zoo import create_model, get_entry
+    from effml.train.resolve import resolve_model
+    from effml.zoo import resolve_spec
 
-    if is_run_dir(model) and weights is None:
-        trained = load_run(model)
-        _check_task(model, trained.task, task)
-        preprocess = trained.preprocess
-        if input_size:
-            preprocess = replace(preprocess, input_size=input_size)
-        return ResolvedModel(trained.model, preprocess, trained.task, "run", trained.classes,
-                             trained.category_ids, Path(model))
-    if model.endswith(".json"):
-        from effml.zoo import load_spec, task_of
-
-        spec = load_spec(model)
-        kind = task_of(spec)
-        # Spec files carry no preprocessing: ImageNet mean/std, as `effml train` uses for them.
-        preprocess = Preprocess(input_size or spec.resolution, 1.0 if kind == "detect" else 0.875,
-                                interpolation="bilinear")
-        source, name = "spec", model
-    else:
-        entry = get_entry(model)
-        spec, kind, source, name = entry.spec(), entry.task, "zoo", model
-        preprocess = entry.preprocess if not input_size else replace(entry.preprocess, input_size=input_size)
-    _check_task(model, kind, task)
-    resolution = input_size if kind == "detect" else None
-    net = create_model(spec if source == "spec" else name, num_classes=num_classes, weights=weights,
-                       resolution=resolution).eval()
-    if weights is None:
-        warn_random_weights(name)
-    return ResolvedModel(net, preprocess, kind, source)
+    resolved = resolve_model(model, weights=weights)
+    _check_task(model, resolved.task, task)
+    preprocess = replace(resolved.preprocess, input_size=input_size) if input_size else resolved.preprocess
+    resolution = input_size if resolved.task == "detect" else None
+    net = resolved.build(resolve_spec(resolved.spec, num_classes=num_classes, resolution=resolution)).eval()
+    if resolved.weights is None and warn_random:
+        warn_random_weights(model)
+    return replace(resolved, preprocess=preprocess, net=net)
 
 
 def _check_task(model: str, kind: str, wanted: str | None) -> None:

@@ -31,24 +31,17 @@ def bench(
 ) -> None:
     """Time a model on random input: a zoo name (random weights: speed does not depend on them), a
     spec JSON file or a run directory (e.g. a child exported by `effml supernet export`)."""
+    from effml.cli._common import load_model
     from effml.deploy.benchmark import RUNTIME_NOTES, benchmark, fastest, ratios
     from effml.deploy.peers import peer_model
     from effml.errors import InputError
-    from effml.train.run_dir import is_run_dir
-    from effml.zoo import get_entry
 
     sizes = parse_ints(batch_sizes, "--batch-sizes")
-    if is_run_dir(model) or model.endswith(".json"):
-        if compare:
-            raise InputError(f"--compare needs a zoo model name that the peer library also has; {model} "
-                             f"is a {'run directory' if is_run_dir(model) else 'spec file'}")
-        from effml.cli._common import resolve_model
-
-        resolved = resolve_model(model, input_size=input_size)
-        target, size, task = resolved.net, resolved.preprocess.input_size, resolved.task
-    else:
-        entry = get_entry(model)
-        target, size, task = model, input_size or entry.preprocess.input_size, entry.task
+    resolved = load_model(model, input_size=input_size, warn_random=False)
+    if compare and resolved.source != "zoo":
+        raise InputError(f"--compare needs a zoo model name that the peer library also has; {model} "
+                         f"is a {'run directory' if resolved.source == 'run' else 'spec file'}")
+    target, size, task = resolved.net, resolved.preprocess.input_size, resolved.task
     peer = peer_model(model, compare) if compare else None
     names = parse_names(runtimes)
     results = benchmark(target, batch_sizes=sizes, input_size=size, runtimes=names, warmup=warmup,

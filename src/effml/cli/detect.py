@@ -78,13 +78,13 @@ def _detect(model: str, images: list[Path], weights: Path | None, num_classes: i
             fast: bool = False) -> int:
     """Run the detector over ``images``, write into ``out_dir`` (appending each file written to
     ``written``); returns how many images could not be read."""
-    from effml.cli._common import fast_network, resolve_model
+    from effml.cli._common import fast_network, load_model
     from effml.data import load_image
     from effml.deploy.image_detector import ImageDetector
     from effml.files import atomic_write_text
 
-    resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
-                             task="detect")
+    resolved = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
+                          task="detect")
     net, preprocess = resolved.net, resolved.preprocess
     names = _class_names(net.num_classes, resolved, classes)
     category_ids = _category_ids(net.num_classes, resolved)

@@ -52,10 +52,10 @@ def export(
     (box deltas). Anchors, decoding and NMS are NOT in the graph: post-process outside it
     (effml.detection.postprocess with the model's anchors(h, w), or your runtime's NMS).
     """
-    from effml.cli._common import resolve_model
+    from effml.cli._common import load_model
     from effml.deploy import export_onnx
 
-    resolved = resolve_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
+    resolved = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
     net, size = resolved.net, resolved.preprocess.input_size
     if int8:
         _export_int8(resolved, onnx, calibration, calibration_images, holdout_images, min_agreement,

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from effml.cli._common import (
-    FastOpt, InputSizeOpt, ModelArg, NumClassesOpt, OnnxRunOpt, WeightsOpt, echo, fast_network,
-    parse_floats3, warn_random_weights,
+    FastOpt, InputSizeOpt, ModelArg, NumClassesOpt, OnnxRunOpt, WeightsOpt, echo, fast_network, load_model,
+    parse_floats3,
 )
 from effml.errors import InputError
 
@@ -36,28 +36,20 @@ def predict(
 
     from effml.data import class_names, eval_transform, load_image
     from effml.data.transforms import max_image_pixels
-    from effml.zoo import create_model, get_entry
-
-    from effml.train.run_dir import is_run_dir, load_run
 
     max_image_pixels()  # a bad EFFML_MAX_IMAGE_PIXELS is one error, not one per image
+    means = parse_floats3(mean, "--mean") if mean is not None else None
+    stds = parse_floats3(std, "--std") if std is not None else None
 
-    trained = load_run(model) if is_run_dir(model) and weights is None else None
-    preprocess = trained.preprocess if trained else get_entry(model).preprocess
-    if mean is not None:
-        preprocess = replace(preprocess, mean=parse_floats3(mean, "--mean"))
-    if std is not None:
-        preprocess = replace(preprocess, std=parse_floats3(std, "--std"))
-    transform = eval_transform(preprocess, input_size)
-    if trained:
-        net, labels = trained.model, trained.classes
-    else:
-        net = create_model(model, num_classes=num_classes, weights=weights).eval()
-        if weights is None:
-            warn_random_weights(model)
-        labels = class_names(net.num_classes)
+    resolved = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
+                          task="classify")
+    preprocess = replace(resolved.preprocess, mean=means or resolved.preprocess.mean,
+                         std=stds or resolved.preprocess.std)
+    transform = eval_transform(preprocess)
+    net = resolved.net
+    labels = resolved.classes or class_names(net.num_classes)
     k = min(top_k, net.num_classes)
-    network = fast_network(net, input_size or preprocess.input_size, onnx, fast) or net
+    network = fast_network(net, preprocess.input_size, onnx, fast) or net
 
     results: list[dict[str, object]] = [{"image": str(path)} for path in images]
     failed = 0

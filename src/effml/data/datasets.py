@@ -246,11 +246,3 @@ def train_transform(kind: str, size: int, mean: Sequence[float], std: Sequence[f
             else [v2.Resize((size, size), antialias=True)]
     return v2.Compose([*geometric, *policy, v2.ToDtype(torch.float32, scale=True),
                        v2.Normalize(list(mean), list(std))])
-
-
-def eval_tensor_transform(size: int, mean: Sequence[float], std: Sequence[float],
-                          crop_pct: float = 0.875, natural_images: bool = True) -> v2.Compose:
-    """uint8 CHW tensor -> normalised float tensor for evaluation (resize, center crop)."""
-    resize = [v2.Resize(int(size / crop_pct), antialias=True), v2.CenterCrop(size)] if natural_images \
-        else [v2.Resize((size, size), antialias=True)]
-    return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])

@@ -22,10 +22,12 @@ _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
 }
+INTERPOLATIONS = tuple(_INTERPOLATION)  # the names a ``Preprocess.interpolation`` may take
 
 
 def eval_transform(preprocess: Preprocess, input_size: int | None = None) -> v2.Compose:
-    """PIL image -> normalised CHW float tensor: resize shorter side to size/crop_pct, center crop.
+    """PIL image or uint8 CHW tensor -> normalised CHW float tensor: resize the shorter side to
+    size/crop_pct with the preprocessing's interpolation, center crop.
 
     This is the TF/timm eval pipeline (tensorflow/tpu efficientnet ``preprocessing.py``); ``input_size``
     overrides the size the weights were evaluated at, keeping their crop fraction.
@@ -43,6 +45,7 @@ def eval_transform(preprocess: Preprocess, input_size: int | None = None) -> v2.
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(preprocess.mean), std=list(preprocess.std)),
+        v2.ToPureTensor(),
     ])
 
 

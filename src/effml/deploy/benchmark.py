@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,22 +55,22 @@ class BenchResult:
         return asdict(self)
 
 
-def _resolve(model_or_name: nn.Module | str, input_size: int | None) -> tuple[nn.Module, int]:
-    if isinstance(model_or_name, str):
-        from effml.zoo import create_model
-
-        model = create_model(model_or_name)
+def _network(model: Any, input_size: int | None) -> tuple[nn.Module, int]:
+    """The network to time and its input size: any PyTorch module as it is (224 px by default), or a
+    model argument (``effml.train.resolve``) built, at its spec's resolution by default."""
+    if isinstance(model, nn.Module) and getattr(model, "spec", None) is None:
+        net, size = model, input_size or 224
     else:
-        model = model_or_name
-    require_cpu(model, "benchmark")
-    if input_size is None:
-        spec = getattr(model, "spec", None)
-        input_size = int(spec.resolution) if spec is not None else 224
-    return model.eval(), input_size
+        from effml.train.resolve import resolve_model
+
+        resolved = resolve_model(model)
+        net, size = resolved.build(), input_size or int(resolved.spec.resolution)
+    require_cpu(net, "benchmark")
+    return net.eval(), size
 
 
 def benchmark(
-    model_or_name: nn.Module | str,
+    model_or_name: Any,
     *,
     batch_sizes: Sequence[int] = (1, 16),
     input_size: int | None = None,
@@ -81,6 +82,9 @@ def benchmark(
     peer_name: str = "peer",
 ) -> list[BenchResult]:
     """Time ``model(x)`` per (runtime, batch size) on random input; runtimes are in ``RUNTIMES``.
+
+    ``model_or_name`` is a model argument (a zoo name, a spec JSON file, a run directory, a spec, a
+    module built from a spec) or any PyTorch module on the CPU.
 
     ``eager``/``channels_last`` run under ``torch.inference_mode``; ``fused*`` first fold BN into
     the convs; ``compiled`` is ``torch.compile``; ``onnxruntime``/``int8`` run the model exported
@@ -94,7 +98,7 @@ def benchmark(
     if bad or not batch_sizes or iters < 1 or warmup < 0:
         raise InputError(f"need batch sizes >= 1, iters >= 1 and warmup >= 0 "
                          f"(got batch_sizes={tuple(batch_sizes)}, iters={iters}, warmup={warmup})")
-    model, size = _resolve(model_or_name, input_size)
+    model, size = _network(model_or_name, input_size)
     if peer is not None:
         require_cpu(peer, "benchmark")
         peer.eval()

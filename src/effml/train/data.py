@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,9 +14,10 @@ from effml.data.det_transforms import detection_eval_transform, detection_train_
 from effml.data.shapes import make_shapes_dataset
 from effml.data.datasets import (
     AugmentedDataset, DigitsDataset, FashionMNISTDataset, FolderDataset, IndexSubset, check_readable,
-    collate_samples, eval_tensor_transform, train_transform,
+    collate_samples, train_transform,
 )
 from effml.data.fashion_mnist import FASHION_MNIST_ROOT
+from effml.data.transforms import eval_transform
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
 from effml.train.config import Config
@@ -45,6 +46,15 @@ def num_classes(cfg: Config) -> int:
     return len(build_datasets(cfg, Preprocess(cfg.data.image_size, 0.875)).classes)
 
 
+def eval_preprocess(cfg: Config, preprocess: Preprocess) -> Preprocess:
+    """The preprocessing a run evaluates with, and records in ``run.json``: the model's at
+    ``data.image_size``; images other than natural ones (``data.dataset=folder``) are taken whole,
+    bilinear, as the embedded sets and the detection letterbox make them."""
+    if cfg.data.dataset == "folder":
+        return replace(preprocess, input_size=cfg.data.image_size)
+    return replace(preprocess, input_size=cfg.data.image_size, crop_pct=1.0, interpolation="bilinear")
+
+
 def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     """Train and val data sets of ``cfg.data``, normalised as the model's weights expect."""
     d = cfg.data
@@ -55,7 +65,7 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
     train_tf = train_transform(d.augment, d.image_size, mean, std, natural_images=natural,
                                ra_ops=d.randaugment_ops, ra_magnitude=d.randaugment_magnitude,
                                hflip=d.dataset == "fashion_mnist")
-    val_tf = eval_tensor_transform(d.image_size, mean, std, preprocess.crop_pct, natural_images=natural)
+    val_tf = eval_transform(eval_preprocess(cfg, preprocess))
     seed = cfg.train.seed
     if d.dataset == "digits":
         def train_split(tf: Callable) -> AugmentedDataset:

@@ -37,6 +37,7 @@ from effml.errors import EffmlError
 from effml.files import atomic_write_text, fsync_dir
 from effml.train.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from effml.train.config import Config, config_from_dict, config_to_yaml
+from effml.train.data import eval_preprocess
 from effml.train.objective import Objective
 from effml.train.run_dir import (
     RUN_INFO,
@@ -47,15 +48,16 @@ from effml.train.run_dir import (
     read_metrics,
     read_run_info,
     resume_changes,
+    preprocess_fields,
     shipped_weights,
     spec_changes,
     weights_file,
     write_run_info,
 )
 from effml.train.step import StepFn, TrainingDiverged, train_step
-from effml.train.trainer import Trainer, model_spec, preserved_global_state
+from effml.train.trainer import Trainer, preserved_global_state
 
-__all__ = ["EpochHook", "RunResult", "TrainingDiverged", "fit", "model_spec", "train_step"]
+__all__ = ["EpochHook", "RunResult", "TrainingDiverged", "fit", "train_step"]
 
 # Called after each evaluation with (epochs finished, the epoch's metrics row: val, ema_val,
 # holdout, ema_holdout when data.holdout is set, global_step, skipped_images); a true return
@@ -376,7 +378,7 @@ def _write_outputs(run_dir: Path, t: Trainer, val: dict, ema_val: dict | None, h
                    ema_holdout: dict | None, stopped: bool, world: int, ranks_agree: bool) -> None:
     from effml.models.weights import save_weights
 
-    cfg, ema, preprocess = t.cfg, t.ema, t.preprocess
+    cfg, ema, preprocess = t.cfg, t.ema, eval_preprocess(t.cfg, t.preprocess)
 
     def plain(state: dict) -> dict:
         if cfg.advprop.enabled:  # evaluation and export use the main BatchNorms only
@@ -392,8 +394,7 @@ def _write_outputs(run_dir: Path, t: Trainer, val: dict, ema_val: dict | None, h
     info = {
         "task": t.task.name, **t.task.run_info(t.bundle.train),
         "model": cfg.model.name, "classes": list(t.bundle.classes), "global_step": t.global_step,
-        "input_size": cfg.data.image_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
-        "crop_pct": preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
+        **preprocess_fields(preprocess),
         "val": val, "ema_val": ema_val, "processes": world, "ranks_agree": ranks_agree,
         "weights": shipped_weights(ema is not None),
         "stopped": stopped,

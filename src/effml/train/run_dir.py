@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
+from effml.data.transforms import INTERPOLATIONS
 from effml.errors import EffmlError, WeightsError
 from effml.files import atomic_write_text
 from effml.models.weights import load_weights
@@ -26,6 +27,8 @@ from effml.train.tasks import task_for
 from effml.zoo import load_spec
 
 RUN_INFO, MODEL_JSON, CONFIG_YAML = "run.json", "model.json", "config.yaml"
+# The eval interpolation of a run.json written before it was recorded: those runs evaluated bilinear.
+UNRECORDED_INTERPOLATION = "bilinear"
 
 
 class RunDirError(EffmlError):
@@ -47,9 +50,17 @@ class RunInfo(BaseModel):
     crop_pct: float = Field(gt=0)
     mean: list[float] = Field(min_length=1)
     std: list[float] = Field(min_length=1)
+    interpolation: str = UNRECORDED_INTERPOLATION  # how evaluation resized the images
     classes: list[str] = Field(min_length=1)
     task: Literal["classify", "detect"] = "classify"
     category_ids: list[int] = []
+
+    @field_validator("interpolation")
+    @classmethod
+    def _known_interpolation(cls, value: str) -> str:
+        if value not in INTERPOLATIONS:
+            raise ValueError(f"{value!r} is not one of {', '.join(INTERPOLATIONS)}")
+        return value
 
 
 def shipped_weights(has_ema: bool) -> str:
@@ -68,6 +79,12 @@ def weights_file(run_dir: Path, info: dict[str, Any], choice: str = "best") -> P
 def shipped_metrics(info: dict[str, Any], split: str = "val") -> dict[str, Any]:
     """The ``split`` ('val' or 'holdout') metrics of the weights a run ships (its EMA's where kept)."""
     return info[f"ema_{split}"] if info["weights"] == WEIGHTS_EMA else info[split]
+
+
+def preprocess_fields(preprocess: Preprocess) -> dict[str, Any]:
+    """The ``run.json`` fields of the preprocessing a run evaluates with (``eval_preprocess``)."""
+    return {"input_size": preprocess.input_size, "mean": list(preprocess.mean), "std": list(preprocess.std),
+            "crop_pct": preprocess.crop_pct, "interpolation": preprocess.interpolation}
 
 
 def write_run_info(run_dir: Path, **fields: Any) -> None:
@@ -142,7 +159,7 @@ def load_run(run_dir: str | Path, weights: str = "best") -> TrainedModel:
     except WeightsError as e:
         raise RunDirError(f"{e} (run {run_dir}: {repair_hint(run_dir)})") from None
     preprocess = Preprocess(info["input_size"], info["crop_pct"], tuple(info["mean"]), tuple(info["std"]),
-                            "bilinear")
+                            info.get("interpolation", UNRECORDED_INTERPOLATION))
     return TrainedModel(model.eval(), spec, preprocess, tuple(info["classes"]), path,
                         info.get("task", "classify"), tuple(info.get("category_ids", ())))
 

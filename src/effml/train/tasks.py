@@ -12,7 +12,7 @@ from torchvision.transforms import v2
 
 from effml.errors import EffmlError
 from effml.spec.entry import Preprocess
-from effml.zoo import create_model, load_spec, spec_to_json, task_of
+from effml.zoo import create_model, resolve_spec, spec_to_json, task_of
 from effml.train.config import Config
 from effml.train.evaluate import evaluate
 from effml.train.objective import CrossEntropyObjective, Objective
@@ -60,10 +60,11 @@ class ClassificationTask:
             return AdvPropObjective(attacker, preprocess.mean, preprocess.std, cfg.train.label_smoothing)
         if cfg.distill.teacher:
             from effml.train.distill import DistillationObjective, TeacherLogitCache
+            from effml.train.resolve import resolve_model
 
             d = cfg.distill
-            teacher = create_model(load_spec(d.teacher) if d.teacher.endswith(".json") else d.teacher,
-                                   num_classes=num_classes, weights=d.teacher_weights).to(device)
+            resolved = resolve_model(d.teacher, weights=d.teacher_weights)
+            teacher = resolved.build(resolve_spec(resolved.spec, num_classes=num_classes)).to(device)
             cache = TeacherLogitCache(num_train, num_classes) if d.cache else None
             return DistillationObjective(teacher, temperature=d.temperature, alpha=d.alpha,
                                          label_smoothing=cfg.train.label_smoothing, cache=cache)

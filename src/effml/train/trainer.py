@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader
 
 from effml.data.datasets import image_file
 from effml.errors import EffmlError, InputError
-from effml.spec.entry import Preprocess
-from effml.zoo import get_entry, load_spec, resolve_spec
+from effml.zoo import resolve_spec
 from effml.train import distributed
 from effml.train.bn_calibration import recalibrate_bn
 from effml.train.checkpoint import load_checkpoint as read_checkpoint
@@ -35,35 +34,11 @@ from effml.train.data import build_datasets, epoch_indices, eval_loader, train_l
 from effml.train.ema import create_ema
 from effml.train.objective import Batch, Objective, StepOutput
 from effml.train.optim import build_optimizer, build_scheduler
+from effml.train.resolve import resolve_model
 from effml.train.step import FunctionalModel, StepFn, TrainingDiverged, default_step
 from effml.train.tasks import task_for
 
 Split = Literal["val", "holdout"]
-
-
-def model_spec(cfg: Config, num_classes: int, model: Any = None) -> tuple[Any, Preprocess]:
-    """The spec to train and its input normalisation: ``model`` (a zoo name, a spec JSON path, a
-    spec, or a module built from a spec) or else ``cfg.model.name``, with ``cfg.model`` overrides."""
-    m = cfg.model
-    source = m.name if model is None else model
-    default_preprocess = Preprocess(cfg.data.image_size, 0.875)
-    if isinstance(source, nn.Module):
-        spec = getattr(source, "spec", None)
-        if spec is None:
-            raise EffmlError(f"model= got a {type(source).__name__} without a .spec; give a zoo name, a "
-                             f"spec, or a module built from a spec (effml.create_model)")
-        # a built module keeps its own settings; only the recorded input size follows the data
-        return resolve_spec(spec, resolution=cfg.data.image_size), default_preprocess
-    if isinstance(source, str) and source.endswith(".json"):
-        spec, preprocess = load_spec(source), default_preprocess
-    elif isinstance(source, str):
-        entry = get_entry(source)
-        spec, preprocess = entry.spec(), entry.preprocess
-    else:
-        spec, preprocess = source, default_preprocess
-    spec = resolve_spec(spec, num_classes=num_classes, dropout=m.dropout, drop_path=m.drop_path,
-                        bn_momentum=m.bn_momentum, bn_eps=m.bn_eps, resolution=cfg.data.image_size)
-    return spec, preprocess
 
 
 def seed_everything(seed: int) -> None:
@@ -103,9 +78,10 @@ class Trainer:
     """A training run held in memory: build it from a config, then ``step()``, ``train_epoch()``,
     ``evaluate()``; ``state_dict()`` is everything ``--resume`` restores.
 
-    ``model`` is a zoo name, a spec JSON path, a spec (e.g. a search sample) or a module built
-    from a spec (trained in place; ``cfg.model`` overrides other than ``weights`` do not apply
-    to it); default ``cfg.model.name``. ``step`` replaces the optimizer step (``StepFn``).
+    ``model`` is what ``effml.train.resolve`` resolves: a zoo name, a spec JSON path, a run
+    directory, a spec (e.g. a search sample) or a module built from a spec (a module, or a run's
+    model, is trained in place; ``cfg.model`` overrides other than ``weights`` do not apply to
+    it); default ``cfg.model.name``. ``step`` replaces the optimizer step (``StepFn``).
     Constructing a Trainer seeds the global RNGs from ``cfg.train.seed`` and applies
     ``train.threads`` / ``train.deterministic``; wrap it in ``preserved_global_state()`` (as
     ``fit`` does) to leave no trace. Under torchrun, pass the ``ctx`` of
@@ -126,22 +102,25 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg.train.seed)
 
-        self.bundle = build_datasets(cfg, model_spec(cfg, 1, model)[1])
-        self.num_classes = cfg.model.num_classes or len(self.bundle.classes)
-        self.spec, self.preprocess = model_spec(cfg, self.num_classes, model)
-        self.task = task_for(self.spec)
-        if isinstance(model, nn.Module):
+        m = cfg.model
+        resolved = resolve_model(m.name if model is None else model, weights=m.weights or None,
+                                 drop_classifier=m.drop_classifier)
+        self.preprocess = resolved.preprocess
+        self.bundle = build_datasets(cfg, self.preprocess)
+        self.num_classes = m.num_classes or len(self.bundle.classes)
+        if resolved.net is None:
+            self.spec = resolve_spec(resolved.spec, num_classes=self.num_classes, dropout=m.dropout,
+                                     drop_path=m.drop_path, bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
+                                     resolution=cfg.data.image_size)
+        else:
+            # a built module keeps its own settings; only the recorded input size follows the data
+            self.spec = resolve_spec(resolved.spec, resolution=cfg.data.image_size)
             have = getattr(self.spec, "num_classes", self.num_classes)
             if have != self.num_classes:
                 raise EffmlError(f"the model given has {have} classes but the data has {self.num_classes}; "
                                  f"build it with num_classes={self.num_classes} or set model.num_classes")
-            net = model
-        else:
-            net = self.task.build_model(self.spec)
-        if cfg.model.weights:
-            from effml.models.weights import load_weights
-
-            load_weights(net, cfg.model.weights, drop_classifier=cfg.model.drop_classifier)
+        self.task = task_for(self.spec)
+        net = resolved.build(self.spec)
         if cfg.model.freeze_bn == "backbone" and not isinstance(getattr(net, "backbone", None), nn.Module):
             raise EffmlError(f"model.freeze_bn=backbone: {self.model_name} has no backbone (a detector's); "
                              "use model.freeze_bn=true to freeze every BatchNorm")

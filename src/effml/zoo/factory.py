@@ -1,7 +1,9 @@
 """``create_model``: a name or a spec in, a built (optionally weight-loaded) network out.
 
 ``create_model`` is ``build(resolve(spec))``: ``resolve_spec`` turns a zoo name into its spec and
-applies overrides; the spec's kind (``effml.zoo.kinds``) builds it.
+applies overrides; the spec's kind (``effml.zoo.kinds``) builds it. What a user names as a model (a
+spec JSON file, a run directory, a built module as well) is resolved by ``effml.train.resolve``,
+which builds through ``create_model``.
 """
 
 from __future__ import annotations

@@ -43,9 +43,11 @@ from effml.train.config import (
     config_to_yaml,
     load_config,
 )
-from effml.train.data import num_classes
+from effml.train.data import eval_preprocess, num_classes
 from effml.train.engine import RunResult, fit
-from effml.train.run_dir import CONFIG_YAML, WEIGHTS_RAW, read_run_info, weights_file, write_run_info
+from effml.train.run_dir import (
+    CONFIG_YAML, WEIGHTS_RAW, preprocess_fields, read_run_info, weights_file, write_run_info,
+)
 from effml.train.trainer import Trainer, preserved_global_state, seed_everything
 from effml.zoo import spec_to_json
 
@@ -188,8 +190,7 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
                               "data": {"image_size": spec.resolution}, "run": {"dir": str(out)}}, plain)
     info = {
         "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
-        "input_size": spec.resolution, "mean": list(t.preprocess.mean), "std": list(t.preprocess.std),
-        "crop_pct": t.preprocess.crop_pct if cfg.data.dataset == "folder" else 1.0,
+        **preprocess_fields(eval_preprocess(plain, t.preprocess)),
         "val": val, "ema_val": None, "holdout": holdout, "weights": WEIGHTS_RAW,
         "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
         "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
