@@ -578,8 +578,9 @@ def _explain(err: dict[str, Any], schema: type) -> str:
     value_node = _branch(node)[0]
     if kind == "missing":
         return f"{key}: missing; give a value"
-    if "properties" in value_node:
-        return f"{key}: expected a mapping of keys, got {value!r}"
+    if "properties" in value_node:  # a record given something else; the whole document: its keys too
+        return (f"{key}: expected a mapping of keys" if key else
+                f"expected a mapping of keys ({', '.join(value_node['properties'])})") + f", got {value!r}"
     if kind == "string_too_short":
         return f"{key}: {value!r} is empty; give a value"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
