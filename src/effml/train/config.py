@@ -475,9 +475,14 @@ def config_kind(path: str | Path, kinds: Iterable[type]) -> type:
 
 
 @functools.cache
+def _adapter(schema: type) -> TypeAdapter:
+    return TypeAdapter(schema)
+
+
+@functools.cache
 def json_schema(schema: type = Config) -> dict[str, Any]:
     """The JSON schema pydantic derives from ``schema``: types, defaults, ranges, descriptions."""
-    return TypeAdapter(schema).json_schema()
+    return _adapter(schema).json_schema()
 
 
 def _deref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -634,13 +639,7 @@ def _yaml_value(v: Any) -> str:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The config as plain data (tuples become lists) for YAML/JSON."""
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(config))
+    return _adapter(type(config)).dump_python(config, mode="json")
 
 
 def config_to_yaml(config: Any) -> str:
