@@ -300,3 +300,26 @@ def test_cli_reports_a_config_mistake_in_one_line_and_writes_nothing(cli_runs, c
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
     assert not run_dir.exists()
+
+
+# ---------------------------------------------------------------- a training config plus a section
+
+
+def test_a_config_plus_a_section_is_told_apart_by_parsing_and_strips_to_a_plain_training_config(tmp_path):
+    from effml.search.oneshot.autohas import AutoHASConfig
+    from effml.search.oneshot.bignas import SupernetConfig, load_supernet_config
+    from effml.train.config import config_kind, training_config
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("# supernet: a word in a comment, not a section\ntrain:\n  epochs: 2\n")
+    supernet = tmp_path / "supernet.yaml"
+    supernet.write_text('{"train": {"epochs": 2}, "supernet": {"space": "my_space.yaml"}}')  # JSON is YAML too
+    kinds = [SupernetConfig, AutoHASConfig]
+    assert config_kind(plain, kinds) is Config and config_kind(supernet, kinds) is SupernetConfig
+    cfg = load_supernet_config(supernet)
+    assert cfg.supernet.space == str(tmp_path / "my_space.yaml")  # the section's input path, as the file's
+    stripped = training_config(cfg)
+    assert type(stripped) is Config and stripped.train.epochs == 2
+    assert config_to_yaml(stripped) == config_to_yaml(cfg).split("supernet:")[0]
+    stripped.train.epochs = 3  # a copy: the supernet's config stays as it was
+    assert cfg.train.epochs == 2

@@ -190,3 +190,21 @@ def test_stem_and_head_widths_are_network_choices():
     small = space.smallest().spec
     assert (small.stem_channels, small.head_channels) == (24, 960)
     assert space.largest().spec.head_channels == 1280
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], "space.yaml: expected a mapping of keys (name, base, choices, hyper, phi), got [1, 2]"),
+    ({"base": "efficientnet_b0", "choises": []}, "space.yaml: unknown key 'choises'. Did you mean 'choices'?"),
+    ({"name": "x"}, "space.yaml: base: missing"),
+    ({"base": "efficientnet_b0", "choices": [{"field": "kernel_size", "at": "s1.r0"}]},
+     "space.yaml: choices[0].options: missing"),
+    ({"base": "efficientnet_b0", "choices": [{"field": "kernel_size", "options": [3], "att": "s1.r0"}]},
+     "space.yaml: choices[0]: unknown key 'att'. Did you mean 'at'?"),
+    ({"base": "efficientnet_b0", "hyper": [{"kind": "float", "low": 0.1, "high": 1}]}, "space.yaml: hyper[0].key: missing"),
+    ({"base": "efficientnet_b0", "hyper": [{"key": "optim.lr", "kind": "float", "low": "low", "high": 1}]},
+     "space.yaml: hyper[0].low: expected float | int | null, got 'low' (str)"),
+])
+def test_a_space_file_of_the_wrong_shape_is_one_line_that_names_the_key(data, message):
+    with pytest.raises(SearchError) as info:
+        space_from_dict(data, source="space.yaml")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)

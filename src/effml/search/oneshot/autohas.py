@@ -53,12 +53,12 @@ from effml.search.study.policy import FactorizedPolicy
 from effml.spec import NetworkSpec
 from effml.train.config import (
     CONFIG_SCHEMA,
-    PATH_KEYS,
     Config,
+    InputPath,
     config_from_dict,
-    config_to_dict,
     config_to_yaml,
     load_config,
+    training_config,
 )
 from effml.train.data import num_classes, train_loader
 from effml.train.distributed import unwrap
@@ -79,15 +79,24 @@ class AutoHASSection:
     """The joint space and the controller; the rest of the file is an ordinary training config
     (the shared weights' schedule, data, held-out split)."""
 
-    space: Annotated[str, Field(min_length=1)] = "autohas"  # a named joint space (effml search show autohas) or a space file with choices and hyper
-    bases: Annotated[int, Field(ge=2)] = 5  # K basis values per continuous hyper-parameter
-    variant: Literal["reinforce", "differentiable"] = "reinforce"  # the later paper version, or v1's hypergradient for lr and weight decay
-    controller_lr: Annotated[float, Field(gt=0)] = 1.0  # REINFORCE step on the logits, per unit of reward (accuracy in [0, 1])
-    baseline_decay: Annotated[float, Field(ge=0, lt=1)] = 0.95  # moving average of the reward
-    entropy_weight: Annotated[float, Field(ge=0)] = 0.003  # entropy bonus: keeps exploring
-    hyper_lr: Annotated[float, Field(gt=0)] = 1.0  # differentiable variant: gradient step on the lr / weight-decay logits
-    warmup_epochs: Annotated[float, Field(ge=0)] = 0.5  # shared-weight steps under the uniform policy before the controller learns
-    reward_images: Annotated[int, Field(ge=1)] = 256  # held-out training images per reward
+    space: Annotated[str, Field(min_length=1), InputPath((".json", ".yaml", ".yml"))] = "autohas"
+    """a named joint space (effml search show autohas) or a space file with choices and hyper"""
+    bases: Annotated[int, Field(ge=2)] = 5
+    """K basis values per continuous hyper-parameter"""
+    variant: Literal["reinforce", "differentiable"] = "reinforce"
+    """the later paper version, or v1's hypergradient for lr and weight decay"""
+    controller_lr: Annotated[float, Field(gt=0)] = 1.0
+    """REINFORCE step on the logits, per unit of reward (accuracy in [0, 1])"""
+    baseline_decay: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    """moving average of the reward"""
+    entropy_weight: Annotated[float, Field(ge=0)] = 0.003
+    """entropy bonus: keeps exploring"""
+    hyper_lr: Annotated[float, Field(gt=0)] = 1.0
+    """differentiable variant: gradient step on the lr / weight-decay logits"""
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.5
+    """shared-weight steps under the uniform policy before the controller learns"""
+    reward_images: Annotated[int, Field(ge=1)] = 256
+    """held-out training images per reward"""
 
 
 @dataclass(config=CONFIG_SCHEMA)
@@ -97,13 +106,10 @@ class AutoHASConfig(Config):
     autohas: AutoHASSection = field(default_factory=AutoHASSection)
 
 
-AUTOHAS_PATH_KEYS = {**PATH_KEYS, ("autohas", "space"): (".json", ".yaml", ".yml")}
-
-
 def load_autohas_config(path: str | Path | None, overrides: list[str] = (), base: Any = None, *,
                         saved: bool | None = None) -> AutoHASConfig:
     """Read an AutoHAS YAML (a training config with an ``autohas`` section) and apply overrides."""
-    return load_config(path, overrides, base, saved=saved, schema=AutoHASConfig, path_keys=AUTOHAS_PATH_KEYS)
+    return load_config(path, overrides, base, saved=saved, schema=AutoHASConfig)
 
 
 def joint_space(cfg: AutoHASConfig, classes: int) -> JointSpace:
@@ -397,8 +403,6 @@ def run_autohas(cfg: AutoHASConfig, *, resume: bool = False, quiet: bool = False
 def retrain_config(cfg: AutoHASConfig, spec_path: Path, spec: NetworkSpec, hyper: Mapping[str, Any]) -> Config:
     """A plain training config of the chosen member from scratch: the AutoHAS config without its
     ``autohas`` section, the chosen spec and hyper-parameters, on every training image."""
-    plain = config_to_dict(cfg)
-    plain.pop("autohas")
     sections: dict[str, dict[str, Any]] = {}
     for key, value in hyper.items():
         section, name = key.split(".")
@@ -406,7 +410,7 @@ def retrain_config(cfg: AutoHASConfig, spec_path: Path, spec: NetworkSpec, hyper
     sections.setdefault("model", {}).update({"name": str(Path(spec_path).absolute()), "weights": None})
     sections.setdefault("data", {}).update({"image_size": spec.resolution, "holdout": 0.0})
     sections["run"] = {"dir": str(Path(cfg.run.dir) / "retrain")}
-    return config_from_dict(sections, config_from_dict(plain, saved=True))
+    return config_from_dict(sections, training_config(cfg))
 
 
 def plot_autohas(record: Mapping[str, Any], path: Path) -> None:

@@ -36,12 +36,13 @@ from effml.spec.plan import plan
 from effml.train.bn_calibration import recalibrate_bn
 from effml.train.config import (
     CONFIG_SCHEMA,
-    PATH_KEYS,
     Config,
+    InputPath,
     config_from_dict,
-    config_to_dict,
+    config_kind,
     config_to_yaml,
     load_config,
+    training_config,
 )
 from effml.train.data import eval_preprocess, num_classes
 from effml.train.engine import RunResult, fit
@@ -56,12 +57,18 @@ from effml.zoo import spec_to_json
 class SupernetSection:
     """The supernet and its training rule (BigNAS section 3.1); the rest is an ordinary training config."""
 
-    space: Annotated[str, Field(min_length=1)] = "bignas"  # a named space (effml search show bignas) or a space file; its largest member's resolution is data.image_size
-    random_children: Annotated[int, Field(ge=0)] = 2  # N random children per step besides the largest and the smallest (BigNAS: 2)
-    sandwich: bool = True  # largest + smallest + N random per step; false: N + 2 random (ablation)
-    inplace_distillation: bool = True  # children learn from the largest child's soft predictions; false: from the labels
-    zero_init_last_bn: bool = True  # residual blocks start as the identity (last BN gamma 0)
-    calibration_batches: Annotated[int, Field(ge=1)] = 16  # training batches that re-estimate a child's BN statistics (selection, export)
+    space: Annotated[str, Field(min_length=1), InputPath((".json", ".yaml", ".yml"))] = "bignas"
+    """a named space (effml search show bignas) or a space file; its largest member's resolution is data.image_size"""
+    random_children: Annotated[int, Field(ge=0)] = 2
+    """N random children per step besides the largest and the smallest (BigNAS: 2)"""
+    sandwich: bool = True
+    """largest + smallest + N random per step; false: N + 2 random (ablation)"""
+    inplace_distillation: bool = True
+    """children learn from the largest child's soft predictions; false: from the labels"""
+    zero_init_last_bn: bool = True
+    """residual blocks start as the identity (last BN gamma 0)"""
+    calibration_batches: Annotated[int, Field(ge=1)] = 16
+    """training batches that re-estimate a child's BN statistics (selection, export)"""
 
 
 @dataclass(config=CONFIG_SCHEMA)
@@ -71,13 +78,10 @@ class SupernetConfig(Config):
     supernet: SupernetSection = field(default_factory=SupernetSection)
 
 
-SUPERNET_PATH_KEYS = {**PATH_KEYS, ("supernet", "space"): (".json", ".yaml", ".yml")}
-
-
 def load_supernet_config(path: str | Path | None, overrides: list[str] = (), base: Any = None, *,
                          saved: bool | None = None) -> SupernetConfig:
     """Read a supernet YAML (a training config with a ``supernet`` section) and apply overrides."""
-    return load_config(path, overrides, base, saved=saved, schema=SupernetConfig, path_keys=SUPERNET_PATH_KEYS)
+    return load_config(path, overrides, base, saved=saved, schema=SupernetConfig)
 
 
 def build_supernet(cfg: SupernetConfig, num_classes: int) -> Supernet:
@@ -157,8 +161,7 @@ def load_supernet(run_dir: str | Path, weights: str = "best") -> TrainedSupernet
     path = run_dir / CONFIG_YAML
     if not path.is_file():
         raise EffmlError(f"{path} is missing: {run_dir} is not a finished supernet run")
-    text = path.read_text()
-    if "\nsupernet:" not in "\n" + text:
+    if config_kind(path, [SupernetConfig]) is not SupernetConfig:
         raise EffmlError(f"{run_dir} is an ordinary training run (its {CONFIG_YAML} has no supernet section); "
                          f"give a run written by `effml supernet train`")
     cfg = load_supernet_config(path, saved=True)
@@ -183,11 +186,9 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
     val = trained.evaluate(child, spec.resolution, "val")
     holdout = trained.evaluate(child, spec.resolution, "holdout")
     cfg, t = trained.cfg, trained.trainer
-    plain = config_to_dict(cfg)
-    plain.pop("supernet")
-    plain = config_from_dict(plain, saved=True)
     plain = config_from_dict({"model": {"name": str(out.absolute() / "model.json"), "weights": None},
-                              "data": {"image_size": spec.resolution}, "run": {"dir": str(out)}}, plain)
+                              "data": {"image_size": spec.resolution}, "run": {"dir": str(out)}},
+                             training_config(cfg))
     info = {
         "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
         **preprocess_fields(eval_preprocess(plain, t.preprocess)),

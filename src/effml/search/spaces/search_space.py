@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from effml.errors import SearchError, SpecError
 from effml.spec import BLOCK_KINDS, BlockSpec, NetworkSpec
 from effml.spec.plan import LayerPlan, plan
@@ -37,6 +39,9 @@ ROW_FIELDS = ("kind", "kernel_size", "expand_ratio", "se_ratio", "filters", "out
 # and head widths (BigNAS, arXiv 2003.11142, Table 1: stem 32-40, head 1280-1408 channels).
 NETWORK_FIELDS = ("resolution", "width", "compound", "stem_channels", "head_channels")
 HYPER_KINDS = ("categorical", "float", "int")
+# A space file's records: an unknown key is an error; numbers are read as the field needs (a
+# name or key written as a number becomes text), as YAML and JSON write them.
+_SPACE_FILE = ConfigDict(extra="forbid", coerce_numbers_to_str=True, use_attribute_docstrings=True)
 
 
 @dataclass(frozen=True)
@@ -457,17 +462,58 @@ def _check_hyper(space: SearchSpace, h: HyperChoice) -> None:
             raise SearchError(f"{where}: {h.key}={v} is not a valid training setting: {err}") from None
 
 
+class ChoiceEntry(BaseModel):
+    """One choice of a space file."""
+
+    model_config = _SPACE_FILE
+    field: str
+    """a block row's field (ROW_FIELDS; give ``at``) or a network field (NETWORK_FIELDS)"""
+    options: list[Any]
+    """the values the field may take (a list stands for a tuple: kernel_size [3, 5])"""
+    at: str | None = None
+    """the block row, s<stage>.r<row> (null: a network field)"""
+    kinds: list[str] | None = None
+    """the block kinds the field applies to (null: all)"""
+
+
+class HyperEntry(BaseModel):
+    """One training hyper-parameter of a space file."""
+
+    model_config = _SPACE_FILE
+    key: str
+    """a training config key, e.g. optim.lr"""
+    kind: str = "categorical"
+    """categorical (options), float or int (low, high, log)"""
+    options: list[Any] | None = None
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+
+
+class SpaceFile(BaseModel):
+    """A space file (JSON or YAML), as ``SearchSpace.to_dict`` writes it."""
+
+    model_config = _SPACE_FILE
+    name: str = "space"
+    base: str | dict[str, Any]
+    """a model name or spec file, or a spec (its JSON as a mapping)"""
+    choices: list[ChoiceEntry] | None = None
+    hyper: list[HyperEntry] | None = None
+    phi: float = 1.0
+    """the EfficientNet compound coefficient the compound choice scales by"""
+
+
 def space_from_dict(data: Any, source: str = "space") -> SearchSpace:
     """Rebuild a space from ``SearchSpace.to_dict`` output (a parsed JSON/YAML document)."""
+    from effml.train.config import validation_message
     from effml.zoo.factory import resolve_spec
     from effml.zoo.kinds import spec_from_dict
 
-    if not isinstance(data, dict):
-        raise SearchError(f"{source}: a space is a mapping with name, base, choices; got {type(data).__name__}")
-    unknown = sorted(set(data) - {"name", "base", "choices", "hyper", "phi"})
-    if unknown:
-        raise SearchError(f"{source}: unknown keys {unknown}; a space has name, base, choices, hyper, phi")
-    base = data.get("base")
+    try:
+        doc = SpaceFile.model_validate(data)
+    except ValidationError as err:
+        raise SearchError(f"{source}: {validation_message(err, SpaceFile)}") from None
+    base = doc.base
     try:
         spec = resolve_spec(base) if isinstance(base, str) else spec_from_dict(base, f"{source}: base")
     except Exception as err:  # noqa: BLE001 - any failure to read the base is one clear message
@@ -475,30 +521,14 @@ def space_from_dict(data: Any, source: str = "space") -> SearchSpace:
     if not isinstance(spec, NetworkSpec):
         raise SearchError(f"{source}: base must be an EfficientNet-family network spec, got {type(spec).__name__}")
     choices = []
-    for i, c in enumerate(data.get("choices") or []):
-        where = f"{source}: choices[{i}]"
-        if not isinstance(c, dict) or "field" not in c or "options" not in c:
-            raise SearchError(f"{where}: each choice needs 'field' and 'options' (and 'at' for a block row)")
-        extra = sorted(set(c) - {"at", "field", "options", "kinds"})
-        if extra:
-            raise SearchError(f"{where}: unknown keys {extra}")
+    for i, c in enumerate(doc.choices or []):
         stage = row = None
-        if "at" in c:
-            stage, row = _parse_at(c["at"], where)
-        options = tuple(tuple(o) if isinstance(o, list) else o for o in c["options"])
-        choices.append(Choice(c["field"], options, stage, row, tuple(c.get("kinds") or ())))
-    hyper = []
-    for i, h in enumerate(data.get("hyper") or []):
-        where = f"{source}: hyper[{i}]"
-        if not isinstance(h, dict) or "key" not in h:
-            raise SearchError(f"{where}: each hyper-parameter needs 'key' (a training config key)")
-        extra = sorted(set(h) - {"key", "kind", "options", "low", "high", "log"})
-        if extra:
-            raise SearchError(f"{where}: unknown keys {extra}")
-        hyper.append(HyperChoice(h["key"], h.get("kind", "categorical"), tuple(h.get("options") or ()),
-                                 h.get("low"), h.get("high"), bool(h.get("log", False))))
-    return SearchSpace(str(data.get("name", "space")), spec, tuple(choices), tuple(hyper),
-                       float(data.get("phi", 1.0)))
+        if c.at is not None:
+            stage, row = _parse_at(c.at, f"{source}: choices[{i}]")
+        options = tuple(tuple(o) if isinstance(o, list) else o for o in c.options)
+        choices.append(Choice(c.field, options, stage, row, tuple(c.kinds or ())))
+    hyper = [HyperChoice(h.key, h.kind, tuple(h.options or ()), h.low, h.high, h.log) for h in doc.hyper or []]
+    return SearchSpace(doc.name, spec, tuple(choices), tuple(hyper), doc.phi)
 
 
 def _parse_at(at: Any, where: str) -> tuple[int, int]:

@@ -4,6 +4,11 @@ Three sections: ``search`` (space, strategy, trials, storage, runner), ``objecti
 trial is scored on) and ``proxy`` (the short training each trial gets: the whole ``effml train``
 schema, so a proxy is configured exactly as a training run). Validated as the training config is
 (pydantic, one-line errors naming the key); paths in a file are relative to that file.
+
+The training config is nested under ``proxy``, not widened by a section as the supernet's and
+AutoHAS's are (``training_config``): those configs describe one training run, while a search is
+many, each of which trains the proxy recipe with the sampled network and hyper-parameters; the
+search has no model, run directory or data of its own.
 """
 
 from __future__ import annotations
@@ -17,32 +22,46 @@ from pydantic.dataclasses import dataclass
 
 from effml.search.spaces.catalog import space_for
 from effml.search.spaces.search_space import SearchSpace
-from effml.train.config import CONFIG_SCHEMA, Config, config_to_dict, load_config
+from effml.train.config import CONFIG_SCHEMA, Config, InputPath, config_to_dict, load_config
 
 
 @dataclass(config=CONFIG_SCHEMA)
 class StudyConfig:
     """The space, the strategy and where the study lives."""
 
-    space: Annotated[str, Field(min_length=1)] = "mnasnet"  # a named space (mnasnet, mobiledet, mobiledet_ibn, mobiledet_ibn_fused, mixnet_kernels, efficientnet_compound, bignas, autohas) or a space file (.json/.yaml)
-    resolution: Annotated[int, Field(ge=8)] | None = None  # input size of the searched networks (default: proxy data.image_size)
-    # null: the sampled networks are classifiers; ssdlite: each sampled backbone is wrapped into an
-    # SSDLite detector (MobileDets, arXiv 2004.14525) that the proxy trains on a detection data set
-    # and the latency measures whole; the detector spec is what a trial records and exports;
-    # retinanet: the spinenet space's members are RetinaNet detectors already (SpineNet, arXiv 1912.05027)
+    space: Annotated[str, Field(min_length=1), InputPath((".json", ".yaml", ".yml"))] = "mnasnet"
+    """a named space (mnasnet, mobiledet, mobiledet_ibn, mobiledet_ibn_fused, mixnet_kernels,
+    efficientnet_compound, bignas, autohas) or a space file (.json/.yaml)"""
+    resolution: Annotated[int, Field(ge=8)] | None = None
+    """input size of the searched networks (default: proxy data.image_size)"""
     detector: Literal["ssdlite", "retinanet"] | None = None
-    trials: Annotated[int, Field(ge=1)] = 24  # finished trials the study reaches (a resumed study counts the ones it has)
+    """null: the sampled networks are classifiers; ssdlite: each sampled backbone is wrapped into an
+    SSDLite detector (MobileDets, arXiv 2004.14525) that the proxy trains on a detection data set
+    and the latency measures whole; the detector spec is what a trial records and exports;
+    retinanet: the spinenet space's members are RetinaNet detectors already (SpineNet, arXiv 1912.05027)"""
+    trials: Annotated[int, Field(ge=1)] = 24
+    """finished trials the study reaches (a resumed study counts the ones it has)"""
     strategy: Literal["random", "tpe", "nsga2", "evolution", "reinforce"] = "evolution"
-    strategy_options: dict[str, float | int | bool] = field(default_factory=dict)  # e.g. population_size: 8 (evolution)
-    pruner: Literal["none", "median", "successive_halving"] = "none"  # stop poor trials early from their per-epoch accuracy
-    seed: int = 0  # the strategy's seed; trial n trains with seed + n
-    storage: Annotated[str, Field(min_length=1)] = "search.db"  # a SQLite file (.db, .sqlite), or any database URL Optuna accepts (postgresql://...)
-    study: Annotated[str, Field(min_length=1)] = "search"  # the study's name inside the storage
-    runner: Literal["local", "ray"] = "local"  # local: worker processes on this machine; ray: trials as Ray tasks
-    workers: Annotated[int, Field(ge=1)] = 1  # trials in parallel
-    threads: Annotated[int, Field(ge=1)] = 1  # torch threads per worker (2 cores: 2 workers x 1 thread)
-    ray_address: str | None = None  # runner ray: an existing cluster (`ray start --head`); null: a local Ray instance
-    max_failures: Annotated[int, Field(ge=0)] = 10  # stop the study after this many failed trials in a row
+    strategy_options: dict[str, float | int | bool] = field(default_factory=dict)
+    """e.g. population_size: 8 (evolution)"""
+    pruner: Literal["none", "median", "successive_halving"] = "none"
+    """stop poor trials early from their per-epoch accuracy"""
+    seed: int = 0
+    """the strategy's seed; trial n trains with seed + n"""
+    storage: Annotated[str, Field(min_length=1), InputPath((".db", ".sqlite", ".sqlite3"))] = "search.db"
+    """a SQLite file (.db, .sqlite), or any database URL Optuna accepts (postgresql://...)"""
+    study: Annotated[str, Field(min_length=1)] = "search"
+    """the study's name inside the storage"""
+    runner: Literal["local", "ray"] = "local"
+    """local: worker processes on this machine; ray: trials as Ray tasks"""
+    workers: Annotated[int, Field(ge=1)] = 1
+    """trials in parallel"""
+    threads: Annotated[int, Field(ge=1)] = 1
+    """torch threads per worker (2 cores: 2 workers x 1 thread)"""
+    ray_address: str | None = None
+    """runner ray: an existing cluster (`ray start --head`); null: a local Ray instance"""
+    max_failures: Annotated[int, Field(ge=0)] = 10
+    """stop the study after this many failed trials in a row"""
 
 
 @dataclass(config=CONFIG_SCHEMA)
@@ -50,20 +69,31 @@ class ObjectiveConfig:
     """What a trial is scored on: the MnasNet reward at a latency target, or accuracy and latency
     as two objectives (a Pareto front)."""
 
-    kind: Literal["reward", "multi"] = "reward"  # reward: ACC * (LAT / T)^w (MnasNet, arXiv 1807.11626 eq. 2); multi: maximise ACC, minimise LAT
-    target: Annotated[float, Field(gt=0)] | None = None  # T: in ms (latency: measured or table) or in millions of MACs (latency: flops); needed for kind reward
-    constraint: Literal["soft", "hard"] = "soft"  # soft: alpha = beta = -0.07; hard: alpha = 0, beta = -1 (MnasNet section 3)
-    alpha: float | None = None  # the exponent at LAT <= T (default: by constraint)
-    beta: float | None = None  # the exponent at LAT > T (default: by constraint)
-    latency: Literal["measured", "table", "flops"] = "measured"  # measured on this machine, predicted from a latency table, or MACs
-    runtime: Literal["eager", "onnxruntime"] = "eager"  # how latency is measured
-    table: str | None = None  # latency: table: the file `effml search latency-table` wrote
-    batch_size: Annotated[int, Field(ge=1)] = 1  # images per measured forward pass
-    threads: Annotated[int, Field(ge=1)] = 1  # threads the measured model runs on
-    accuracy: Literal["holdout", "val"] = "holdout"  # the metric on data.holdout of the training images (the search never sees val) or on val
-    # what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (fractions);
-    # null: top1, or AP50 with search.detector
+    kind: Literal["reward", "multi"] = "reward"
+    """reward: ACC * (LAT / T)^w (MnasNet, arXiv 1807.11626 eq. 2); multi: maximise ACC, minimise LAT"""
+    target: Annotated[float, Field(gt=0)] | None = None
+    """T: in ms (latency: measured or table) or in millions of MACs (latency: flops); needed for kind reward"""
+    constraint: Literal["soft", "hard"] = "soft"
+    """soft: alpha = beta = -0.07; hard: alpha = 0, beta = -1 (MnasNet section 3)"""
+    alpha: float | None = None
+    """the exponent at LAT <= T (default: by constraint)"""
+    beta: float | None = None
+    """the exponent at LAT > T (default: by constraint)"""
+    latency: Literal["measured", "table", "flops"] = "measured"
+    """measured on this machine, predicted from a latency table, or MACs"""
+    runtime: Literal["eager", "onnxruntime"] = "eager"
+    """how latency is measured"""
+    table: Annotated[str | None, InputPath(".json")] = None
+    """latency: table: the file `effml search latency-table` wrote"""
+    batch_size: Annotated[int, Field(ge=1)] = 1
+    """images per measured forward pass"""
+    threads: Annotated[int, Field(ge=1)] = 1
+    """threads the measured model runs on"""
+    accuracy: Literal["holdout", "val"] = "holdout"
+    """the metric on data.holdout of the training images (the search never sees val) or on val"""
     metric: Literal["top1", "AP", "AP50", "AP75"] | None = None
+    """what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (fractions);
+    null: top1, or AP50 with search.detector"""
 
 
 @dataclass(config=CONFIG_SCHEMA)
@@ -75,17 +105,9 @@ class SearchConfig:
     proxy: Config = field(default_factory=Config)
 
 
-# Input paths of a search config, resolved against the config file's folder (``PATH_KEYS`` of the
-# training config): a space file, a latency table, the SQLite file (kept as written when a URL).
-SEARCH_PATH_KEYS: dict[tuple[str, str], str | tuple[str, ...]] = {
-    ("search", "space"): (".json", ".yaml", ".yml"), ("search", "storage"): (".db", ".sqlite", ".sqlite3"),
-    ("objective", "table"): ".json",
-}
-
-
 def load_search_config(path: str | Path | None, overrides: list[str] = ()) -> SearchConfig:
     """Read a search YAML (optional) and apply ``section.key=value`` overrides."""
-    return load_config(path, overrides, schema=SearchConfig, path_keys=SEARCH_PATH_KEYS)
+    return load_config(path, overrides, schema=SearchConfig)
 
 
 def search_config_to_dict(cfg: SearchConfig) -> dict[str, Any]:
