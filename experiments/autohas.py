@@ -49,11 +49,9 @@ def overrides(settings: dict[str, Any]) -> list[str]:
 def plain_config(data: dict[str, Any], extra: list[str] = ()) -> Any:
     """The experiment's training recipe (the AutoHAS config without its ``autohas`` section) with ``extra``."""
     from effml.search.oneshot.autohas import load_autohas_config
-    from effml.train.config import config_from_dict, config_to_dict, load_config
+    from effml.train.config import load_config, training_config
 
-    plain = config_to_dict(load_autohas_config(CONFIG, overrides(data)))
-    plain.pop("autohas")
-    return load_config(None, list(extra), base=config_from_dict(plain, saved=True))
+    return load_config(None, list(extra), base=training_config(load_autohas_config(CONFIG, overrides(data))))
 
 
 def final_training(config: Any, seed: int, epochs: int, run_dir: Path) -> dict[str, Any]:

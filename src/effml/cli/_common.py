@@ -57,18 +57,41 @@ def split_config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     return config_file, args
 
 
-def resumable_config(args: list[str] | None, resume: Path | None, load: Callable[..., Any], what: str) -> Any:
-    """The config of a command with ``--resume RUN``: ``load(config file, overrides)``, or with RUN
-    its saved config under them and ``run.dir`` set to RUN (``what`` names the run in errors)."""
-    from effml.train.config import config_from_dict
+def resumable_config(args: list[str] | None, resume: Path | None, load: Callable[..., Any] | None = None,
+                     what: str = "training", *, quiet: bool = False) -> Any:
+    """The config of a command with ``--resume RUN``: ``load(config file, overrides)`` (default: a
+    training config), or with RUN its saved config under them and ``run.dir`` set to RUN whatever
+    they say (``what`` names the run in errors)."""
+    from effml.train.config import config_from_dict, load_config
 
+    load = load or load_config
     config_file, overrides = split_config_args(args)
     if resume is None:
         return load(config_file, overrides)
-    if not (resume / "config.yaml").is_file():
-        raise EffmlError(f"--resume {resume}: no {what} run there (no config.yaml)")
-    cfg = load(config_file, overrides, base=load(resume / "config.yaml", saved=True))
+    saved = _saved_config(resume, load, what, quiet)
+    cfg = load(config_file, overrides, base=saved)
+    if cfg.run.dir != saved.run.dir and Path(cfg.run.dir).resolve() != resume.resolve() and not quiet:
+        typer.echo(f"note: --resume {resume} continues that run; run.dir={cfg.run.dir} from the config "
+                   f"file or overrides is ignored", err=True)
     return config_from_dict({"run": {"dir": str(resume)}}, cfg)
+
+
+def _saved_config(run: Path, load: Callable[..., Any], what: str, quiet: bool) -> Any:
+    """RUN's saved config: a training run's ``config.yaml`` or, when it is missing, the copy in its
+    checkpoint; a training config plus a section (supernet, AutoHAS) from its ``config.yaml``."""
+    from effml.train.config import load_config
+    from effml.train.run_dir import CONFIG_YAML, read_run_config
+
+    if load is not load_config:
+        if not (run / CONFIG_YAML).is_file():
+            raise EffmlError(f"--resume {run}: no {what} run there (no {CONFIG_YAML})")
+        return load(run / CONFIG_YAML, saved=True)
+    if not run.is_dir():
+        raise EffmlError(f"--resume {run}: no such run directory")
+    if not (run / CONFIG_YAML).is_file() and (run / "checkpoints" / "last.pt").is_file() and not quiet:
+        typer.echo(f"note: {run / CONFIG_YAML} is missing; resuming with the config recorded in its "
+                   f"checkpoint", err=True)
+    return read_run_config(run)
 
 
 def echo(text: str = "") -> None:

@@ -22,7 +22,7 @@ def autohas(
     picks the architecture and the hyper-parameters; writes chosen.yaml for `effml train`."""
     from effml.search.oneshot.autohas import load_autohas_config, run_autohas
 
-    cfg = resumable_config(args, resume, load_autohas_config, "AutoHAS")
+    cfg = resumable_config(args, resume, load_autohas_config, "AutoHAS", quiet=quiet)
     result = run_autohas(cfg, resume=resume is not None, quiet=quiet)
     arch = " ".join(f"{b.kind}_r{b.repeats}_k{b.kernel_size[0]}_e{b.expand_ratio:g}_c{b.out_channels}"
                     for stage in result.spec.stages for b in stage)

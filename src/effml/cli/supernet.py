@@ -28,7 +28,7 @@ def train(
     """Train a supernet with the sandwich rule and inplace distillation (works under torchrun)."""
     from effml.search.oneshot.bignas import load_supernet_config, train_supernet
 
-    cfg = resumable_config(args, resume, load_supernet_config, "supernet")
+    cfg = resumable_config(args, resume, load_supernet_config, "supernet", quiet=quiet)
     result = train_supernet(cfg, resume=resume is not None, quiet=quiet)
     echo(f"done: {result.global_step} steps, largest child {result.summary}; run directory {result.run_dir}\n"
          f"  next: effml supernet select {result.run_dir} --flops <MACs>[,<MACs>...]")

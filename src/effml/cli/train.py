@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from effml.train.config import Config
     from effml.train.run_dir import TrainedModel
 
 
@@ -28,40 +27,16 @@ def train(
     With --resume RUN, the run's saved config is the base, a config file and overrides change it
     (only what its checkpoint does not depend on: more epochs, intervals, workers...), and RUN is
     the run directory whatever run.dir they give."""
-    from effml.cli._common import split_config_args
-    from effml.train.config import describe_config, load_config
+    from effml.cli._common import resumable_config
+    from effml.train.config import describe_config
     from effml.train.engine import fit
 
     if show_config:
         typer.echo(describe_config())
         return
-    config_file, args = split_config_args(args)
-    if resume is not None:
-        cfg = _resume_config(resume, config_file, args, quiet)
-    else:
-        cfg = load_config(config_file, args)
+    cfg = resumable_config(args, resume, quiet=quiet)
     result = fit(cfg, resume=resume is not None, quiet=quiet)
     typer.echo(f"done: {result.global_step} steps, {result.summary}; run directory {result.run_dir}")
-
-
-def _resume_config(run: Path, config_file: str | None, args: list[str], quiet: bool) -> Config:
-    """RUN's saved config, then the config file and overrides over it; run.dir is always RUN."""
-    from effml.train.config import config_from_dict, load_config
-    from effml.train.run_dir import CONFIG_YAML, read_run_config
-
-    if not run.is_dir():
-        from effml.errors import EffmlError
-
-        raise EffmlError(f"--resume {run}: no such run directory")
-    if not (run / CONFIG_YAML).is_file() and (run / "checkpoints" / "last.pt").is_file() and not quiet:
-        typer.echo(f"note: {run / CONFIG_YAML} is missing; resuming with the config recorded in its "
-                   f"checkpoint", err=True)
-    saved = read_run_config(run)
-    cfg = load_config(config_file, args, base=saved)
-    if cfg.run.dir != saved.run.dir and Path(cfg.run.dir).resolve() != run.resolve() and not quiet:
-        typer.echo(f"note: --resume {run} continues that run; run.dir={cfg.run.dir} from the config "
-                   f"file or overrides is ignored", err=True)
-    return config_from_dict({"run": {"dir": str(run)}}, cfg)
 
 
 def evaluate_run(
