@@ -1,31 +1,22 @@
-"""Interleaved timing for side-by-side benchmarks: contenders alternate within every round, so
-load on a shared machine hits them alike; results are medians over all timed calls."""
+"""What the side-by-side benchmarks share: the library's interleaved timer (``effml.measure.latency.
+time_interleaved``: contenders visited in a fresh random order every round, so load on a shared
+machine hits them alike) by contender name, a call under inference mode, and the machine's line."""
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
+
+from effml.measure.latency import machine_fingerprint, time_interleaved
 
 
 def interleaved_ms(
     contenders: dict[str, Callable[[], object]], *, rounds: int = 5, iters: int = 10, warmup: int = 3
 ) -> dict[str, float]:
-    """Median milliseconds per call of each contender, timed in alternating rounds."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(rounds):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            fn = contenders[name]
-            for _ in range(iters):
-                t = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t) * 1e3)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    """Median milliseconds per call of each contender: ``rounds`` interleaved rounds of ``iters``
+    calls each."""
+    samples = time_interleaved(list(contenders.values()), warmup=warmup, rounds=rounds, calls=iters)
+    return {name: statistics.median(s) for name, s in zip(contenders, samples)}
 
 
 def inference_call(model: Callable[[object], object], x: object) -> Callable[[], object]:
@@ -40,15 +31,7 @@ def inference_call(model: Callable[[object], object], x: object) -> Callable[[],
 
 def machine() -> str:
     """A one-line description of the CPU and thread settings."""
-    import os
-    import platform
-
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    m = machine_fingerprint()
+    return f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}, {torch.get_num_threads()} threads"

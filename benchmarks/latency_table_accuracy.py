@@ -1,11 +1,11 @@
-"""How well a latency lookup table predicts measured latency, on random MnasNet-like networks.
+"""How well a latency lookup table predicts measured latency, on random members of the MnasNet space.
 
-A family of networks on a MnasNet-A1-like base (arXiv 1807.11626, Fig. 7), with MnasNet's
-per-stage choices: op (MBConv 'ir', FusedMBConv 'er', depthwise-separable 'ds'), kernel 3/5,
-expansion 3/6, SE 0/0.25, filters x0.75/1/1.25, repeats -1/0/+1. The table holds every distinct
-layer of the sampled networks (as a table over a search space holds all of its layers), its overhead
-is calibrated on some networks, and the others are measured end to end and compared with the
-prediction. Prints the median, p90 and max absolute % error per runtime.
+The members are drawn from the library's MnasNet space (``effml.search.spaces.catalog.mnasnet_space``:
+the factorized hierarchical space of arXiv 1807.11626 as Google released it; per block conv or
+MBConv, expansion, kernel, SE, filters, repeats), the space ``effml search`` searches. The table
+holds every distinct layer of the sampled networks (as a table over a search space holds all of its
+layers), its overhead is calibrated on some networks, and the others are measured end to end and
+compared with the prediction. Prints the median, p90 and max absolute % error per runtime.
 
 Usage: python benchmarks/latency_table_accuracy.py [--networks 30] [--calibration 10]
        [--resolution 96] [--runtimes eager,onnxruntime] [--threads 1] [--seed 0] [--rounds 50]
@@ -21,49 +21,14 @@ import json
 import random
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _timing import machine  # noqa: E402
 
 from effml.measure.latency_table import Settings, build_latency_table, validate_table  # noqa: E402
-from effml.spec import BlockSpec, NetworkSpec  # noqa: E402
-from effml.spec.channels import scale_filters  # noqa: E402
-
-# MnasNet-A1 (paper Fig. 7; timm ``_gen_mnasnet_a1``): (kind, repeats, kernel, stride, expand, SE, filters)
-BASE_ROWS = [
-    ("ds", 1, 3, 1, 1, 0.0, 16),
-    ("ir", 2, 3, 2, 6, 0.0, 24),
-    ("ir", 3, 5, 2, 3, 0.25, 40),
-    ("ir", 4, 3, 2, 6, 0.0, 80),
-    ("ir", 2, 3, 1, 6, 0.25, 112),
-    ("ir", 3, 5, 2, 6, 0.25, 160),
-    ("ir", 1, 3, 1, 6, 0.0, 320),
-]
-OPS, KERNELS, EXPANSIONS, SES, WIDTHS, REPEATS = ("ir", "er", "ds"), (3, 5), (3, 6), (0.0, 0.25), \
-    (0.75, 1.0, 1.25), (-1, 0, 1)
-
-
-def base_spec(resolution: int) -> NetworkSpec:
-    """MnasNet-A1 at ``resolution`` (ReLU, stem 32, head 1280)."""
-    stages = tuple((BlockSpec(kind, c, repeats=r, kernel_size=(k,), stride=s, expand_ratio=float(e),
-                              se_ratio=se),) for kind, r, k, s, e, se, c in BASE_ROWS)
-    return NetworkSpec(stages=stages, stem_channels=32, head_channels=1280, act="relu",
-                       resolution=resolution, dropout=0.2)
-
-
-def sample(base: NetworkSpec, rng: random.Random) -> NetworkSpec:
-    """One member of the family: every stage's block row re-chosen with ``dataclasses.replace``."""
-    stages = []
-    for (row,) in base.stages:
-        op = rng.choice(OPS)
-        row = replace(row, kind=op, kernel_size=(rng.choice(KERNELS),),
-                      expand_ratio=1.0 if op == "ds" else float(rng.choice(EXPANSIONS)),
-                      se_ratio=rng.choice(SES), out_channels=scale_filters(row.out_channels, rng.choice(WIDTHS)),
-                      repeats=max(1, row.repeats + rng.choice(REPEATS)))
-        stages.append((row,))
-    return replace(base, stages=tuple(stages))
+from effml.search.spaces.catalog import mnasnet_space  # noqa: E402
+from effml.spec import NetworkSpec  # noqa: E402
 
 
 def main() -> None:
@@ -80,11 +45,11 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
-    base = base_spec(args.resolution)
+    space = mnasnet_space(resolution=args.resolution)
     seen: set[NetworkSpec] = set()
     members: list[NetworkSpec] = []
     while len(members) < args.networks + args.calibration:
-        spec = sample(base, rng)
+        spec = space.random_member(rng).spec
         if spec not in seen:
             seen.add(spec)
             members.append(spec)

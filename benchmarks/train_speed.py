@@ -8,9 +8,9 @@ statistics with decay 0.9999 (effml's ``create_ema``; timm's ``ModelEmaV3``); a 
 schedule. effml runs its engine's real ``train_step``; timm runs the loop of its ``train.py``.
 Each library keeps its own optimizer defaults (timm's RMSpropTF picks its per-tensor path on CPU).
 
-Speed: one process, the same starting weights, one step of each contender per round, the order
-alternating between rounds; prints median ms/step and images/s, the ratio of the medians, and the
-median of the per-round ratios (each pair ran seconds apart, so it shrugs off load that other
+Speed: one process, the same starting weights, one step of each contender per round, in a fresh
+random order each round (``effml.measure.latency.time_interleaved``); prints median ms/step and
+images/s, the ratio of the medians, and the median of the per-round ratios (each pair ran seconds apart, so it shrugs off load that other
 jobs put on a shared machine between rounds). The headline ratio is the median of the pairs.
 It also prints process CPU time per step, a measure of work that a busy machine distorts less
 (exact with ``--threads 1``; with more threads it includes OpenMP's spin-waiting), and the
@@ -54,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _timing import machine  # noqa: E402
 
 import effml  # noqa: E402
+from effml.measure.latency import time_interleaved  # noqa: E402
 from effml.train.config import OptimConfig, ScheduleConfig  # noqa: E402
 from effml.train.ema import create_ema  # noqa: E402
 from effml.train.engine import train_step  # noqa: E402
@@ -133,21 +134,21 @@ def timm_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Contender:
 
 def paired_ms(contenders: dict[str, Callable[[], object]], rounds: int,
               warmup: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Wall and process-CPU milliseconds of each call, one call per contender per round, the
-    order alternating by round."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    wall: dict[str, list[float]] = {name: [] for name in contenders}
+    """Wall and process-CPU milliseconds of each call, one call per contender per round, in a fresh
+    random order each round (the library's ``time_interleaved``; the CPU time is read around the
+    same call)."""
     cpu: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t, c = time.perf_counter(), time.process_time()
-            contenders[name]()
-            wall[name].append((time.perf_counter() - t) * 1e3)
+
+    def with_cpu(name: str, fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            c = time.process_time()
+            out = fn()
             cpu[name].append((time.process_time() - c) * 1e3)
-    return wall, cpu
+            return out
+        return call
+
+    wall = time_interleaved([with_cpu(n, f) for n, f in contenders.items()], warmup=warmup, rounds=rounds)
+    return dict(zip(contenders, wall)), {name: c[warmup:] for name, c in cpu.items()}
 
 
 def _inputs(batch: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

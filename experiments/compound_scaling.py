@@ -48,7 +48,7 @@ from typing import Any
 
 from _common import ROOT, fmt, minutes, publish, save_figure, shipped_top1, spread, train
 
-from effml.spec import NetworkSpec, compound_scale, format_arch, parse_arch, plan
+from effml.spec import NetworkSpec, compound_scale, format_arch, parse_arch, plan, scale_to_macs
 from effml.zoo import spec_to_json
 
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -102,10 +102,9 @@ def grid_rules(alphas=GRID_ALPHA, betas=GRID_BETA, pixels=GRID_PIXELS) -> list[R
 def matched(rule: Rule, ratio: float) -> tuple[float, NetworkSpec]:
     """The phi (steps of 0.01 up to 3 log2(ratio)) whose network along ``rule`` comes closest to
     ``ratio`` times the base's MACs, and that network: rounding makes MACs a staircase in phi."""
-    target = ratio * macs(BASE)
-    phis = [round(0.01 * i, 2) for i in range(1, int(300 * math.log2(ratio)) + 1)]
-    phi = min(phis, key=lambda p: (round(abs(math.log(macs(rule.at(p)) / target)), 6), p))
-    return phi, rule.at(phi)
+    found = scale_to_macs(lambda phi: rule.at(round(phi, 2)), macs, ratio * macs(BASE), start=math.log2(ratio),
+                          bounds=(0.01, int(300 * math.log2(ratio)) * 0.01), grid=0.01)
+    return round(found.value, 2), found.member
 
 
 def methods_at_2x(grid_rows: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, dict[str, Any]]:

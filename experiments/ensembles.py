@@ -51,7 +51,7 @@ from effml.errors import EffmlError
 from effml.files import atomic_write_bytes, atomic_write_text
 from effml.models.counting import count_macs, count_params
 from effml.models.ensemble import Ensemble
-from effml.spec import NetworkSpec, compound_scale, format_arch
+from effml.spec import NetworkSpec, compound_scale, format_arch, scale_to_macs
 from effml.train.checkpoint import CHECKPOINT_NAME
 from effml.train.config import Config, config_to_yaml, load_config
 from effml.train.data import build_datasets, eval_loader
@@ -102,18 +102,13 @@ def match_macs(member: Scaled, target: int, image_size: int, num_classes: int, t
     def miss(s: Scaled) -> float:
         return abs(math.log(s.macs / target))
 
-    # MACs grow roughly as depth * width^2 = (ALPHA * BETA^2)^phi; scan a bit past the estimate.
-    phi_max = 1.5 * math.log(target / member.macs) / math.log(ALPHA * BETA**2) + 1.0
-    best: Scaled | None = None
-    for i in range(int(phi_max / 0.02) + 1):
-        phi = i * 0.02
-        s = scaled_b0(round(member.width * BETA**phi, 4), round(member.depth * ALPHA**phi, 4),
-                      image_size, num_classes, cache)
-        if best is None or miss(s) < miss(best) - 1e-12:
-            best = Scaled(s.width, s.depth, s.spec, s.macs, s.params, round(phi, 2))
-        if s.macs > 2 * target:
-            break
-    assert best is not None
+    # MACs grow roughly as depth * width^2 = (ALPHA * BETA^2)^phi; search a bit past the estimate.
+    estimate = math.log(target / member.macs) / math.log(ALPHA * BETA**2)
+    found = scale_to_macs(lambda phi: scaled_b0(round(member.width * BETA**phi, 4), round(member.depth * ALPHA**phi, 4),
+                                                image_size, num_classes, cache),
+                          lambda s: s.macs, target, start=estimate, bounds=(0.0, 1.5 * estimate + 1.0), grid=0.02)
+    s = found.member
+    best = Scaled(s.width, s.depth, s.spec, s.macs, s.params, round(found.value, 2))
     if miss(best) <= math.log1p(tolerance):
         return best, "compound rule"
     # Channel rounding (multiples of 8) makes the rule's steps coarse for tiny models: try a grid.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import given
@@ -11,7 +12,16 @@ from hypothesis import strategies as st
 import effml
 from effml.errors import SpecError
 from effml.models.efficientnet import efficientnet_b0_spec, efficientnet_spec
-from effml.spec import BlockSpec, compound_scale, format_block, parse_block, round_filters, round_repeats
+from effml.spec import (
+    BlockSpec,
+    compound_scale,
+    format_block,
+    parse_block,
+    plan,
+    round_filters,
+    round_repeats,
+    scale_to_macs,
+)
 from effml.zoo import spec_from_json, spec_to_json
 
 ALL_MODELS = [n for n in effml.list_models(task="classify")  # the MBConv-family zoo (NetworkSpec)
@@ -157,3 +167,35 @@ def test_invalid_network_fields_are_rejected():
         spec.replace(dropout=1.5)
     with pytest.raises(SpecError, match="at least one stage"):
         spec.replace(stages=())
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=30), st.floats(1.0, 500.0), st.floats(0.3, 3.0))
+def test_scaling_to_macs_on_a_grid_finds_what_a_scan_of_the_grid_finds(jumps, target, start):
+    # a MACs staircase: the knob k x 0.01 costs 10 + the jumps below it (never falling, with plateaus)
+    def cost(knob: float) -> float:
+        return 10.0 + sum(j for i, j in enumerate(jumps) if knob >= 0.1 * (i + 1) - 1e-9)
+
+    grid = [k * 0.01 for k in range(1, 400)]
+    miss = [abs(math.log(cost(g) / target)) for g in grid]
+    top = max(cost(g) for g in grid)
+    try:
+        found = scale_to_macs(lambda k: k, cost, target, start=start, bounds=(0.01, 3.99), grid=0.01)
+    except SpecError:  # only when the bracket would leave the bounds: the target lies beyond the staircase
+        assert target > top or target < cost(0.01)
+        return
+    want = grid[miss.index(min(miss))]  # the first value of the nearest step
+    assert found.value == pytest.approx(want) and found.macs == cost(want)
+
+
+def test_scaling_to_macs_stops_within_the_tolerance_and_says_when_the_target_is_out_of_reach():
+    b0 = efficientnet_b0_spec()
+
+    def macs(spec: effml.spec.NetworkSpec) -> int:
+        return plan(spec).macs()
+
+    target = 2 * macs(b0)
+    found = scale_to_macs(lambda w: compound_scale(b0, width=w), macs, target, start=1.0, bounds=(0.1, 4.0),
+                          tolerance=0.01)
+    assert abs(math.log(found.macs / target)) <= 0.01 and found.member == compound_scale(b0, width=found.value)
+    with pytest.raises(SpecError, match="change the MACs target"):
+        scale_to_macs(lambda w: compound_scale(b0, width=w), macs, 100 * target, start=1.0, bounds=(0.1, 4.0))

@@ -89,13 +89,14 @@ def time_calls(fn: Callable[[], object], warmup: int, iters: int, *, min_time_ms
 
 def time_interleaved(fns: Sequence[Callable[[], object]], *, warmup: int, rounds: int,
                      clock: Callable[[], float] = time.perf_counter, seed: int = 0,
-                     progress: Callable[[int, int], None] | None = None) -> list[list[float]]:
-    """Per function, the ms of one call in each of ``rounds`` rounds that visit every function once,
-    in a fresh random order each round, after ``warmup`` calls each.
+                     progress: Callable[[int, int], None] | None = None, calls: int = 1) -> list[list[float]]:
+    """Per function, the ms of each of its ``calls`` calls in each of ``rounds`` rounds that visit
+    every function once, in a fresh random order each round, after ``warmup`` calls each.
 
-    One call per visit, like one pass of a network: a layer starts with the caches its neighbours
-    left, not with its own weights hot. A shared machine's slow spells fall on all functions alike,
-    and the shuffle keeps any one from always following the same neighbours.
+    One call per visit (the default), like one pass of a network: a layer starts with the caches its
+    neighbours left, not with its own weights hot. A shared machine's slow spells fall on all
+    functions alike, and the shuffle keeps any one from always following the same neighbours. This
+    is the one timer of side-by-side comparisons too (``benchmarks/``: several calls per visit).
     """
     for fn in fns:
         time_calls(fn, warmup, 0, clock=clock)
@@ -105,7 +106,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], *, warmup: int, rounds
     for r in range(rounds):
         rng.shuffle(order)
         for i in order:
-            samples[i] += time_calls(fns[i], 0, 1, clock=clock)
+            samples[i] += time_calls(fns[i], 0, calls, clock=clock)
         if progress:
             progress(r + 1, rounds)
     return samples

@@ -54,7 +54,7 @@ from effml.train.run_dir import (
     weights_file,
     write_run_info,
 )
-from effml.train.step import StepFn, TrainingDiverged, train_step
+from effml.train.step import ReportingStep, StepFn, TrainingDiverged, train_step
 from effml.train.trainer import Trainer, preserved_global_state
 
 __all__ = ["EpochHook", "RunResult", "TrainingDiverged", "fit", "train_step"]
@@ -311,7 +311,7 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
                             loss=loss_avg, lr=t.lr, images_per_s=ips,
                             **{k: float(v) for k, v in out.parts.items()})
                     # a step with its own progress (AutoHAS: the controller's reward, entropy) adds it
-                    extra = t.step_fn.progress() + " " if hasattr(t.step_fn, "progress") else ""
+                    extra = t.step_fn.progress() + " " if isinstance(t.step_fn, ReportingStep) else ""
                     log.say(f"epoch {t.epoch + 1}/{train.epochs} step {t.batch_in_epoch}/{t.steps_per_epoch} "
                             f"loss {loss_avg:.4f} lr {t.lr:.5f} {extra}{ips:.1f} img/s "
                             f"eta {time.strftime('%H:%M:%S', time.gmtime(left))}")

@@ -1,11 +1,13 @@
 """What one optimizer step does, as a pluggable function of the Trainer and a batch.
 
-The default step is ``train_step``: one forward pass of the objective, a NaN check, backward,
-gradient clipping, the optimizer and schedule steps and the EMA update. Search methods replace
-it without copying the loop:
+Every step that updates the weights goes through one sequence, ``optimizer_step``: forward
+passes, a NaN check and backward each, gradient clipping, the optimizer and schedule steps and
+the EMA update. The default step is ``train_step``, one pass of the objective. Search methods
+replace it without copying the loop:
 
 - BigNAS's sandwich rule (arXiv 2003.11142, Sec. 3.1) sums the gradients of the largest, the
   smallest and N random children before one update: ``accumulate_step`` with one pass each;
+- AutoHAS's shared-weight step is ``accumulate_step`` with one pass and the sampled optimizer;
 - AutoHAS (arXiv 2006.03656) rewards a sampled choice with the accuracy of *temporary weights*,
   one virtual optimizer step away from the shared ones: ``temporary_weights`` and
   ``FunctionalModel`` compute and evaluate them without touching the real weights, optimizer
@@ -16,8 +18,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -44,6 +47,30 @@ class StepFn(Protocol):
     def __call__(self, trainer: Trainer, batch: Batch) -> StepOutput: ...
 
 
+@runtime_checkable
+class ReportingStep(StepFn, Protocol):
+    """A step that adds a few words to the training loop's progress line (AutoHAS: the recent
+    reward and the policy's entropy)."""
+
+    def progress(self) -> str:
+        """The words, e.g. ``reward 0.512 entropy 0.93``."""
+        ...
+
+
+@runtime_checkable
+class StatefulStep(StepFn, Protocol):
+    """A step with state of its own (AutoHAS's controller) that the Trainer's checkpoint keeps, so a
+    resume continues it exactly."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state: plain data and tensors (``torch.load(weights_only=True)`` reads it)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict``'s state."""
+        ...
+
+
 def _autocast(device_type: str, enabled: bool) -> torch.autocast:
     return torch.autocast(device_type, dtype=torch.bfloat16 if device_type == "cpu" else torch.float16,
                           enabled=enabled)
@@ -54,23 +81,54 @@ def _check_finite(loss: torch.Tensor) -> None:
         raise TrainingDiverged(f"the loss became {loss.item()}")
 
 
-def train_step(net: nn.Module, model: nn.Module, batch: Batch, objective: Objective,
-               optimizer: Optimizer, scheduler: LRScheduler, ema: AveragedModel | None,
-               grad_clip: float | None, *, amp: bool = False) -> StepOutput:
-    """One optimizer step of ``net`` (``model`` unwrapped) on ``batch``; raises ``TrainingDiverged``
-    before the backward pass if the loss is not finite."""
-    with _autocast(batch.images.device.type, amp):
-        out = objective(net, batch)
-    _check_finite(out.loss)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+def optimizer_step(model: nn.Module, passes: Iterable[Callable[[], StepOutput]], optimizer: Optimizer,
+                   scheduler: LRScheduler, ema: AveragedModel | None, grad_clip: float | None, *,
+                   amp: bool = False, device_type: str = "cpu") -> list[StepOutput]:
+    """The one optimizer-step sequence: per pass, its forward (autocast when ``amp``), a finiteness
+    check and its backward (the gradients zeroed before the first); then gradient clipping, the
+    optimizer step, the schedule step and the EMA update of ``model``. Returns the passes' outputs,
+    detached.
+
+    Each pass's backward runs, freeing its graph, before the next pass starts, so the update uses
+    the sum of the passes' gradients. Raises ``TrainingDiverged`` (with no update applied and the
+    gradients cleared) when a pass's loss is not finite. ``optimizer`` may be another one than the
+    schedule's (AutoHAS's sampled optimizer); the schedule steps all the same.
+    """
+    outs: list[StepOutput] = []
+    for p in passes:
+        with _autocast(device_type, amp):
+            out = p()
+        if not outs:  # just before the first backward (the single-pass step's order)
+            optimizer.zero_grad(set_to_none=True)
+        try:
+            _check_finite(out.loss)
+        except TrainingDiverged:
+            optimizer.zero_grad(set_to_none=True)
+            raise
+        out.loss.backward()
+        outs.append(StepOutput(out.loss.detach(), out.logits.detach(), out.parts))
+    if not outs:
+        raise EffmlError("the optimizer step got no passes; give it at least one closure")
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    scheduler.step()
+    with warnings.catch_warnings():
+        if optimizer is not scheduler.optimizer:  # the schedule's own optimizer did not step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        scheduler.step()
     if ema is not None:
         ema.update_parameters(model)
-    return out
+    return outs
+
+
+def train_step(net: nn.Module, model: nn.Module, batch: Batch, objective: Objective,
+               optimizer: Optimizer, scheduler: LRScheduler, ema: AveragedModel | None,
+               grad_clip: float | None, *, amp: bool = False) -> StepOutput:
+    """One optimizer step of ``net`` (``model`` unwrapped) on ``batch`` (``optimizer_step`` with one
+    pass of the objective); raises ``TrainingDiverged`` before the backward pass if the loss is not
+    finite."""
+    return optimizer_step(model, [lambda: objective(net, batch)], optimizer, scheduler, ema, grad_clip,
+                          amp=amp, device_type=batch.images.device.type)[0]
 
 
 def default_step(trainer: Trainer, batch: Batch) -> StepOutput:
@@ -79,40 +137,20 @@ def default_step(trainer: Trainer, batch: Batch) -> StepOutput:
                       trainer.scheduler, trainer.ema, trainer.cfg.optim.grad_clip, amp=trainer.cfg.train.amp)
 
 
-def apply_update(trainer: Trainer) -> None:
-    """Apply the accumulated gradients: clip, optimizer step, schedule step, EMA update."""
-    if trainer.cfg.optim.grad_clip:
-        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.optim.grad_clip)
-    trainer.optimizer.step()
-    trainer.scheduler.step()
-    if trainer.ema is not None:
-        trainer.ema.update_parameters(trainer.model)
-
-
-def accumulate_step(trainer: Trainer, passes: Iterable[Callable[[], StepOutput]]) -> StepOutput:
-    """One optimizer step on the summed gradients of several forward passes.
+def accumulate_step(trainer: Trainer, passes: Iterable[Callable[[], StepOutput]], *,
+                    optimizer: Optimizer | None = None) -> StepOutput:
+    """One optimizer step (``optimizer_step``) of the trainer on the summed gradients of several
+    forward passes.
 
     Each pass returns a ``StepOutput`` (e.g. ``trainer.objective(trainer.net, batch)`` with one
-    child of a supernet active); its backward runs, freeing its graph, before the next pass
-    starts. The result's loss is the sum of the passes' losses, its logits the first pass's, and
-    its parts each pass's parts suffixed by the pass number. Raises ``TrainingDiverged`` (with
+    child of a supernet active). The result's loss is the sum of the passes' losses, its logits the
+    first pass's, and its parts each pass's parts suffixed by the pass number. ``optimizer``
+    defaults to the trainer's (AutoHAS passes the sampled one). Raises ``TrainingDiverged`` (with
     no update applied) when a pass's loss is not finite.
     """
-    trainer.optimizer.zero_grad(set_to_none=True)
-    outs: list[StepOutput] = []
-    for p in passes:
-        with _autocast(trainer.device.type, trainer.cfg.train.amp):
-            out = p()
-        try:
-            _check_finite(out.loss)
-        except TrainingDiverged:
-            trainer.optimizer.zero_grad(set_to_none=True)
-            raise
-        out.loss.backward()
-        outs.append(StepOutput(out.loss.detach(), out.logits.detach(), out.parts))
-    if not outs:
-        raise EffmlError("accumulate_step got no passes; give it at least one closure")
-    apply_update(trainer)
+    outs = optimizer_step(trainer.model, passes, trainer.optimizer if optimizer is None else optimizer,
+                          trainer.scheduler, trainer.ema, trainer.cfg.optim.grad_clip,
+                          amp=trainer.cfg.train.amp, device_type=trainer.device.type)
     parts = {f"{k}_{i}": v for i, o in enumerate(outs) for k, v in o.parts.items()}
     return StepOutput(torch.stack([o.loss.float() for o in outs]).sum(), outs[0].logits, parts)
 

@@ -35,7 +35,7 @@ from effml.train.ema import create_ema
 from effml.train.objective import Batch, Objective, StepOutput
 from effml.train.optim import build_optimizer, build_scheduler
 from effml.train.resolve import resolve_model
-from effml.train.step import FunctionalModel, StepFn, TrainingDiverged, default_step
+from effml.train.step import FunctionalModel, StatefulStep, StepFn, TrainingDiverged, default_step
 from effml.train.tasks import task_for
 
 Split = Literal["val", "holdout"]
@@ -419,7 +419,7 @@ class Trainer:
             "rng": rng_state(), "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step, "skipped": self.skipped, "config": config_to_dict(self.cfg),
             # a step with state of its own (AutoHAS's controller) keeps it in the checkpoint
-            "step": self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else None,
+            "step": self.step_fn.state_dict() if isinstance(self.step_fn, StatefulStep) else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -432,7 +432,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step, self.skipped = state["global_step"], state["skipped"]
         self._batches = None
-        if state.get("step") is not None and hasattr(self.step_fn, "load_state_dict"):
+        if state.get("step") is not None and isinstance(self.step_fn, StatefulStep):
             self.step_fn.load_state_dict(state["step"])
         set_rng_state(state["rng"])
 

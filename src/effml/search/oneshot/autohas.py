@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
@@ -65,7 +64,14 @@ from effml.train.distributed import unwrap
 from effml.train.engine import RunResult, fit
 from effml.train.objective import Batch, StepOutput, classification_loss
 from effml.train.optim import build_optimizer
-from effml.train.step import FunctionalModel, TrainingDiverged, temporary_weights
+from effml.train.step import (
+    FunctionalModel,
+    ReportingStep,
+    StatefulStep,
+    TrainingDiverged,
+    accumulate_step,
+    temporary_weights,
+)
 from effml.train.trainer import Trainer, preserved_global_state, seed_everything
 from effml.zoo import spec_to_json
 
@@ -117,7 +123,7 @@ def joint_space(cfg: AutoHASConfig, classes: int) -> JointSpace:
     return JointSpace.from_space(space_for(cfg.autohas.space, classes, cfg.data.image_size), cfg.autohas.bases)
 
 
-class AutoHASStep:
+class AutoHASStep(ReportingStep, StatefulStep):
     """One AutoHAS step over the Trainer's supernet: a shared-weight step, then (after warm-up) a
     controller step. Its state (the controller, the extra optimizers, the history) goes into the
     Trainer's checkpoint, so ``--resume`` continues exactly; samples of step n come from a
@@ -173,22 +179,19 @@ class AutoHASStep:
         optimizer = self._optimizer(trainer, hyper)
         lr, wd = self._rates(trainer, hyper, factor)
         _set_rates(optimizer, lr, wd)
-        optimizer.zero_grad(set_to_none=True)
-        loss, logits = self._loss(trainer, trainer.net, batch, spec, hyper, rng)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss.item()} (sampled {hyper})")
-        loss.backward()
-        if trainer.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.optim.grad_clip)
-        optimizer.step()
-        with warnings.catch_warnings():  # the schedule steps although another optimizer took this step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            trainer.scheduler.step()
-        parts: dict[str, torch.Tensor] = {"ce": loss.detach()}
+
+        def shared() -> StepOutput:
+            return StepOutput(*self._loss(trainer, trainer.net, batch, spec, hyper, rng), {})
+
+        try:
+            out = accumulate_step(trainer, [shared], optimizer=optimizer)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e} (sampled {hyper})") from None
+        parts: dict[str, torch.Tensor] = {"ce": out.loss}
         warmup = int(self.s.warmup_epochs * trainer.steps_per_epoch)
         if trainer.global_step >= warmup:
             parts.update(self._controller_step(trainer, supernet, batch, factor, rng))
-        return StepOutput(loss.detach(), logits.detach(), parts)
+        return StepOutput(out.loss, out.logits, parts)
 
     def _decode(self, picked: Mapping[str, int]) -> tuple[NetworkSpec, dict[str, Any]]:
         spec, hyper = self.space.decode(picked)
@@ -228,7 +231,13 @@ class AutoHASStep:
         """The sampled child's training loss on ``batch`` with the sampled mixup and label smoothing."""
         images, targets = batch.images, batch.targets
         alpha = float(hyper.get("data.mixup", 0.0))
-        if alpha > 0:  # mixup (Zhang et al., arXiv 1710.09412) with the sampled alpha
+        # Mixup (Zhang et al., arXiv 1710.09412) with the sampled alpha, drawn from the step's generator
+        # so that the temporary-weight and hypergradient passes see the same mixup and a resume
+        # replays it. Not torchvision's v2.MixUp, which the Trainer uses: it draws lambda from torch's
+        # global generator and always pairs each image with its neighbour (a roll), where this pairs
+        # it with a random partner; the pairing cannot be given to it, and every AutoHAS result
+        # (README, experiments/autohas.py) would change with it.
+        if alpha > 0:
             lam = float(rng.beta(alpha, alpha))
             perm = torch.as_tensor(rng.permutation(len(images)), device=images.device)
             soft = targets if targets.dim() > 1 else F.one_hot(targets, trainer.num_classes).float()

@@ -38,6 +38,7 @@ from effml.errors import SearchError, SpecError
 from effml.models.spinenet import SpineNetBlock, SpineNetSpec, blocks_from_table
 from effml.models.spinenet_specs import FILTER_SIZE_MAP, SCALE_DECREASED_BLOCK_SPECS
 from effml.search.spaces.search_space import Sample
+from effml.spec import scale_to_macs
 
 # The released SpineNet space (google/vertex-ai-nas tunable_spinenet.py, spinenet_search_space).
 INTERMEDIATE_LEVELS = (2, 3, 3, 3, 4, 4, 4, 4, 4, 5, 5)
@@ -75,46 +76,27 @@ def detector_macs(spec: RetinaNetSpec) -> int:
 
 def scaled_to_macs(spec: RetinaNetSpec, macs: float, tolerance: float = 0.01) -> RetinaNetSpec:
     """``spec`` with its backbone's ``filter_size_scale`` set so that the detector's MACs come
-    closest to ``macs`` (the head and endpoints keep their width). Widths are whole channels
+    closest to ``macs`` (the head and endpoints keep their width): ``effml.spec.scale_to_macs`` on
+    the scale, stopping early within ``tolerance``. Widths are whole channels
     (``int(filters x scale)``), so the MACs grow in steps with the scale, up to ~6% apart for these
-    small networks; a bisection over the scale finds the step nearest ``macs`` (it stops early
-    within ``tolerance``)."""
+    small networks."""
     too_small = SearchError(f"no filter_size_scale in [0.01, 16] gives {macs / 1e6:.1f}M MACs for this block table "
                             f"(its head alone may cost more); raise the MACs target")
 
-    def at(scale: float) -> tuple[float, RetinaNetSpec, int]:
-        s = spec.replace(backbone=spec.backbone.replace(filter_size_scale=round(scale, 5)))
+    def at(scale: float) -> RetinaNetSpec:
+        return spec.replace(backbone=spec.backbone.replace(filter_size_scale=round(scale, 5)))
+
+    def count(s: RetinaNetSpec) -> int:
         try:
-            return scale, s, detector_macs(s)
+            return detector_macs(s)
         except (IndexError, RuntimeError):  # some conv would have no channels left at this scale
             raise too_small from None
 
-    def off(t: tuple[float, RetinaNetSpec, int]) -> float:
-        return abs(math.log(t[2] / macs))
-
-    first = at(spec.backbone.filter_size_scale)
-    guess = at(first[0] * math.sqrt(macs / first[2]))  # MACs grow about with the square of the scale
-    lo = hi = None
-    for t in (first, guess):
-        if t[2] <= macs and (lo is None or t[0] > lo[0]):
-            lo = t
-        if t[2] >= macs and (hi is None or t[0] < hi[0]):
-            hi = t
-    while lo is None or hi is None:  # widen the bracket
-        if lo is None:
-            lo = at(hi[0] / 1.25)
-            lo, hi = (lo, hi) if lo[2] <= macs else (None, lo)
-        else:
-            hi = at(lo[0] * 1.25)
-            lo, hi = (lo, hi) if hi[2] >= macs else (hi, None)
-        if (lo or hi)[0] < 0.01 or (lo or hi)[0] > 16:
-            raise too_small
-    for _ in range(12):
-        if min(off(lo), off(hi)) <= tolerance or hi[0] - lo[0] < 1e-4:
-            break
-        mid = at((lo[0] + hi[0]) / 2)
-        lo, hi = (mid, hi) if mid[2] <= macs else (lo, mid)
-    return min((lo, hi), key=off)[1]
+    try:
+        return scale_to_macs(at, count, macs, start=spec.backbone.filter_size_scale, bounds=(0.01, 16),
+                             tolerance=tolerance).member
+    except SpecError:
+        raise too_small from None
 
 
 def _lehmer(items: tuple[Any, ...], code: list[int]) -> list[Any]:
