@@ -205,3 +205,39 @@ def test_detection_run_eval_and_detect(tmp_path):
     for d in dets:
         assert d["class"] == info["classes"][d["label"]]
         assert d["category_id"] == info["category_ids"][d["label"]]
+
+
+# ---------------------------------------------------------------- the library's ImageDetector
+
+
+def test_image_detector_maps_boxes_back_to_each_picture(files):
+    """What `effml detect` runs, from Python: pictures of any size in one batch, boxes in each
+    picture's own pixels (inside it, not in the letterbox padding)."""
+    from effml.data import load_image
+    from effml.deploy import ImageDetector
+    from effml.models.weights import load_weights
+    from effml.spec.entry import Preprocess
+
+    model = _tiny_detector()
+    load_weights(model, files["weights"])
+    size = load_spec_resolution()
+    detector = ImageDetector(model, Preprocess(size, 1.0, (0.5,) * 3, (0.25,) * 3, "bilinear"),
+                             score_threshold=0.5, max_detections=20)
+    wide, tall = load_image(files["wide"]), load_image(files["tall"])
+    both = detector([wide, tall])
+    assert detector([]) == []
+    for picture, found in zip((wide, tall), both):
+        assert 0 < len(found.boxes) <= 20 and set(found.labels.tolist()) == {RIGGED}
+        b = found.boxes
+        assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= picture.width).all()
+        assert (b[:, 1::2] >= 0).all() and (b[:, 1::2] <= picture.height).all()
+        assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
+    # every anchor fires (the rigged bias): the tall picture fills the letterbox's height, so its
+    # boxes reach below the wide picture's height, whose own stop at it (the padding is not its)
+    assert both[1].boxes[:, 3].max() > wide.height
+
+
+def load_spec_resolution() -> int:
+    from effml.zoo import load_spec
+
+    return load_spec(TINY_SPEC).resolution
