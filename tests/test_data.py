@@ -62,3 +62,26 @@ def test_imagenet_classes():
     names = imagenet_classes()
     assert len(names) == 1000 and names[1] == "goldfish"
     assert class_names(1000) == names and class_names(10) is None
+
+
+def test_class_counts_are_read_once_per_process_until_the_folder_changes(tmp_path, monkeypatch):
+    """A search counts its proxy's classes twice (the space, the check): the data is read once."""
+    import os
+
+    from effml.train import data as train_data
+    from effml.train.config import load_config
+
+    for name in ("cat", "dog"):
+        for split in ("train", "val"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8), name == "cat" and "red" or "blue").save(tmp_path / split / name / "a.png")
+    cfg = load_config(None, ["data.dataset=folder", f"data.root={tmp_path}", "data.batch_size=1"])
+    reads = []
+    build = train_data.build_datasets
+    monkeypatch.setattr(train_data, "build_datasets", lambda *a: reads.append(1) or build(*a))
+    assert train_data.num_classes(cfg) == train_data.num_classes(cfg) == 2 and len(reads) == 1
+    for split in ("train", "val"):
+        (tmp_path / split / "emu").mkdir()
+        Image.new("RGB", (8, 8), "green").save(tmp_path / split / "emu" / "a.png")
+    os.utime(tmp_path / "train", ns=(1, 1))  # a new class folder changes the folder's time anyway
+    assert train_data.num_classes(cfg) == 3 and len(reads) == 2

@@ -39,11 +39,22 @@ class DataBundle:
 DETECTION_DATASETS = ("shapes", "coco")
 
 
+# Class counts this process has read, by the data they describe: a search names its space's
+# classes and checks them against the proxy's (two calls) without reading the data set twice.
+_CLASS_COUNTS: dict[str, int] = {}
+
+
 def num_classes(cfg: Config) -> int:
-    """The classifier width ``cfg`` trains: ``model.num_classes``, else the data set's class count."""
+    """The classifier width ``cfg`` trains: ``model.num_classes``, else the data set's class count
+    (read once per process for the same data; a folder data set again when its folder changed)."""
     if cfg.model.num_classes:
         return cfg.model.num_classes
-    return len(build_datasets(cfg, Preprocess(cfg.data.image_size, 0.875)).classes)
+    train = Path(cfg.data.root) / "train" if cfg.data.root else None
+    changed = train.stat().st_mtime_ns if train is not None and train.is_dir() else None
+    key = repr((cfg.data, cfg.detect, changed))
+    if key not in _CLASS_COUNTS:
+        _CLASS_COUNTS[key] = len(build_datasets(cfg, Preprocess(cfg.data.image_size, 0.875)).classes)
+    return _CLASS_COUNTS[key]
 
 
 def eval_preprocess(cfg: Config, preprocess: Preprocess) -> Preprocess:
