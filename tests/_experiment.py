@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+# The search experiments' tests pass --workers 1: one search worker process and one training at a
+# time. Under pytest-xdist the other core runs another test file, and a second worker process only
+# adds its start-up (importing torch and effml: about 4.4 s of CPU) to each search.
 
 
 def run_quick(name: str, out: Path, *args: str) -> tuple[str, dict[str, Any]]:

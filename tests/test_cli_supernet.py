@@ -123,9 +123,8 @@ def test_errors_name_the_setting(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_resume_continues_to_the_same_weights(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    effml("supernet", "train", str(CONFIG), *_overrides(straight, "train.max_steps=4"), "--quiet")
+def test_resume_continues_to_the_same_weights(trained, tmp_path):
+    straight, resumed = trained, tmp_path / "resumed"  # trained: the same 4 steps, uninterrupted
     effml("supernet", "train", str(CONFIG), *_overrides(resumed, "train.max_steps=2"), "--quiet")
     effml("supernet", "train", "--resume", str(resumed), "train.max_steps=4", "--quiet")
     a, b = load_file(straight / "weights.safetensors"), load_file(resumed / "weights.safetensors")

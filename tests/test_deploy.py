@@ -164,8 +164,13 @@ def test_fuse_warns_about_unknown_structure():
 def test_benchmark_results_cover_every_runtime_and_batch():
     model = _tiny()
     threads_before = torch.get_num_threads()
-    results = benchmark(model, batch_sizes=(1, 2), input_size=16, runtimes=RUNTIMES,
-                        warmup=1, iters=3, threads=1)
+    torch.set_num_threads(2)  # not 1, whatever the process had (tests/conftest.py: 1 under xdist)
+    try:
+        results = benchmark(model, batch_sizes=(1, 2), input_size=16, runtimes=RUNTIMES,
+                            warmup=1, iters=3, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads_before)
     assert [(r.runtime, r.batch_size) for r in results] == [
         (rt, b) for rt in RUNTIMES for b in (1, 2)]
     for r in results:
@@ -175,7 +180,6 @@ def test_benchmark_results_cover_every_runtime_and_batch():
         assert r.images_per_s == pytest.approx(r.batch_size * 1e3 / r.mean_ms)
         assert set(r.as_dict()) >= {"runtime", "batch_size", "p50_ms", "p90_ms", "images_per_s"}
     assert model[0].weight.is_contiguous()  # channels_last is undone on the caller's model
-    assert torch.get_num_threads() == threads_before
 
 
 def test_benchmark_times_a_peer_in_the_same_rounds_and_gives_ratios():

@@ -12,7 +12,7 @@ from effml.zoo import load_spec
 
 
 def test_quick_run_distils_in_the_akd_proxies_and_writes_results_plot_and_specs(tmp_path):
-    stdout, res = run_quick("akd", tmp_path)
+    stdout, res = run_quick("akd", tmp_path, "--workers", "1")  # _experiment.py: one worker
     teachers = ("mbconv", "mixconv")
     assert set(res["teachers"]) == set(teachers)
     assert set(res["searches"]) == {"nas", "akd_mbconv", "akd_mixconv"}

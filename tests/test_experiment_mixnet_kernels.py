@@ -14,7 +14,7 @@ from effml.zoo import load_spec
 
 
 def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
-    stdout, res = run_quick("mixnet_kernels", tmp_path)
+    stdout, res = run_quick("mixnet_kernels", tmp_path, "--workers", "1")  # _experiment.py: one worker
     single = {k: load_spec(tmp_path / f"single_k{k}.json") for k in (3, 5, 7)}
     # single-kernel networks: every MBConv row one k x k depthwise kernel; T = the 5x5 network's MACs
     for k, spec in single.items():

@@ -14,7 +14,7 @@ from effml.zoo import load_spec
 
 
 def test_quick_run_writes_fronts_layer_kinds_and_detector_specs(tmp_path):
-    stdout, res = run_quick("mobiledet_search", tmp_path)
+    stdout, res = run_quick("mobiledet_search", tmp_path, "--workers", "1")  # _experiment.py: one worker
     t = res["target"]["latency_ms"]
     assert t > 0
     assert set(res["searches"]) == {"full", "ibn"}

@@ -15,7 +15,7 @@ from effml.zoo import load_spec
 
 
 def test_quick_run_compares_three_tables_at_the_same_macs(tmp_path):
-    stdout, res = run_quick("spinenet_search", tmp_path)
+    stdout, res = run_quick("spinenet_search", tmp_path, "--workers", "1")  # _experiment.py: one worker
     budget = res["budget_macs"]
     study = load_study(str(tmp_path / "search.db"))
     trials = res["search"]["trials"]

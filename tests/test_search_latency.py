@@ -82,9 +82,13 @@ def test_time_interleaved_visits_every_function_once_per_round_in_shuffled_order
 
 def test_torch_threads_restores_the_thread_count():
     before = torch.get_num_threads()
-    with torch_threads(1) as n:
-        assert n == 1 == torch.get_num_threads()
-    assert torch.get_num_threads() == before
+    torch.set_num_threads(2)  # not 1, whatever the process had (tests/conftest.py: 1 under xdist)
+    try:
+        with torch_threads(1) as n:
+            assert n == 1 == torch.get_num_threads()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_clock_defaults_to_thread_cpu_time_for_one_thread_only():

@@ -129,10 +129,14 @@ def test_back_to_back_in_process_fits_equal_separate_processes_and_leave_no_glob
     procs = [subprocess.Popen([sys.executable, "-c", code.format(tests_dir, seed, never)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(2)  # not the trials' 1, whatever the process had (tests/conftest.py)
     torch.manual_seed(1234)
     rng = torch.get_rng_state()
-    in_process = [_trial(0, never), _trial(1, never)]
-    assert torch.get_num_threads() == threads
+    try:
+        in_process = [_trial(0, never), _trial(1, never)]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert torch.are_deterministic_algorithms_enabled() == deterministic
     assert torch.equal(torch.get_rng_state(), rng)
     assert not (tmp_path / "x").exists()  # write_run=False writes nothing
