@@ -10,7 +10,9 @@ import torch
 from effml.errors import SearchError
 from effml.models.network import EfficientNet
 from effml.search.oneshot.sandwich import SandwichStep
-from effml.search.oneshot.supernet import Supernet, check_elastic, resize_to, slice_weight, zero_init_last_bn
+from effml.search.oneshot.supernet import (
+    Supernet, check_shareable, resize_to, slice_weight, storage_spec, zero_init_last_bn,
+)
 from effml.search.spaces.catalog import bignas_space
 from effml.search.spaces.search_space import Choice, SearchSpace
 from effml.spec import BlockSpec, NetworkSpec
@@ -225,22 +227,25 @@ def test_the_bignas_space_is_elastic_and_spans_a_range_of_sizes():
     from effml.spec.plan import plan
 
     space = bignas_space(10, 32)
-    check_elastic(space)
+    check_shareable(space)
+    assert storage_spec(space) == space.largest().spec  # the supernet is the largest child
     largest, smallest = plan(space.largest().spec).macs(), plan(space.smallest().spec).macs()
     assert largest > 5 * smallest
     assert space.largest().spec.resolution == 32 and space.smallest().spec.resolution == 24
 
 
-def test_spaces_a_supernet_cannot_slice_are_refused_by_name():
+def test_spaces_a_supernet_cannot_share_are_refused_by_name():
     space = tiny_space()
-    with pytest.raises(SearchError, match=r"s1.r0.kind is not elastic"):
-        Supernet(SearchSpace("k", space.base, (Choice("kind", ("ir", "er"), 1, 0),)))
+    with pytest.raises(SearchError, match=r"choice compound cannot share weights"):
+        Supernet(SearchSpace("c", space.base, (Choice("compound", ((1.2, 1.1, 1.15), (1.0, 1.0, 1.0))),)))
     two_rows = space.base.replace(stages=(space.base.stages[0] + space.base.stages[0], *space.base.stages[1:]))
     with pytest.raises(SearchError, match="one block row per stage"):
         Supernet(SearchSpace("d", two_rows, (Choice("repeats", (0, 1), 0, 0),)))
-    mix = space.base.replace(stages=((BlockSpec("ds", 12, kernel_size=(3, 5)),), *space.base.stages[1:]))
-    with pytest.raises(SearchError, match="MixConv"):
-        Supernet(SearchSpace("m", mix, ()))
+    grouped = space.base.replace(stages=(*space.base.stages[:2], (BlockSpec(
+        "ir", 32, kernel_size=(3, 5), stride=2, expand_ratio=6.0, exp_groups=2, proj_groups=2),)))
+    with pytest.raises(SearchError, match=r"block s2.b0 has grouped 1x1 convs"):
+        Supernet(SearchSpace("g", grouped, (Choice("expand_ratio", (3.0, 6.0), 2, 0),)))
+    Supernet(SearchSpace("g", grouped, (Choice("kernel_size", ((3,), (3, 5)), 2, 0),)))  # widths fixed: fine
     net = Supernet(space)
     bigger = space.largest().spec.replace(head_channels=128)
     with pytest.raises(SearchError, match="conv_head.weight"):

@@ -1,17 +1,27 @@
-"""BigNAS's supernet (Yu et al., arXiv 2003.11142, section 3): one set of weights, the largest member
-of a search space, from which every member (a *child*) is a slice.
+"""A one-shot supernet (BigNAS, Yu et al., arXiv 2003.11142, section 3; TuNAS, Bender et al., arXiv
+2008.06120, section 3): one set of weights from which every member of a search space (a *child*) is
+a slice, op choices included.
 
 A child is a plain spec. Its weights are the supernet's tensors under the same keys, cut to the
-child's shapes by one rule: the first channels of every width (output, input, expansion, SE, BN)
-and the centre of every kernel. A shallower stage uses its first blocks, whose keys are the
-largest's. So a child runs as the ordinary network built from its spec (on the meta device, no
-memory) called with those slices (``torch.func.functional_call``): gradients flow into the shared
-tensors, and an extracted child is that same network with the slices copied in, which loads with
-no supernet code.
+child's shapes by one rule: the first channels of every width (output, input, expansion, SE, BN,
+the Tucker ranks) and the centre of every kernel. A shallower stage uses its first blocks, whose
+keys are the largest's. Where a layer chooses its operation (IBN, fused IBN, Tucker: MnasNet's and
+MobileDets' spaces) the supernet holds one weight set per op family at that layer (``op_weights``,
+as TuNAS shares one set per op across its kernel and filter choices); where a layer chooses MixConv
+kernel groups (MixNet) the groups are channel ranges of one depthwise kernel of the largest size,
+each group its own centre. So a child runs as the ordinary network built from its spec (on the meta
+device, no memory) called with those slices (``torch.func.functional_call``): gradients flow into
+the shared tensors, and an extracted child is that same network with the slices copied in, which
+loads with no supernet code.
+
+What no slice can express is refused by name: a choice of the network's compound coefficients,
+several block rows of one stage with elastic depth, and grouped 1x1 convolutions whose widths change.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections import OrderedDict
 
 import torch
@@ -22,14 +32,18 @@ from torch.func import functional_call
 from effml.errors import SearchError
 from effml.models.builder import BLOCK_MODULES
 from effml.models.network import EfficientNet
-from effml.search.spaces.search_space import SearchSpace
+from effml.search.spaces.search_space import SearchSpace, _magnitude
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
 
-# Block-row fields whose options a supernet can slice; the others change which parameters exist
-# (a block kind, MixConv groups) and are not elastic.
-ELASTIC_ROW_FIELDS = ("out_channels", "filters", "repeats", "kernel_size", "expand_ratio", "se_ratio")
-ELASTIC_NETWORK_FIELDS = ("resolution", "stem_channels", "head_channels", "width")
+# Block-row fields a supernet shares weights over: slices of one tensor (widths, depth, kernels,
+# expansion, SE, Tucker ranks), one weight set per op family (``kind``), or no weights at all (``skip``).
+SHARED_ROW_FIELDS = ("kind", "out_channels", "filters", "repeats", "kernel_size", "expand_ratio", "se_ratio",
+                     "skip", "input_compression", "output_compression")
+SHARED_NETWORK_FIELDS = ("resolution", "stem_channels", "head_channels", "width")
+# A child tensor of MixConv group g: ``<conv>.<g>.weight``, a channel range of the shared ``<conv>.weight``.
+_MIXCONV_GROUP = re.compile(r"^(?P<conv>.+)\.(?P<group>\d+)\.weight$")
+_BLOCK = re.compile(r"^blocks\.(?P<stage>\d+)\.(?P<index>\d+)\.(?P<rest>.+)$")
 
 
 def slice_weight(tensor: torch.Tensor, shape: torch.Size | tuple[int, ...], key: str = "") -> torch.Tensor:
@@ -54,51 +68,136 @@ def slice_weight(tensor: torch.Tensor, shape: torch.Size | tuple[int, ...], key:
     return out
 
 
-def check_elastic(space: SearchSpace) -> None:
-    """Raise a ``SearchError`` unless every member of ``space`` is a slice of its largest member."""
+def check_shareable(space: SearchSpace) -> None:
+    """Raise a ``SearchError`` unless a supernet can hold every member of ``space``: each choice is
+    one the supernet shares (``SHARED_ROW_FIELDS``, ``SHARED_NETWORK_FIELDS``), elastic depth has one
+    block row per stage, kernels are odd, and grouped 1x1s keep their widths."""
     where = f"space {space.name!r}"
     for c in space.choices:
-        fields = ELASTIC_ROW_FIELDS if c.stage is not None else ELASTIC_NETWORK_FIELDS
+        fields = SHARED_ROW_FIELDS if c.stage is not None else SHARED_NETWORK_FIELDS
         if c.field not in fields:
-            raise SearchError(f"{where}: choice {c.name} is not elastic; a supernet slices {list(fields)}")
+            raise SearchError(f"{where}: choice {c.name} cannot share weights; a supernet takes {list(fields)}")
         if c.field == "repeats" and len(space.base.stages[c.stage]) > 1:
             raise SearchError(f"{where}: choice {c.name}: elastic depth (the first d blocks of a stage) needs "
                               f"one block row per stage; stage {c.stage} has {len(space.base.stages[c.stage])}")
     if space.hyper:
         raise SearchError(f"{where}: a supernet takes architecture choices only, not hyper-parameters "
                           f"{[h.key for h in space.hyper]}")
-    for s, stage in enumerate(space.base.stages):
-        for r, b in enumerate(stage):
-            if len(b.kernel_size) > 1 or b.exp_groups > 1 or b.proj_groups > 1:
-                raise SearchError(f"{where}: row s{s}.r{r} has MixConv kernels or grouped 1x1s, whose channel "
-                                  f"groups a prefix cannot slice; use one kernel and groups 1")
-        for b in stage:
-            for k in b.kernel_size:
+    for spec in (space.base, space.largest().spec, space.smallest().spec):
+        for s, stage in enumerate(spec.stages):
+            for k in (k for b in stage for k in b.kernel_size):
                 if k % 2 == 0:
-                    raise SearchError(f"{where}: kernel {k} is even; elastic kernels need odd sizes")
+                    raise SearchError(f"{where}: stage {s} has kernel {k}; shared kernels need odd sizes")
+    grouped = _grouped_layers(space.largest().spec)
+    if grouped:
+        small = _grouped_layers(space.smallest().spec)
+        changed = [at for at, widths in grouped.items() if small.get(at) != widths]
+        if changed:
+            raise SearchError(f"{where}: block {changed[0]} has grouped 1x1 convs (MixNet's exp/proj groups) "
+                              f"whose widths change across the space; a prefix cannot slice channel groups. "
+                              f"Keep that row's widths fixed or use groups 1")
+
+
+def _grouped_layers(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
+    """The widths (in, mid, out) of every block with grouped 1x1 convs, by ``s<stage>.b<index>``."""
+    out = {}
+    for layer in plan(spec).layers:
+        if layer.block.exp_groups > 1 or layer.block.proj_groups > 1:
+            index = layer.index - _first_index(spec, layer.stage)
+            out[f"s{layer.stage}.b{index}"] = (layer.in_channels, *layer.mid_channels, layer.out_channels)
+    return out
+
+
+def storage_spec(space: SearchSpace, kind: str | None = None) -> NetworkSpec:
+    """The network whose tensors hold the shared weights: every size-like decision at its largest, a
+    layer's operation ``kind`` where the layer offers it (its first option elsewhere, and with
+    ``kind`` None), and every depthwise kernel a single one of the largest size the layer can take
+    (MixConv groups are channel ranges of it). For a space without op and MixConv choices this is
+    ``space.largest().spec``."""
+    picked = {}
+    for c in space.choices:
+        if c.field == "kind":
+            picked[c.name] = kind if kind in c.options else c.options[0]
+        elif c.field == "skip":
+            picked[c.name] = space.base.stages[c.stage][c.row].skip
+        else:
+            picked[c.name] = max(c.options, key=_magnitude)
+    spec = space._apply(picked)
+    kernels: dict[tuple[int, int], list[tuple[int, tuple[str, ...]]]] = {}
+    for c in space.choices:
+        if c.field == "kernel_size":
+            sizes = [k for o in c.options for k in (o if isinstance(o, tuple) else (o,))]
+            kernels.setdefault((c.stage, c.row), []).append((max(sizes), c.kinds))
+    stages = []
+    for s, stage in enumerate(spec.stages):
+        rows = []
+        for r, b in enumerate(stage):
+            offered = [k for k, kinds in kernels.get((s, r), []) if not kinds or b.kind in kinds]
+            largest = max(*offered, *b.kernel_size) if offered else max(b.kernel_size)
+            rows.append(dataclasses.replace(b, kernel_size=(largest,)) if b.kernel_size != (largest,) else b)
+        stages.append(tuple(rows))
+    return spec.replace(stages=tuple(stages))
+
+
+def block_kinds(spec: NetworkSpec) -> dict[tuple[int, int], str]:
+    """Every built block's operation by (stage, index in the stage), repeats expanded."""
+    kinds = {}
+    for s, stage in enumerate(spec.stages):
+        index = 0
+        for b in stage:
+            for _ in range(b.repeats):
+                kinds[(s, index)] = b.kind
+                index += 1
+    return kinds
+
+
+def op_positions(space: SearchSpace) -> dict[tuple[int, int], tuple[str, ...]]:
+    """The blocks whose operation is a choice, by (stage, index in the stage), with the operations
+    offered; a row's repeats all share its choice."""
+    offered = {(c.stage, c.row): tuple(c.options) for c in space.choices if c.field == "kind"}
+    largest = storage_spec(space)
+    positions = {}
+    for s, stage in enumerate(largest.stages):
+        index = 0
+        for r, b in enumerate(stage):
+            for _ in range(b.repeats):
+                if (s, r) in offered:
+                    positions[(s, index)] = offered[(s, r)]
+                index += 1
+    return positions
 
 
 class Supernet(EfficientNet):
-    """The largest member of an elastic space, whose forward pass can run any member instead.
+    """The shared weights of a search space, whose forward pass can run any member.
 
-    ``supernet(x)`` is the largest child; ``supernet(x, child=spec)`` runs ``spec`` on the slices
-    of the shared weights, resizing ``x`` to the child's resolution first. ``extract(spec)`` gives
-    the child as an ordinary ``EfficientNet`` with its weights copied out. Parameter names are the
-    ordinary network's (timm's), so the supernet's checkpoint is also the largest child's.
+    ``supernet(x)`` runs the storage network (``storage_spec``: for a BigNAS space, the largest
+    child); ``supernet(x, child=spec)`` runs ``spec`` on the slices of the shared weights, resizing
+    ``x`` to the child's resolution first. ``extract(spec)`` gives the child as an ordinary
+    ``EfficientNet`` with its weights copied out. Parameter names are the ordinary network's (timm's),
+    so a BigNAS supernet's checkpoint is also its largest child's; the weights of the other op
+    families sit under ``op_weights.<kind>.s<stage>b<index>``.
     """
 
-    # children leave parameters unused (a shallow stage's last blocks): DDP must look for them
+    # children leave parameters unused (a shallow stage's last blocks, other ops): DDP must look for them
     ddp_find_unused_parameters = True
 
     def __init__(self, space: SearchSpace, *, cache_size: int = 128, **largest: float | None) -> None:
-        """``largest``: spec fields of the largest child (dropout, drop_path, bn_momentum, bn_eps;
+        """``largest``: spec fields of the storage network (dropout, drop_path, bn_momentum, bn_eps;
         None keeps the space's)."""
-        check_elastic(space)
+        check_shareable(space)
         changes = {k: v for k, v in largest.items() if v is not None}
-        super().__init__(space.largest().spec.replace(**changes))
+        super().__init__(storage_spec(space).replace(**changes))
         self.space = space
         self._children: OrderedDict[NetworkSpec, nn.Module] = OrderedDict()
         self._cache_size = cache_size
+        self._primary = block_kinds(self.spec)
+        self.op_positions = op_positions(space)
+        self.op_weights = nn.ModuleDict()
+        for kind in sorted({k for ks in self.op_positions.values() for k in ks}):
+            at = [(s, i) for (s, i), ks in self.op_positions.items() if kind in ks and self._primary[(s, i)] != kind]
+            if at:
+                family = EfficientNet(storage_spec(space, kind).replace(**changes))
+                self.op_weights[kind] = nn.ModuleDict({f"s{s}b{i}": family.blocks[s][i] for s, i in at})
 
     def child_spec(self, spec: NetworkSpec, *, regularize: bool = False) -> NetworkSpec:
         """``spec`` with the supernet's conventions (classes, BN, padding) and, unless ``regularize``,
@@ -122,24 +221,52 @@ class Supernet(EfficientNet):
             self._children.move_to_end(spec)
         return module
 
+    def shared_name(self, name: str, kinds: dict[tuple[int, int], str]) -> str:
+        """The supernet tensor that holds child tensor ``name`` (a child whose blocks have the
+        operations ``kinds``, ``block_kinds(child)``): the same name, or the op family's copy."""
+        m = _BLOCK.match(name)
+        if m is None:
+            return name
+        at = (int(m["stage"]), int(m["index"]))
+        kind = kinds.get(at)
+        if at not in self.op_positions or kind == self._primary.get(at):
+            return name
+        if kind not in self.op_positions[at]:
+            raise SearchError(f"child block s{at[0]}.b{at[1]} is a {kind!r} block, which space "
+                              f"{self.space.name!r} does not offer there (options: {list(self.op_positions[at])})")
+        return f"op_weights.{kind}.s{at[0]}b{at[1]}.{m['rest']}"
+
     def child_weights(self, spec: NetworkSpec) -> dict[str, torch.Tensor]:
         """The child's parameters and buffers by name: views into the supernet's tensors."""
         own = dict(self.named_parameters())
         own.update(self.named_buffers())
         module = self._module(spec)
+        kinds = block_kinds(spec)
         weights = {}
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
-            if name not in own:
+            source = self.shared_name(name, kinds)
+            if source in own:
+                weights[name] = slice_weight(own[source], t.shape, name)
+                continue
+            group = _MIXCONV_GROUP.match(source)
+            whole = own.get(f"{group['conv']}.weight") if group else None
+            if whole is None:
                 raise SearchError(f"child tensor {name} has no supernet counterpart: the child is not a "
                                   f"member of space {self.space.name!r}")
-            weights[name] = slice_weight(own[name], t.shape, name)
+            # MixConv group g: its channel range of the one shared depthwise kernel, then the centre
+            mix = module.get_submodule(name.rsplit(".", 2)[0])
+            start = sum(mix.splits[:int(group["group"])])
+            if whole.shape[1] != 1 or start + t.shape[0] > whole.shape[0]:
+                raise SearchError(f"child tensor {name} (MixConv group) does not fit supernet tensor "
+                                  f"{group['conv']}.weight {tuple(whole.shape)}")
+            weights[name] = slice_weight(whole.narrow(0, start, t.shape[0]), t.shape, name)
         return weights
 
     def forward(self, x: torch.Tensor, child: NetworkSpec | None = None) -> torch.Tensor:
         if child is None:
             return super().forward(x)
         x = resize_to(x, child.resolution)
-        if child == self.spec:  # the largest child: the network's own forward, no slicing
+        if child == self.spec:  # the storage network itself: its own forward, no slicing
             return super().forward(x)
         module = self._module(child)
         self._mirror_modes(module)
@@ -147,7 +274,8 @@ class Supernet(EfficientNet):
 
     def _mirror_modes(self, module: nn.Module) -> None:
         """Give each submodule of a child the train/eval mode of the supernet's module of the same name
-        (a frozen BatchNorm, ``model.freeze_bn``, stays frozen in every child)."""
+        (a frozen BatchNorm, ``model.freeze_bn``, stays frozen in every child); the other op families'
+        blocks follow the supernet's mode."""
         own = dict(self.named_modules())  # a dict of a few hundred entries: cheap next to a forward pass
         for name, m in module.named_modules():
             m.training = own[name].training if name in own else self.training
@@ -180,20 +308,18 @@ def resize_to(x: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def zero_init_last_bn(model: EfficientNet) -> int:
-    """Zero the gamma of the last BatchNorm of every residual block, so each starts as the identity
-    (BigNAS section 3.1, after Goyal et al., arXiv 1706.02677); the number of blocks changed."""
+def zero_init_last_bn(model: nn.Module) -> int:
+    """Zero the gamma of the last BatchNorm of every residual block (every op family's), so each
+    starts as the identity (BigNAS section 3.1, after Goyal et al., arXiv 1706.02677); the number of
+    blocks changed."""
+    last_bn = {spec.cls: spec.fuse_pairs[-1][1] for spec in BLOCK_MODULES.values()}
     changed = 0
-    for layer in plan(model.spec).layers:
-        if not layer.residual:
-            continue
-        block = model.blocks[layer.stage][layer.index - _first_index(model.spec, layer.stage)]
-        bn = getattr(block, BLOCK_MODULES[layer.kind].fuse_pairs[-1][1])
-        bn.weight.zero_()
-        changed += 1
+    for block in model.modules():
+        if type(block) in last_bn and getattr(block, "has_skip", False):
+            getattr(block, last_bn[type(block)]).weight.zero_()
+            changed += 1
     return changed
 
 
 def _first_index(spec: NetworkSpec, stage: int) -> int:
     return sum(b.repeats for st in spec.stages[:stage] for b in st)
-
