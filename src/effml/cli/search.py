@@ -54,10 +54,15 @@ def run(
     echo(f"{space.describe().splitlines()[0]}; strategy {cfg.search.strategy}, {cfg.search.trials} trials, "
          f"{cfg.search.workers} worker(s) x {cfg.search.threads} thread(s) ({cfg.search.runner}); "
          f"study {cfg.search.study!r} in {storage_url(cfg.search.storage)}")
-    result = run_search(cfg, space, resume=resume, echo=echo)
     db = cfg.search.storage
-    echo(f"done: {result.finished} finished trial(s), {result.failed} failed in this run. Next:\n"
-         f"  effml search report {db} --study {cfg.search.study}\n"
+    if cfg.search.strategy == "tunas":  # one weight-sharing search, recorded as one trial
+        from effml.search.oneshot.tunas import run_tunas
+
+        run_tunas(cfg, space, resume=resume, echo=echo)
+    else:
+        result = run_search(cfg, space, resume=resume, echo=echo)
+        echo(f"done: {result.finished} finished trial(s), {result.failed} failed in this run.")
+    echo(f"Next:\n  effml search report {db} --study {cfg.search.study}\n"
          f"  effml search export {db} --study {cfg.search.study} -o best.json")
 
 

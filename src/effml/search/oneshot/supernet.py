@@ -20,9 +20,11 @@ several block rows of one stage with elastic depth, and grouped 1x1 convolutions
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from effml.errors import SearchError
-from effml.models.builder import BLOCK_MODULES
+from effml.models.builder import BLOCK_MODULES, build_block
 from effml.models.network import EfficientNet
 from effml.search.spaces.search_space import SearchSpace, _magnitude
 from effml.spec import NetworkSpec
@@ -44,6 +46,18 @@ SHARED_NETWORK_FIELDS = ("resolution", "stem_channels", "head_channels", "width"
 # A child tensor of MixConv group g: ``<conv>.<g>.weight``, a channel range of the shared ``<conv>.weight``.
 _MIXCONV_GROUP = re.compile(r"^(?P<conv>.+)\.(?P<group>\d+)\.weight$")
 _BLOCK = re.compile(r"^blocks\.(?P<stage>\d+)\.(?P<index>\d+)\.(?P<rest>.+)$")
+
+
+# A block that runs every op it offers (``MeanOfOps``), in ``block_kinds``-style maps of a child.
+ALL_OPS = "*"
+
+
+class MeanOfOps(nn.ModuleDict):
+    """TuNAS's op warm-up (google-research ``tunas/controller.py``, ``increase_ops_probability``):
+    every op a block offers, run on the same input, their outputs averaged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([op(x) for op in self.values()]).mean(0)
 
 
 def slice_weight(tensor: torch.Tensor, shape: torch.Size | tuple[int, ...], key: str = "") -> torch.Tensor:
@@ -221,27 +235,34 @@ class Supernet(EfficientNet):
             self._children.move_to_end(spec)
         return module
 
-    def shared_name(self, name: str, kinds: dict[tuple[int, int], str]) -> str:
+    def shared_name(self, name: str, kinds: Mapping[tuple[int, int], str]) -> str:
         """The supernet tensor that holds child tensor ``name`` (a child whose blocks have the
-        operations ``kinds``, ``block_kinds(child)``): the same name, or the op family's copy."""
+        operations ``kinds``, ``block_kinds(child)``): the same name, or the op family's copy. In a
+        child with every op at a block (``all_ops``), ``blocks.<s>.<i>.<kind>.<rest>`` is op ``kind``'s."""
         m = _BLOCK.match(name)
         if m is None:
             return name
-        at = (int(m["stage"]), int(m["index"]))
+        at, rest = (int(m["stage"]), int(m["index"])), m["rest"]
         kind = kinds.get(at)
+        if kind == ALL_OPS:
+            kind, rest = rest.split(".", 1)
+            if kind == self._primary.get(at):
+                return f"blocks.{at[0]}.{at[1]}.{rest}"
         if at not in self.op_positions or kind == self._primary.get(at):
             return name
         if kind not in self.op_positions[at]:
             raise SearchError(f"child block s{at[0]}.b{at[1]} is a {kind!r} block, which space "
                               f"{self.space.name!r} does not offer there (options: {list(self.op_positions[at])})")
-        return f"op_weights.{kind}.s{at[0]}b{at[1]}.{m['rest']}"
+        return f"op_weights.{kind}.s{at[0]}b{at[1]}.{rest}"
 
-    def child_weights(self, spec: NetworkSpec) -> dict[str, torch.Tensor]:
-        """The child's parameters and buffers by name: views into the supernet's tensors."""
+    def child_weights(self, spec: NetworkSpec, module: nn.Module | None = None,
+                      kinds: Mapping[tuple[int, int], str] | None = None) -> dict[str, torch.Tensor]:
+        """The child's parameters and buffers by name: views into the supernet's tensors (``module``
+        and ``kinds``: a child network other than ``spec``'s own, e.g. with every op at some blocks)."""
         own = dict(self.named_parameters())
         own.update(self.named_buffers())
-        module = self._module(spec)
-        kinds = block_kinds(spec)
+        module = self._module(spec) if module is None else module
+        kinds = block_kinds(spec) if kinds is None else kinds
         weights = {}
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             source = self.shared_name(name, kinds)
@@ -262,15 +283,45 @@ class Supernet(EfficientNet):
             weights[name] = slice_weight(whole.narrow(0, start, t.shape[0]), t.shape, name)
         return weights
 
-    def forward(self, x: torch.Tensor, child: NetworkSpec | None = None) -> torch.Tensor:
+    def _with_all_ops(self, spec: NetworkSpec, all_ops: Mapping[tuple[int, int], Mapping[str, NetworkSpec]]
+                      ) -> tuple[nn.Module, dict[tuple[int, int], str]]:
+        """The child's network on the meta device with ``MeanOfOps`` at the blocks of ``all_ops``
+        (per block, the member whose block there is each op), and its blocks' kinds."""
+        module = copy.deepcopy(self._module(spec))
+        kinds = block_kinds(spec)
+        for (s, i), variants in all_ops.items():
+            ops = {}
+            for kind, variant in variants.items():
+                first = _first_index(variant, s)
+                layer = next(x for x in plan(variant).layers if x.stage == s and x.index - first == i)
+                with torch.device("meta"):
+                    ops[kind] = build_block(layer, variant, static_size=True)
+            module.blocks[s][i] = MeanOfOps(ops)
+            kinds[(s, i)] = ALL_OPS
+        return module, kinds
+
+    def forward(self, x: torch.Tensor, child: NetworkSpec | None = None, *,
+                all_ops: Mapping[tuple[int, int], Mapping[str, NetworkSpec]] | None = None,
+                keep_buffers: bool = False) -> torch.Tensor:
+        """The storage network, or ``child`` on the shared weights. ``all_ops``: blocks that run every
+        op they offer, averaged (TuNAS's op warm-up; per block (stage, index), the member whose block
+        there is each op). ``keep_buffers``: BatchNorm in training mode leaves the shared running
+        statistics as they were (a reward on batch statistics)."""
         if child is None:
             return super().forward(x)
         x = resize_to(x, child.resolution)
-        if child == self.spec:  # the storage network itself: its own forward, no slicing
+        if child == self.spec and not all_ops and not keep_buffers:  # the storage network: no slicing
             return super().forward(x)
-        module = self._module(child)
+        if all_ops:
+            module, kinds = self._with_all_ops(child, all_ops)
+            weights = self.child_weights(child, module, kinds)
+        else:
+            module = self._module(child)
+            weights = self.child_weights(child)
+        if keep_buffers:
+            weights.update({name: weights[name].clone() for name, _ in module.named_buffers()})
         self._mirror_modes(module)
-        return functional_call(module, self.child_weights(child), (x,), strict=True)
+        return functional_call(module, weights, (x,), strict=True)
 
     def _mirror_modes(self, module: nn.Module) -> None:
         """Give each submodule of a child the train/eval mode of the supernet's module of the same name

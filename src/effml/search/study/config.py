@@ -41,7 +41,9 @@ class StudyConfig:
     retinanet: the spinenet space's members are RetinaNet detectors already (SpineNet, arXiv 1912.05027)"""
     trials: Annotated[int, Field(ge=1)] = 24
     """finished trials the study reaches (a resumed study counts the ones it has)"""
-    strategy: Literal["random", "tpe", "nsga2", "evolution", "reinforce"] = "evolution"
+    strategy: Literal["random", "tpe", "nsga2", "evolution", "reinforce", "tunas"] = "evolution"
+    """a black-box strategy (each trial a proxy training), or tunas: one weight-sharing search (the
+    ``tunas`` section; the proxy section trains the supernet, proxy.run.dir is its run directory)"""
     strategy_options: dict[str, float | int | bool] = field(default_factory=dict)
     """e.g. population_size: 8 (evolution)"""
     pruner: Literal["none", "median", "successive_halving"] = "none"
@@ -97,12 +99,42 @@ class ObjectiveConfig:
 
 
 @dataclass(config=CONFIG_SCHEMA)
+class TunasConfig:
+    """TuNAS (Bender et al., arXiv 2008.06120; google-research ``tunas/mobile_architecture_search.py``):
+    each step one child sampled from the controller trains the shared weights, then its accuracy on a
+    held-out batch and its cost give the reward that updates the controller (REINFORCE, Adam)."""
+
+    reward: Literal["absolute", "mnasnet"] = "absolute"
+    """absolute: Q + beta |T(a) / T0 - 1| (TuNAS); mnasnet: Q (T(a) / T0)^beta (MnasNet's soft reward)"""
+    beta: Annotated[float, Field(lt=0)] = -0.10
+    """the cost weight (negative): TuNAS's code default (``rl_cost_model_exponent``); MnasNet's soft reward uses -0.07"""
+    controller_lr: Annotated[float, Field(gt=0)] = 0.005
+    """Adam's learning rate for the controller's logits once it learns (TuNAS: 0.0003 x batch / 256 over
+    tens of thousands of steps; a short search needs a larger one)"""
+    lr_growth: Annotated[float, Field(ge=1)] = 10.0
+    """the controller's learning rate grows exponentially by this factor from its start to the end (TuNAS: 10)"""
+    baseline_momentum: Annotated[float, Field(ge=0, lt=1)] = 0.95
+    """the reward baseline's moving-average momentum"""
+    entropy_weight: Annotated[float, Field(ge=0)] = 0.0
+    """an entropy bonus on the controller's loss (TuNAS: 0)"""
+    delay: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    """the fraction of steps before the controller learns (its learning rate 0; no reward is scored)"""
+    op_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    """every op of a layer runs (averaged) with a probability decaying from 1 to 0 over this fraction of steps"""
+    filter_warmup: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    """the largest width and expansion are used with a probability decaying from 1 to 0 over this fraction"""
+    reward_batch: Annotated[float, Field(gt=0)] = 4.0
+    """the held-out batch that scores a child, in training batches (TuNAS: 4)"""
+
+
+@dataclass(config=CONFIG_SCHEMA)
 class SearchConfig:
     """The whole search configuration."""
 
     search: StudyConfig = field(default_factory=StudyConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     proxy: Config = field(default_factory=Config)
+    tunas: TunasConfig = field(default_factory=TunasConfig)
 
 
 def load_search_config(path: str | Path | None, overrides: list[str] = ()) -> SearchConfig:

@@ -1,0 +1,404 @@
+"""TuNAS (Bender et al., "Can weight sharing outperform random architecture search?", CVPR 2020,
+arXiv 2008.06120): a one-shot search whose controller learns from the shared weights as they train.
+
+Each step (google-research ``tunas/mobile_architecture_search.py``):
+
+1. the controller (one softmax per decision, ``FactorizedPolicy``) samples a child; during the
+   warm-ups a decision is replaced with a probability that decays linearly from 1 to 0: a layer's
+   op choice by *every* op of the layer, averaged (``op_warmup``), a width or expansion by its
+   largest option (``filter_warmup``);
+2. that child takes one training step of the shared weights (the Trainer's optimizer and schedule);
+3. once the controller learns (after ``delay`` of the steps; TuNAS: 25%), the same child scores
+   the accuracy Q on a held-out batch (``reward_batch`` training batches; TuNAS: 4) and its cost
+   T(a) comes from a latency table of the space on this machine, or its MACs; the reward is
+   ``Q + beta |T(a) / T0 - 1|`` (TuNAS's absolute reward) or ``Q (T(a) / T0)^beta`` (MnasNet's);
+4. REINFORCE with a moving-average baseline (momentum 0.95) and Adam (beta1 0, beta2 0.999) updates
+   the controller, its learning rate growing exponentially (x10 over the search, as TuNAS's).
+
+The held-out batch runs BatchNorm on its own batch statistics, leaving the shared running averages
+as they are: those mix every child's statistics (TuNAS's code evaluates with the moving averages;
+at our scale of a few thousand steps they lag the weights). The result is the controller's most
+likely architecture, a plain spec.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from effml.errors import SearchError
+from effml.files import atomic_write_text
+from effml.search.oneshot.supernet import Supernet, block_kinds
+from effml.search.spaces.search_space import SearchSpace, _magnitude, _suggestible
+from effml.search.study.config import SearchConfig, TunasConfig
+from effml.search.study.policy import Adam, FactorizedPolicy
+from effml.spec import NetworkSpec
+from effml.train.distributed import unwrap
+from effml.train.objective import Batch, StepOutput, classification_loss
+from effml.train.step import ReportingStep, StatefulStep, accumulate_step
+
+if TYPE_CHECKING:
+    from effml.search.study.cost import LatencyModel
+    from effml.train.trainer import Trainer
+
+# Decisions TuNAS's filter warm-up widens (its FILTERS tag: output and expansion filters).
+FILTER_FIELDS = ("out_channels", "filters", "expand_ratio", "stem_channels", "head_channels")
+RESULT_JSON = "tunas.json"
+FOUND_SPEC = "found_model.json"
+PLOT = "tunas.png"
+
+
+def tunas_reward(accuracy: float, cost: float, target: float, beta: float, kind: str = "absolute") -> float:
+    """TuNAS's absolute reward ``Q + beta |T / T0 - 1|`` (arXiv 2008.06120, section 3.3), or MnasNet's
+    soft reward ``Q (T / T0)^beta`` (arXiv 1807.11626, eq. 2 with alpha = beta)."""
+    if kind == "absolute":
+        return accuracy + beta * abs(cost / target - 1.0)
+    return accuracy * (cost / target) ** beta
+
+
+def linear_decay(step: int, steps: int) -> float:
+    """1 at step 0, falling linearly to 0 at ``steps`` (0 throughout when ``steps`` is 0)."""
+    return 0.0 if steps <= 0 else max(0.0, 1.0 - step / steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """One step's child: the controller's sample (decision -> option index), the member it names,
+    and what trains under the warm-ups: the member with some widths at their largest, and blocks
+    that run every op they offer (per block, the member whose block there is each op)."""
+
+    picked: dict[str, int]
+    spec: NetworkSpec
+    train_spec: NetworkSpec
+    all_ops: dict[tuple[int, int], dict[str, NetworkSpec]]
+
+
+class TunasStep(ReportingStep, StatefulStep):
+    """One TuNAS step over the Trainer's ``Supernet``. Its state (the controller with Adam's moments,
+    the reward baseline, the history) goes into the Trainer's checkpoint, so ``--resume`` continues
+    exactly; the sample of step n comes from a generator seeded by (seed, n)."""
+
+    def __init__(self, space: SearchSpace, cfg: TunasConfig, cost: Callable[[NetworkSpec], float], target: float,
+                 *, seed: int = 0, label_smoothing: float = 0.0) -> None:
+        for name, value in (("op_warmup", cfg.op_warmup), ("filter_warmup", cfg.filter_warmup)):
+            if value > cfg.delay:
+                raise SearchError(f"tunas.{name}={value} is longer than tunas.delay={cfg.delay}: a warm-up child "
+                                  f"is not the controller's sample, so it must end before the controller learns "
+                                  f"(as in TuNAS)")
+        self.space, self.cfg, self.cost, self.target = space, cfg, cost, target
+        self.seed, self.label_smoothing = seed, label_smoothing
+        self.sizes = {c.name: len(c.options) for c in space.choices}
+        self.policy = FactorizedPolicy(adam=Adam())
+        self.history: list[dict[str, Any]] = []
+        self._holdout: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # -- the controller ------------------------------------------------------------------------
+    def probabilities(self) -> dict[str, np.ndarray]:
+        """Every decision's current distribution."""
+        return {name: self.policy.probs(name, n) for name, n in self.sizes.items()}
+
+    def entropy(self) -> float:
+        """The controller's entropy relative to the uniform one's (1: uniform, 0: every decision certain)."""
+        total = sum(math.log(n) for n in self.sizes.values() if n > 1)
+        return sum(self.policy.entropy(k, n) for k, n in self.sizes.items() if n > 1) / total if total else 0.0
+
+    def chosen(self) -> tuple[dict[str, Any], NetworkSpec]:
+        """The controller's most likely architecture: its decisions and its spec."""
+        params = {c.name: _suggestible(c.options[int(np.argmax(self.policy.probs(c.name, len(c.options))))])
+                  for c in self.space.choices}
+        return params, self.space.member(params).spec
+
+    def member(self, picked: Mapping[str, int]) -> NetworkSpec:
+        """The member of option indices ``picked``."""
+        return self.space.member(self._params(picked)).spec
+
+    def _params(self, picked: Mapping[str, int]) -> dict[str, Any]:
+        return {c.name: _suggestible(c.options[picked[c.name]]) for c in self.space.choices}
+
+    def draw(self, step: int, total: int) -> Draw:
+        """Step ``step``'s child (of ``total`` steps), with the warm-ups of that step."""
+        rng = np.random.default_rng([self.seed, step])
+        picked = {name: int(rng.choice(n, p=self.policy.probs(name, n))) for name, n in self.sizes.items()}
+        p_ops = linear_decay(step, int(self.cfg.op_warmup * total))
+        p_filters = linear_decay(step, int(self.cfg.filter_warmup * total))
+        widened = dict(picked)
+        every_op: list[Any] = []
+        for c in self.space.choices:  # one coin per decision, drawn whatever the probabilities
+            coin = rng.random()
+            if c.field in FILTER_FIELDS and coin < p_filters:
+                widened[c.name] = max(range(len(c.options)), key=lambda i, c=c: _magnitude(c.options[i]))
+            elif c.field == "kind" and coin < p_ops:
+                every_op.append(c)
+        params = self._params(widened)
+        train_spec = self.space.member(params).spec
+        all_ops: dict[tuple[int, int], dict[str, NetworkSpec]] = {}
+        for c in every_op:
+            variants = {kind: self.space.member({**params, c.name: kind}).spec for kind in c.options}
+            first = sum(b.repeats for b in train_spec.stages[c.stage][:c.row])
+            for i in range(first, first + train_spec.stages[c.stage][c.row].repeats):
+                all_ops[(c.stage, i)] = variants
+        return Draw(picked, self.member(picked), train_spec, all_ops)
+
+    def learning_rate(self, step: int, total: int) -> float:
+        """The controller's learning rate at ``step``: 0 during the delay, then growing
+        exponentially by ``lr_growth`` to the end."""
+        start = int(self.cfg.delay * total)
+        if step < start:
+            return 0.0
+        return self.cfg.controller_lr * self.cfg.lr_growth ** ((step - start) / max(1, total - start))
+
+    # -- one step --------------------------------------------------------------------------------
+    def __call__(self, trainer: Trainer, batch: Batch) -> StepOutput:
+        supernet = unwrap(trainer.model)
+        if not isinstance(supernet, Supernet):
+            raise TypeError(f"TunasStep trains a Supernet, got {type(supernet).__name__}")
+        step, total = trainer.global_step, trainer.total_steps
+        d = self.draw(step, total)
+        child = supernet.child_spec(d.train_spec, regularize=True)
+        all_ops = {at: {k: supernet.child_spec(v, regularize=True) for k, v in variants.items()}
+                   for at, variants in d.all_ops.items()}
+
+        def shared() -> StepOutput:
+            logits = trainer.net(batch.images, child=child, all_ops=all_ops or None)
+            loss = classification_loss(logits, batch.targets, self.label_smoothing)
+            return StepOutput(loss, logits, {"ce": loss.detach()})
+
+        out = accumulate_step(trainer, [shared])
+        lr = self.learning_rate(step, total)
+        if lr == 0.0:  # the controller does not learn yet: no reward is scored
+            return out
+        accuracy = self._accuracy(trainer, supernet, supernet.child_spec(d.spec))
+        cost = float(self.cost(d.spec))
+        reward = tunas_reward(accuracy, cost, self.target, self.cfg.beta, self.cfg.reward)
+        picked = {name: (i, self.sizes[name]) for name, i in d.picked.items()}
+        advantage = self.policy.update(picked, reward, lr=lr, decay=self.cfg.baseline_momentum,
+                                       entropy_weight=self.cfg.entropy_weight)
+        entropy = self.entropy()
+        self.history.append({"step": step, "reward": reward, "accuracy": accuracy, "cost": cost,
+                             "entropy": entropy, "advantage": advantage, "lr": lr})
+        parts = dict(out.parts)
+        parts.update(reward=torch.tensor(reward), entropy=torch.tensor(entropy))
+        return StepOutput(out.loss, out.logits, parts)
+
+    def _accuracy(self, trainer: Trainer, supernet: Supernet, spec: NetworkSpec) -> float:
+        """Top-1 (a fraction) of ``spec`` on the next window of held-out images, chosen by the number
+        of rewards so far (a resumed run reads the same ones); BatchNorm on the batch's statistics."""
+        x, y = self._held_out(trainer)
+        n = min(len(x), max(1, round(self.cfg.reward_batch * trainer.cfg.data.batch_size)))
+        start = len(self.history) * n % len(x)
+        index = torch.arange(start, start + n) % len(x)
+        with torch.no_grad():
+            logits = supernet(x[index].to(trainer.device), child=spec, keep_buffers=True)
+        return (logits.argmax(1).cpu() == y[index]).float().mean().item()
+
+    def _held_out(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out training images (eval transform), read once."""
+        if self._holdout is None:
+            xs, ys = [], []
+            for images, targets, *_ in trainer.eval_batches("holdout"):
+                xs.append(images)
+                ys.append(targets)
+            self._holdout = torch.cat(xs), torch.cat(ys)
+        return self._holdout
+
+    def progress(self) -> str:
+        """For the training loop's progress line: the recent mean reward, accuracy and cost."""
+        if not self.history:
+            return "controller waiting (delay)"
+        recent = self.history[-50:]
+        mean = {k: sum(h[k] for h in recent) / len(recent) for k in ("reward", "accuracy", "cost")}
+        return (f"reward {mean['reward']:.3f} acc {mean['accuracy']:.3f} cost {mean['cost']:.3g} "
+                f"entropy {self.history[-1]['entropy']:.2f}")
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The controller (logits, baseline, Adam's moments) and the history: plain data."""
+        return {"policy": self.policy.state_dict(), "history": list(self.history)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict``'s state."""
+        self.policy.load_state_dict(state["policy"])
+        self.history = list(state["history"])
+
+
+def block_ops(spec: NetworkSpec) -> str:
+    """The blocks' ops in order, e.g. ``ir ir er ...`` (for a record)."""
+    return " ".join(k for _, k in sorted(block_kinds(spec).items()))
+
+
+def write_result(out: Path, record: Mapping[str, Any], spec_json: str) -> None:
+    """``tunas.json`` (the record), ``found_model.json`` (the spec) and ``tunas.png`` in ``out``."""
+    atomic_write_text(out / FOUND_SPEC, spec_json)
+    atomic_write_text(out / RESULT_JSON, json.dumps(record, indent=1))
+    plot_tunas(record, out / PLOT)
+
+
+def plot_tunas(record: Mapping[str, Any], path: Path) -> None:
+    """Reward, held-out accuracy, cost (with the target) and the controller's entropy per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = record["history"]
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.0))
+    for ax, key, title in zip(axes, ("reward", "accuracy", "cost", "entropy"),
+                              ("reward", "held-out top-1 (batch)", f"cost ({record['unit']})", "entropy / uniform")):
+        values = np.array([h[key] for h in history])
+        if len(values):
+            window = max(1, len(values) // 20)
+            ax.plot(steps, values, ".", ms=2, alpha=0.3)
+            ax.plot(steps[window - 1:], np.convolve(values, np.ones(window) / window, mode="valid"))
+        ax.set(title=title, xlabel="step")
+    axes[2].axhline(record["target"], color="k", lw=0.8, ls="--")
+    axes[3].set_ylim(0, 1.05)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@dataclasses.dataclass
+class TunasResult:
+    """What a TuNAS search found and where it wrote it."""
+
+    spec: NetworkSpec
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    run_dir: Path
+    trial: int  # the study's trial that records it
+
+
+def check_tunas(cfg: SearchConfig, space: Any) -> LatencyModel:
+    """Everything a TuNAS search needs, checked before any training; the cost model."""
+    from effml.search.study.cost import LatencyModel
+    from effml.search.study.runner import check_classes
+
+    o = cfg.objective
+    if not isinstance(space, SearchSpace):
+        raise SearchError(f"search.strategy=tunas shares weights across a space of block choices; space "
+                          f"{space.name!r} is not one (use a black-box strategy)")
+    if cfg.search.detector is not None:
+        raise SearchError("search.strategy=tunas searches classifiers; search.detector needs a black-box strategy")
+    if o.kind != "reward" or o.target is None:
+        raise SearchError("search.strategy=tunas needs objective.kind=reward and objective.target (T0: ms with "
+                          "objective.latency=table, millions of MACs with objective.latency=flops)")
+    if o.latency == "measured":
+        raise SearchError("search.strategy=tunas costs a child at every step: objective.latency=measured would "
+                          "time thousands of networks; use objective.latency=table (a table of this space on "
+                          "this machine: effml search latency-table) or flops")
+    if not cfg.proxy.data.holdout:
+        raise SearchError("search.strategy=tunas rewards the controller with held-out accuracy: set "
+                          "proxy.data.holdout (e.g. 0.1); the search never sees val")
+    check_classes(cfg, space)
+    latency = LatencyModel(o)  # a table of another machine fails here
+    if latency.table is not None:
+        missing = latency.table.missing(space.layer_variants())
+        if missing:
+            raise SearchError(f"latency table {o.table} lacks {len(missing)} layers of space {space.name!r} (e.g. "
+                              f"{missing[0]}): it was built for another space or resolution; build one for this "
+                              f"space with effml search latency-table")
+    smallest = latency(space.smallest().spec)
+    if o.target < smallest:
+        raise SearchError(f"objective.target={o.target} {latency.unit} is below the smallest member's cost "
+                          f"({smallest:.4g} {latency.unit}) in space {space.name!r}; no member can meet it")
+    return latency
+
+
+def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, quiet: bool = False,
+              echo: Callable[[str], None] = print) -> TunasResult:
+    """Search ``space`` with TuNAS as ``cfg`` says: the supernet trains with the ``proxy`` recipe in
+    ``proxy.run.dir`` (its checkpoint holds the controller too; ``resume`` continues exactly); the
+    controller's most likely architecture is scored (held-out top-1 with the shared weights, BN
+    re-estimated), recorded as a trial of the study (so ``effml search report|export`` take it) and
+    written with the history: ``found_model.json``, ``tunas.json``, ``tunas.png``."""
+    import optuna
+
+    from effml.measure.latency import measure_latency
+    from effml.search.oneshot.bignas import TrainedSupernet
+    from effml.search.study.cost import spec_cost
+    from effml.search.study.storage import open_study
+    from effml.train.config import config_from_dict
+    from effml.train.engine import fit
+    from effml.train.trainer import Trainer, preserved_global_state, seed_everything
+    from effml.zoo import spec_to_json
+    from effml.zoo.kinds import spec_to_dict
+
+    start, cpu = time.monotonic(), time.process_time()
+    latency = check_tunas(cfg, space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(cfg, space, resume=resume)  # a finished study of this name is refused before training
+    resolution = max(space.largest().spec.resolution, space.base.resolution)
+    training = config_from_dict({"data": {"image_size": resolution}}, cfg.proxy, source="search.strategy=tunas")
+    with preserved_global_state():
+        seed_everything(training.train.seed)
+        m = training.model
+        supernet = Supernet(space, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum,
+                            bn_eps=m.bn_eps)
+    step = TunasStep(space, cfg.tunas, latency, cfg.objective.target, seed=cfg.search.seed,
+                     label_smoothing=training.train.label_smoothing)
+    run = fit(training, model=supernet, step=step, resume=resume, quiet=quiet)
+    params, spec = step.chosen()
+    out = Path(run.run_dir)
+
+    trainer = Trainer(training, model=supernet)
+    trained = TrainedSupernet(supernet, training, out, trainer, {})  # type: ignore[arg-type]
+    batches = trainer.calibration_batches(16)
+    spec = supernet.child_spec(spec)
+    child = trained.calibrated(spec, batches)
+    accuracy = trained.evaluate(child, spec.resolution, "holdout")["top1"] / 100
+    cost = latency(spec)
+    metrics: dict[str, Any] = {**spec_cost(spec), "accuracy": accuracy, "reward": None}
+    metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = cost
+    metrics["reward"] = tunas_reward(accuracy, cost, cfg.objective.target, cfg.tunas.beta, cfg.tunas.reward)
+    if latency.unit == "ms":  # the table's prediction against a measurement of the found network
+        o = cfg.objective
+        metrics["measured_latency_ms"] = measure_latency(
+            child, spec.resolution, runtime=o.runtime, threads=o.threads, batch_size=o.batch_size,
+            in_channels=spec.in_channels).median_ms
+    number = _record_trial(study, space, params, spec_to_dict(spec), metrics, out, run.global_step)
+    probs = step.probabilities()
+    record = {"space": space.name, "steps": run.global_step, "target": cfg.objective.target, "unit": latency.unit,
+              "reward": cfg.tunas.reward, "beta": cfg.tunas.beta,
+              "found": {"params": params, "blocks": block_ops(spec), "metrics": metrics},
+              "distributions": {c.name: {str(_suggestible(o)): float(p) for o, p in zip(c.options, probs[c.name])}
+                                for c in space.choices},
+              "history": step.history, **elapsed(start, cpu)}
+    write_result(out, record, spec_to_json(spec))
+    echo(f"TuNAS: {run.global_step} steps; found {block_ops(spec)}: held-out top-1 {100 * accuracy:.1f}%, "
+         f"{cost:.4g} {latency.unit} (target {cfg.objective.target}), reward {metrics['reward']:.4f}; "
+         f"trial {number} of study {cfg.search.study!r}; {out / FOUND_SPEC}")
+    return TunasResult(spec, params, metrics, step.history, out, number)
+
+
+def _record_trial(study: Any, space: SearchSpace, params: dict[str, Any], spec: dict[str, Any],
+                  metrics: dict[str, Any], run_dir: Path, steps: int) -> int:
+    """The found architecture as a finished trial of ``study`` (once per run and step count); its number."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    source = {"run_dir": str(run_dir.absolute()), "steps": steps}
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("tunas") == source:
+            return t.number
+    distributions = {c.name: CategoricalDistribution([_suggestible(o) for o in c.options]) for c in space.choices}
+    study.add_trial(optuna.trial.create_trial(
+        params=params, distributions=distributions, values=[metrics["reward"]],
+        user_attrs={"spec": spec, "metrics": metrics, "overrides": [], "tunas": source}))
+    return study.get_trials(deepcopy=False)[-1].number
+
+
+def elapsed(start: float, cpu: float) -> dict[str, float]:
+    """Wall and CPU seconds since ``start`` / ``cpu`` (``time.monotonic`` / ``time.process_time``)."""
+    return {"wall_s": round(time.monotonic() - start, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+
