@@ -54,8 +54,8 @@ def run_record(run_dir: Path) -> dict[str, Any]:
 
 
 def shipped_top1(run_dir: Path, metric: str = "top1") -> float:
-    """Val top-1 (or another val ``metric``, e.g. a detector's AP50) of the weights a finished run
-    ships (its EMA weights where it kept them)."""
+    """Val top-1 (or another val ``metric``, e.g. a detector's AP50), in percent, of the weights a
+    finished run ships (its EMA weights where it kept them; an older detection run's fractions x100)."""
     return shipped_metrics(run_record(run_dir))[metric]
 
 

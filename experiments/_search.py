@@ -65,7 +65,8 @@ def reference_target(cfg: Any, saved: Path) -> dict[str, Any]:
 
 def search_rows(cfg: Any, name: str) -> list[dict[str, Any]]:
     """Run the search of ``cfg`` (continued when its storage exists); its finished trials as rows
-    (number, reward, proxy accuracy, MACs, parameters, latency, spec, duration)."""
+    (number, reward, proxy accuracy (the search's ACC, a fraction), MACs, parameters, latency, spec,
+    duration)."""
     from effml.search.study.config import build_space
     from effml.search.study.runner import run_search
     from effml.search.study.storage import finished_trials
@@ -148,7 +149,7 @@ def detection_recipe(cfg: Any, out: Path, epochs: int, val_images: int = 128) ->
 def train_detectors(specs: dict[str, dict[str, Any]], paths: dict[str, Path], recipe: Path, args: Any,
                     overrides: list[str]) -> dict[str, dict[str, Any]]:
     """Each detector (spec dict ``specs[name]``, written at ``paths[name]``) trained with ``recipe``
-    for every seed of ``args.seeds`` in ``args.out/final_NAME_seedS``: its val AP50 per seed and
+    for every seed of ``args.seeds`` in ``args.out/final_NAME_seedS``: its val AP50 (%) per seed and
     their spread, MACs, parameters, minutes, and its latency measured again."""
     from effml.search.study.cost import spec_cost
     from effml.zoo import spec_from_dict

@@ -88,7 +88,8 @@ def layer_kinds(spec: dict[str, Any]) -> dict[str, int]:
 
 
 def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The trials no other trial beats in both latency (lower) and held-out AP50 (higher), by latency."""
+    """The trials no other trial beats in both latency (lower) and held-out AP50 (higher), by latency.
+    A row's ``accuracy`` is the search's ACC, AP50 / 100 (``effml.search.study.detection_proxy.score``)."""
     front, best = [], -1.0
     for r in sorted(rows, key=lambda r: (r["latency_ms"], -r["accuracy"])):
         if r["accuracy"] > best:
@@ -127,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     searches = {}
     for name, rows in trials.items():
         best = best_row(rows)
-        under = [r["accuracy"] for r in rows if r["latency_ms"] <= target]
+        under = [100 * r["accuracy"] for r in rows if r["latency_ms"] <= target]  # AP50 in percent
         searches[name] = {"space": SPACES[name], "best": {k: v for k, v in best.items() if k != "spec"},
                           "best_layers": layer_kinds(best["spec"]),
                           "layers_sampled": {k: sum(layer_kinds(r["spec"])[k] for r in rows) for k in KINDS.values()},
                           "best_AP50_under_T": max(under) if under else None,
-                          "front": [{"number": r["number"], "latency_ms": r["latency_ms"], "AP50": r["accuracy"]}
+                          "front": [{"number": r["number"], "latency_ms": r["latency_ms"], "AP50": 100 * r["accuracy"]}
                                     for r in pareto(rows)],
                           "trials": rows}
     results = {"settings": {"trials": args.trials, "seed": args.seed, "seeds": args.seeds, "epochs": args.epochs,
@@ -146,17 +147,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(results: dict[str, Any]) -> None:
     s, t = results["settings"], results["target"]["latency_ms"]
-    print(f"\nsearches ({s['trials']} trials each, seed {s['seed']}); T = {t:.2f} ms; ACC = AP50 on held-out "
-          f"training images")
+    print(f"\nsearches ({s['trials']} trials each, seed {s['seed']}); T = {t:.2f} ms; ACC = AP50 / 100 on "
+          f"held-out training images; AP50 in percent")
     print(f"{'search':<10} {'best reward':>11} {'its AP50':>8} {'its ms':>7} {'best AP50 <= T':>14}  "
           f"layers of the winner (IBN / fused / Tucker)  layers sampled")
     for name, r in results["searches"].items():
         b, under = r["best"], r["best_AP50_under_T"]
         layers = " / ".join(str(v) for v in r["best_layers"].values())
         sampled = " / ".join(str(v) for v in r["layers_sampled"].values())
-        print(f"{name:<10} {b['reward']:11.4f} {b['accuracy']:8.3f} {b['latency_ms']:7.2f} "
-              f"{'-' if under is None else f'{under:.3f}':>14}  {layers:>42}  {sampled}")
-        print(f"{'':<10} Pareto front (ms, AP50): " + ", ".join(f"({p['latency_ms']:.1f}, {p['AP50']:.3f})"
+        print(f"{name:<10} {b['reward']:11.4f} {100 * b['accuracy']:8.1f} {b['latency_ms']:7.2f} "
+              f"{'-' if under is None else f'{under:.1f}':>14}  {layers:>42}  {sampled}")
+        print(f"{'':<10} Pareto front (ms, AP50): " + ", ".join(f"({p['latency_ms']:.1f}, {p['AP50']:.1f})"
                                                                for p in r["front"]))
     n = len(s["seeds"])
     print(f"\nthe winners and the reference trained for {s['epochs']} epochs on all training images; val AP50, "
@@ -164,7 +165,7 @@ def print_tables(results: dict[str, Any]) -> None:
     print(f"{'detector':<10} {'MMACs':>7} {'ms':>6} {'params':>10} {'val AP50':>22}  IBN / fused / Tucker")
     for name, f in sorted(results["final"].items(), key=lambda kv: kv[1]["latency_ms"]):
         print(f"{name:<10} {f['macs'] / 1e6:7.1f} {f['latency_ms']:6.2f} {f['params']:10,d} "
-              f"{fmt(f['AP50_summary'], 3):>22}  {' / '.join(str(v) for v in f['layers'].values())}")
+              f"{fmt(f['AP50_summary'], 1):>22}  {' / '.join(str(v) for v in f['layers'].values())}")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -176,14 +177,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for i, (name, r) in enumerate(results["searches"].items()):
         rows = r["trials"]
-        left.scatter([x["latency_ms"] for x in rows], [x["accuracy"] for x in rows], s=14, color=f"C{i}", alpha=0.6,
-                     label=f"{name} ({r['space']})")
+        left.scatter([x["latency_ms"] for x in rows], [100 * x["accuracy"] for x in rows], s=14, color=f"C{i}",
+                     alpha=0.6, label=f"{name} ({r['space']})")
         front = r["front"]
         left.step([p["latency_ms"] for p in front], [p["AP50"] for p in front], where="post", color=f"C{i}", lw=1)
     t = results["target"]["latency_ms"]
     left.axvline(t, color="k", ls="--", lw=0.8, label=f"T = {t:.1f} ms")
     left.set_xlabel("detector latency, ms (batch 1, 1 thread, eager, during the search)")
-    left.set_ylabel("AP50 on held-out training images")
+    left.set_ylabel("AP50 (%) on held-out training images")
     left.set_title("sampled detectors and each search's Pareto front", fontsize=9)
     left.legend(fontsize=7)
     left.grid(alpha=0.3)
@@ -192,7 +193,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         right.errorbar([f["latency_ms"]], [s["mean"]], yerr=[[s["mean"] - s["min"]], [s["max"] - s["mean"]]],
                        fmt="o", capsize=3, color=f"C{i}", label=name)
     right.set_xlabel("latency, ms (measured again)")
-    right.set_ylabel("val AP50 (min-max over seeds)")
+    right.set_ylabel("val AP50 (%, min-max over seeds)")
     right.set_title("winners and reference, trained longer", fontsize=9)
     right.legend(fontsize=7)
     right.grid(alpha=0.3)

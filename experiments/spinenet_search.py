@@ -118,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_tables(results: dict[str, Any]) -> None:
     s, trials = results["settings"], results["search"]["trials"]
-    held = sorted(r["accuracy"] for r in trials)
+    held = sorted(100 * r["accuracy"] for r in trials)  # a trial's accuracy is the search's ACC, AP50 / 100
     print(f"\nsearch: {len(trials)} trials (seed {s['seed']}), every member at {results['budget_macs'] / 1e6:.1f}M MACs; "
-          f"held-out AP50 {held[0]:.3f}-{held[-1]:.3f}, the winner (trial {results['search']['best']['number']}) "
-          f"{results['search']['best']['accuracy']:.3f}")
+          f"held-out AP50 {held[0]:.1f}-{held[-1]:.1f}, the winner (trial {results['search']['best']['number']}) "
+          f"{100 * results['search']['best']['accuracy']:.1f}")
     n = len(s["seeds"])
     print(f"\ntrained for {s['epochs']} epochs on all training images; val AP50, mean (min-max) over {n} seed(s)")
     print(f"{'network':<16} {'MMACs':>7} {'scale':>6} {'ms':>6} {'params':>10} {'val AP50':>22}  "
@@ -129,7 +129,7 @@ def print_tables(results: dict[str, Any]) -> None:
     for name, f in results["final"].items():
         d = results["minus_scale_decreased"].get(name)
         print(f"{name:<16} {f['macs'] / 1e6:7.1f} {f['filter_size_scale']:6.3f} {f['latency_ms']:6.2f} "
-              f"{f['params']:10,d} {fmt(f['AP50_summary'], 3):>22}  {fmt(d, 3) if d else '-':>22}")
+              f"{f['params']:10,d} {fmt(f['AP50_summary'], 1):>22}  {fmt(d, 1) if d else '-':>22}")
     print("\nblock tables (L: intermediate, P: output; level; r residual, b bottleneck):")
     for name, f in results["final"].items():
         print(f"  {name:<16} {' '.join(f['blocks'])}")
@@ -143,9 +143,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     trials = results["search"]["trials"]
-    left.plot([r["number"] for r in trials], [r["accuracy"] for r in trials], "o", ms=4, color="C0")
+    left.plot([r["number"] for r in trials], [100 * r["accuracy"] for r in trials], "o", ms=4, color="C0")
     left.set_xlabel("trial")
-    left.set_ylabel("AP50 on held-out training images")
+    left.set_ylabel("AP50 (%) on held-out training images")
     left.set_title(f"search: every member at {results['budget_macs'] / 1e6:.0f}M MACs", fontsize=9)
     left.grid(alpha=0.3)
     for i, (name, f) in enumerate(results["final"].items()):
@@ -154,7 +154,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                        color=f"C{i}")
         right.scatter([i] * len(f["AP50"]), f["AP50"], s=10, color=f"C{i}", alpha=0.5)
     right.set_xticks(range(len(results["final"])), list(results["final"]), fontsize=8)
-    right.set_ylabel("val AP50 (seeds; mean and min-max)")
+    right.set_ylabel("val AP50 (%; seeds, mean and min-max)")
     right.set_title("the same MACs, trained longer", fontsize=9)
     right.grid(alpha=0.3)
     fig.tight_layout()

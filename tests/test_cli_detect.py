@@ -181,7 +181,7 @@ def test_detection_run_eval_and_detect(tmp_path):
                f"run.dir={run_dir}", "--quiet")
     assert proc.returncode == 0, proc.stderr
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["task"] == "detect"
+    assert info["task"] == "detect" and info["metric_unit"] == "percent"  # COCO AP/AR in percent
 
     proc = run("eval", run_dir, "--json")
     assert proc.returncode == 0, proc.stderr

@@ -74,12 +74,12 @@ def test_the_holdout_is_a_deterministic_disjoint_part_of_train_with_its_own_grou
     assert torch.equal(first[0], held[0][0]) and first[1]["image_id"] == held.image_ids[0]
     assert first[0].shape == (3, 64, 64)
 
-    # AP on its own annotations: detecting exactly its boxes scores 1 (other training images,
+    # AP on its own annotations: detecting exactly its boxes scores 100% (other training images,
     # undetected, would pull it down if they were in the ground truth)
     m = evaluate_detections(gt, _ground_truth_detections(held), held.category_ids)
-    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0)
+    assert m["AP"] == pytest.approx(100.0) and m["AP50"] == pytest.approx(100.0)
     everything_gt = CocoDetection(held.image_dir, held.annotation_file).coco_gt()
-    assert evaluate_detections(everything_gt, _ground_truth_detections(held), held.category_ids)["AP50"] < 0.5
+    assert evaluate_detections(everything_gt, _ground_truth_detections(held), held.category_ids)["AP50"] < 50
 
 
 def test_trainer_and_fit_report_holdout_ap(tmp_path):
@@ -87,7 +87,7 @@ def test_trainer_and_fit_report_holdout_ap(tmp_path):
     t = Trainer(cfg, model=TINY_SSDLITE)
     held = t.evaluate("holdout")
     assert {"AP", "AP50", "AP75"} <= set(held) and held["count"] == 8
-    assert 0.0 <= held["AP50"] <= 1.0
+    assert 0.0 <= held["AP50"] <= 100.0
     rows = []
     result = fit(cfg, model=TINY_SSDLITE, write_run=False, quiet=True,
                  on_epoch=lambda epoch, row: rows.append(row) or False)

@@ -147,7 +147,7 @@ def test_ap50_against_the_reference_detections():
                       torch.tensor([1, 0]))]
     same = quantize_mod.ap50_against(ref, ref, 3, 100, 100)
     moved = [Detections(torch.tensor([[30.0, 30, 70, 70]]), torch.tensor([0.9]), torch.tensor([1]))]
-    assert same == pytest.approx(1.0)  # the 0.2 box is below the reference score and not a target
+    assert same == pytest.approx(1.0)  # a fraction like top-1 agreement; the 0.2 box is not a target
     assert quantize_mod.ap50_against(ref, moved, 3, 100, 100) == pytest.approx(0.0)
     empty = [Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))]
     assert quantize_mod.ap50_against(empty, empty, 3, 100, 100) == 1.0

@@ -371,13 +371,13 @@ def test_fused_mbconv_matches_timm_edge_residual():
 
 CONFIG = ROOT / "configs" / "ssdlite_shapes.yaml"
 # Learning bar: SSDLite + MobileDet-CPU (full width, 3-class head) at 128 px. Untrained (1 step)
-# it scores AP50 0.002 on the shapes val set; the config's 12 epochs measured AP50 0.283 (EMA
-# 0.273, ~200 s on 1 thread); this shortened run (8 epochs, 512 steps of 8 images, one
-# evaluation, ~2 min) measured AP50 0.170 (EMA 0.153) on one machine and 0.066 (EMA 0.057) on
+# it scores AP50 0.2 (percent) on the shapes val set; the config's 12 epochs measured AP50 28.3 (EMA
+# 27.3, ~200 s on 1 thread); this shortened run (8 epochs, 512 steps of 8 images, one
+# evaluation, ~2 min) measured AP50 17.0 (EMA 15.3) on one machine and 6.6 (EMA 5.7) on
 # another (same seed and thread count, identical losses for the first 272 steps with the code
 # before and after the core refactor: the CPUs' kernels differ, and 8 epochs from scratch are
 # chaotic). The bar is 20x untrained, below both.
-AP50_THRESHOLD = 0.04
+AP50_THRESHOLD = 4.0
 
 
 @pytest.mark.slow
@@ -392,7 +392,7 @@ def test_ssdlite_mobiledet_cpu_learns_shapes(tmp_path):
     fit(cfg, quiet=True)
     info = json.loads((run_dir / "run.json").read_text())
     best = max(info["val"]["AP50"], info["ema_val"]["AP50"])
-    assert best > AP50_THRESHOLD, f"AP50 {info['val']['AP50']:.3f} (EMA {info['ema_val']['AP50']:.3f})"
+    assert best > AP50_THRESHOLD, f"AP50 {info['val']['AP50']:.1f} (EMA {info['ema_val']['AP50']:.1f})"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "step"]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.6 * losses[0]

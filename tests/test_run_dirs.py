@@ -436,3 +436,34 @@ def test_a_failed_atomic_write_is_a_clear_error_and_keeps_the_old_file(tmp_path,
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]  # no temp file left
+
+
+def test_an_old_detection_run_json_reads_its_ap_in_percent(tmp_path):
+    """run.json written before ``metric_unit`` holds a detector's COCO AP/AR as fractions: read
+    back, they are percent like a new run's; top-1 (always %) and a new run.json are left alone."""
+    from effml.train.run_dir import read_run_info, shipped_metrics, write_run_info
+
+    common = {"input_size": 128, "crop_pct": 1.0, "mean": [0.5] * 3, "std": [0.5] * 3, "classes": ["a", "b"]}
+    fractions = {"AP": 0.338, "AP50": 0.52, "APs": float("nan"), "AP/a": 0.25, "count": 8}
+    percent = {"AP": 33.8, "AP50": 52.0, "APs": float("nan"), "AP/a": 25.0, "count": 8}
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "run.json").write_text(json.dumps({**common, "task": "detect", "weights": "weights_ema.safetensors",
+                                              "val": {}, "ema_val": fractions, "ema_holdout": None}))
+    info = read_run_info(old)
+    assert "metric_unit" not in info
+    got = shipped_metrics(info)
+    assert got.keys() == percent.keys() and got["count"] == 8
+    for key in ("AP", "AP50", "AP/a"):
+        assert got[key] == pytest.approx(percent[key])
+    assert got["APs"] != got["APs"]  # NaN stays NaN
+    assert shipped_metrics(info, "holdout") is None  # not evaluated: nothing to scale
+
+    new = tmp_path / "new"
+    new.mkdir()
+    write_run_info(new, **common, task="detect", weights="weights.safetensors", val={"AP": 33.8, "AP50": 52.0})
+    info = read_run_info(new)
+    assert info["metric_unit"] == "percent" and shipped_metrics(info) == {"AP": 33.8, "AP50": 52.0}
+
+    classify = {**common, "weights": "weights.safetensors", "val": {"top1": 76.3, "top5": 93.0}}
+    assert shipped_metrics(classify) == {"top1": 76.3, "top5": 93.0}  # no unit recorded: top-1 was always %

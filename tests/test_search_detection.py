@@ -5,6 +5,7 @@ whole detector; the winner exported and trained by ``effml train``; clear refusa
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from effml.models.counting import count_macs, count_params
 from effml.search.spaces.catalog import named_space
 from effml.search.study.config import build_space, load_search_config
 from effml.search.study.cost import LatencyModel, spec_cost
-from effml.search.study.detection_proxy import search_network
+from effml.search.study.detection_proxy import score, search_network
 from effml.search.study.report import write_report
 from effml.search.study.reward import mnasnet_reward
 from effml.search.study.runner import run_search
@@ -77,6 +78,13 @@ def test_a_detection_trial_trains_and_measures_the_whole_detector(tmp_path):
     assert LatencyModel(cfg.objective)(detector) > 0
     # classification searches are unchanged: the sample itself
     assert search_network(load_search_config(None, []), TINY) is TINY
+
+
+def test_every_metric_in_percent_scores_as_a_fraction():
+    """Top-1 and COCO AP are both reported in percent; the search's ACC is one rule, value / 100."""
+    assert score({"top1": 76.3, "top5": 93.0}, "top1") == pytest.approx(0.763)
+    assert score({"AP": 20.0, "AP50": 33.8}, "AP50") == pytest.approx(0.338)
+    assert math.isnan(score(None, "AP50")) and math.isnan(score({"top1": 50.0}, "AP50"))
 
 
 @pytest.fixture(scope="module")

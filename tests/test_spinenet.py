@@ -244,12 +244,12 @@ def test_classification_variant_pools_all_endpoints():
 # parameters) with configs/shapes_detection_scratch.yaml (AdamW lr 5e-3, batch 8, cosine, EMA 0.999,
 # BN recalibrated before the evaluation; 1 thread) on a cheaper problem than the config's: one class
 # (circles; detect.shapes_classes=1) and 4 epochs (256 steps, 128 px), about 80 s of CPU. Measured
-# val AP50 (EMA) over seeds 0, 1, 2: 0.151 (0.145), 0.064 (0.061), 0.317 (0.290); untrained (1 step,
-# seed 0): 0.002. The bar is under half the lowest seed, 19x the untrained score. (Before: three
-# classes, 8 epochs, 5-7 minutes: 0.142 for seed 0; the full config's 16 epochs: 0.69-0.78 over 3
+# val AP50 (EMA, percent) over seeds 0, 1, 2: 15.1 (14.5), 6.4 (6.1), 31.7 (29.0); untrained (1 step,
+# seed 0): 0.2. The bar is under half the lowest seed, 19x the untrained score. (Before: three
+# classes, 8 epochs, 5-7 minutes: 14.2 for seed 0; the full config's 16 epochs: 69-78 over 3
 # seeds, README.)
 EPOCHS = 4
-AP50_THRESHOLD = 0.03
+AP50_THRESHOLD = 3.0
 
 
 @pytest.mark.slow
@@ -264,7 +264,7 @@ def test_smallest_spinenet_retinanet_learns_shapes(tmp_path):
     ])
     result = fit(cfg, quiet=True)
     best = max(result.val["AP50"], result.ema_val["AP50"])
-    assert best > AP50_THRESHOLD, f"AP50 {result.val['AP50']:.3f} (EMA {result.ema_val['AP50']:.3f})"
+    assert best > AP50_THRESHOLD, f"AP50 {result.val['AP50']:.1f} (EMA {result.ema_val['AP50']:.1f})"
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "step"]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.6 * losses[0]

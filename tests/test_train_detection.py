@@ -26,11 +26,11 @@ TINY = str(ROOT / "configs" / "efficientdet_tiny.json")
 # Learning bar: the tiny EfficientDet from scratch with the scratch recipe (BN recalibrated before
 # the evaluation) on a cheaper problem than the config's: one class (circles;
 # detect.shapes_classes=1) and 4 epochs (256 steps of 8 images, 128 px), about 50 s of CPU on 1
-# thread. Measured val AP50 (EMA) over seeds 0, 1, 2: 0.057 (0.050), 0.135 (0.120), 0.075 (0.069);
-# untrained (1 step, seed 0): 0.001. The bar is under half the lowest seed, 23x the untrained score.
-# (Before: three classes, 8 epochs, 4-6.5 minutes; seeds 0, 1, 2 reached 0.042, 0.267, 0.101 on an
-# AVX-512 machine, 0.105 for seed 0 on an AVX2 one.)
-AP50_THRESHOLD = 0.025
+# thread. Measured val AP50 (EMA, percent) over seeds 0, 1, 2: 5.7 (5.0), 13.5 (12.0), 7.5 (6.9);
+# untrained (1 step, seed 0): 0.1. The bar is under half the lowest seed, 23x the untrained score.
+# (Before: three classes, 8 epochs, 4-6.5 minutes; seeds 0, 1, 2 reached 4.2, 26.7, 10.1 on an
+# AVX-512 machine, 10.5 for seed 0 on an AVX2 one.)
+AP50_THRESHOLD = 2.5
 # The cheaper problem: one class, half the epochs.
 CHEAPER = ["detect.shapes_classes=1", "train.epochs=4", "train.eval_every=4"]
 
@@ -49,8 +49,9 @@ def shapes_run(tmp_path_factory) -> Path:
 def test_tiny_efficientdet_learns_shapes(shapes_run):
     info = json.loads((shapes_run / "run.json").read_text())
     best = max(info["val"]["AP50"], info["ema_val"]["AP50"])
-    assert best > AP50_THRESHOLD, f"AP50 {info['val']['AP50']:.3f} (EMA {info['ema_val']['AP50']:.3f})"
+    assert best > AP50_THRESHOLD, f"AP50 {info['val']['AP50']:.1f} (EMA {info['ema_val']['AP50']:.1f})"
     assert info["task"] == "detect" and info["category_ids"] == [1]  # circles only (CHEAPER)
+    assert info["metric_unit"] == "percent"
     rows = [json.loads(line) for line in (shapes_run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if r["kind"] == "step"]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.6 * losses[0]

@@ -34,8 +34,8 @@ def export(
     holdout_images: Annotated[int, typer.Option(
         min=1, help="--int8: other images on which int8 is compared with fp32.")] = 128,
     min_agreement: Annotated[float, typer.Option(
-        min=0.0, max=1.0, help="--int8: refuse below this top-1 agreement (classifiers) or AP50 "
-                               "against the fp32 detections (detectors).")] = 0.99,
+        min=0.0, max=1.0, help="--int8: refuse below this fraction (0-1): top-1 agreement (classifiers), "
+                               "or AP50 / 100 against the fp32 detections (detectors).")] = 0.99,
     calibration_method: Annotated[str, typer.Option(
         help="--int8: minmax, percentile or entropy.")] = "minmax",
     reduce_range: Annotated[bool | None, typer.Option(

@@ -50,7 +50,7 @@ def evaluate_run(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Evaluate a trained run on its validation set: top-1/top-5 (optionally under PGD) for a
-    classifier, COCO AP/AR for a detector."""
+    classifier, COCO AP/AR for a detector (all in percent)."""
     import torch
 
     from effml.train.data import build_datasets, eval_loader
@@ -93,7 +93,8 @@ _DETECTION_ROWS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 def _print_detection_metrics(run_dir: Path, trained: TrainedModel, metrics: dict[str, Any], as_json: bool) -> None:
-    """A detection run's COCO AP/AR on its val set (evaluated with the NMS settings it was trained with)."""
+    """A detection run's COCO AP/AR (percent) on its val set (evaluated with the NMS settings it was
+    trained with)."""
     import math
     import sys
 
@@ -110,8 +111,8 @@ def _print_detection_metrics(run_dir: Path, trained: TrainedModel, metrics: dict
                f"{int(metrics.get('count', 0))} val images")
     table = Table(header_style="bold")
     table.add_column("metric", no_wrap=True)
-    table.add_column("value", justify="right")
+    table.add_column("value (%)", justify="right")
     for key in _DETECTION_ROWS:
         value = clean.get(key)
-        table.add_row(key, "n/a" if value is None else f"{value:.3f}")
+        table.add_row(key, "n/a" if value is None else f"{value:.1f}")
     Console(file=sys.stdout, width=120).print(table)

@@ -14,8 +14,8 @@ and full 8-bit weights are safe.
 
 ``export_int8`` exports fp32, quantizes, and compares int8 against fp32 on held-out images.
 Classifiers are compared by top-1 agreement. Detectors are compared by AP50 of the int8
-detections against the fp32 ones as ground truth. It refuses, writing nothing, a model below
-``min_agreement``.
+detections against the fp32 ones as ground truth, as a fraction (AP50 / 100). It refuses, writing
+nothing, a model below ``min_agreement``, a fraction 0..1 for both kinds.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Int8Report:
     path: Path
     written: bool
     metric: str  # "top-1 agreement" or "AP50 vs fp32 detections"
-    agreement: float
+    agreement: float  # a fraction 0..1 (a detector's AP50 / 100), printed as a percentage
     min_agreement: float
     holdout_images: int
     calibration_images: int
@@ -156,7 +156,7 @@ def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float,
 
 def ap50_against(reference: list, other: list, num_classes: int, height: int, width: int) -> float:
     """AP50 of the detections ``other`` with the detections ``reference`` (score >= 0.3) as the
-    ground truth; 1.0 when neither has a box."""
+    ground truth, as a fraction 0..1 like top-1 agreement; 1.0 when neither has a box."""
     from effml.detection.coco_eval import evaluate_detections
 
     images, annotations = [], []
@@ -173,7 +173,9 @@ def ap50_against(reference: list, other: list, num_classes: int, height: int, wi
     gt = {"images": images, "annotations": annotations,
           "categories": [{"id": c, "name": str(c)} for c in range(num_classes)]}
     dets = [(i, d.boxes, d.scores, d.labels) for i, d in enumerate(other)]
-    return evaluate_detections(gt, dets, category_ids=list(range(num_classes)))["AP50"]
+    # COCO AP is in percent; the agreement (and min_agreement, which the CLI's --min-agreement
+    # takes for classifiers and detectors alike) is a fraction.
+    return evaluate_detections(gt, dets, category_ids=list(range(num_classes)))["AP50"] / 100
 
 
 def _outputs(model: nn.Module, runner: OnnxRunner, images: torch.Tensor, batch: int = 16) -> object:

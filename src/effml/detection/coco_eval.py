@@ -25,8 +25,11 @@ Detection = tuple[int, Any, Any, Any]  # (image_id, boxes xyxy [N, 4], scores [N
 def evaluate_detections(coco_gt: dict | str | Path, detections: Iterable[Detection],
                         category_ids: Sequence[int] | None = None, backend: str = "pycocotools",
                         per_class: bool = False) -> dict[str, float]:
-    """COCO bbox AP/AR as fractions: ``{'AP', 'AP50', ..., 'ARl'}`` (plus ``'AP/<class name>'``
+    """COCO bbox AP/AR in percent (0-100): ``{'AP', 'AP50', ..., 'ARl'}`` (plus ``'AP/<class name>'``
     with ``per_class``); NaN where COCO reports -1 (no ground truth in that area range).
+
+    Percent, as the papers (EfficientDet-D0 33.8 AP) and detectron2's ``COCOEvaluator`` report
+    COCO metrics, and as effml reports top-1: pycocotools' ``stats`` are fractions, scaled here.
 
     ``coco_gt``: ``CocoDetection.coco_gt()`` or a COCO json path; every image in it counts, with
     or without detections. ``detections``: per image, boxes xyxy in the ORIGINAL image's pixels,
@@ -62,7 +65,7 @@ def evaluate_detections(coco_gt: dict | str | Path, detections: Iterable[Detecti
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    metrics = {name: _fraction(v) for name, v in zip(METRIC_NAMES, evaluator.stats[:12])}
+    metrics = {name: _percent(v) for name, v in zip(METRIC_NAMES, evaluator.stats[:12])}
     if per_class:
         # precision is [IoU, recall, class, area, maxDets]; area 'all', maxDets 100, as automl's
         # per-class ``AP_/name`` (google/automl efficientdet/coco_metric.py).
@@ -70,7 +73,7 @@ def evaluate_detections(coco_gt: dict | str | Path, detections: Iterable[Detecti
         names = {c["id"]: str(c.get("name", c["id"])) for c in gt["categories"]}
         for k, cid in enumerate(evaluator.params.catIds):
             p = precision[:, :, k, 0, -1]
-            metrics[f"AP/{names[cid]}"] = float(p[p > -1].mean()) if (p > -1).any() else math.nan
+            metrics[f"AP/{names[cid]}"] = _percent(float(p[p > -1].mean())) if (p > -1).any() else math.nan
     return metrics
 
 
@@ -142,8 +145,9 @@ def _array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _fraction(v: float) -> float:
-    return math.nan if v < 0 else float(v)
+def _percent(v: float) -> float:
+    """A COCOeval figure (a fraction, -1 for "no ground truth") in percent, NaN for -1."""
+    return math.nan if v < 0 else 100 * float(v)
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

@@ -46,7 +46,7 @@ def targets_to(targets: list[dict], device: torch.device) -> list[dict]:
 def evaluate_detection(model: nn.Module, batches: Iterable, device: torch.device, dataset: Any, *,
                        channels_last: bool = False, backend: str = "pycocotools",
                        **predictor_kwargs: Any) -> dict[str, float]:
-    """COCO AP/AR (fractions) of ``model`` over ``batches`` of a ``CocoDetection`` ``dataset``;
+    """COCO AP/AR (percent) of ``model`` over ``batches`` of a ``CocoDetection`` ``dataset``;
     under DDP each process predicts its shard and every process gets the same numbers."""
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from effml.data.transforms import INTERPOLATIONS
+from effml.detection.coco_eval import METRIC_NAMES
 from effml.errors import EffmlError, WeightsError
 from effml.files import atomic_write_text
 from effml.models.weights import load_weights
@@ -29,6 +30,9 @@ from effml.zoo import load_spec
 RUN_INFO, MODEL_JSON, CONFIG_YAML = "run.json", "model.json", "config.yaml"
 # The eval interpolation of a run.json written before it was recorded: those runs evaluated bilinear.
 UNRECORDED_INTERPOLATION = "bilinear"
+# The unit of a run.json's accuracy metrics (top-1, COCO AP/AR), written into every new one. A
+# detection run.json without it predates it and holds COCO AP/AR as fractions (top-1 was always %).
+METRIC_UNIT = "percent"
 
 
 class RunDirError(EffmlError):
@@ -54,6 +58,7 @@ class RunInfo(BaseModel):
     classes: list[str] = Field(min_length=1)
     task: Literal["classify", "detect"] = "classify"
     category_ids: list[int] = []
+    metric_unit: Literal["percent"] | None = None  # None: an older run.json (``metrics_in_percent``)
 
     @field_validator("interpolation")
     @classmethod
@@ -77,8 +82,19 @@ def weights_file(run_dir: Path, info: dict[str, Any], choice: str = "best") -> P
 
 
 def shipped_metrics(info: dict[str, Any], split: str = "val") -> dict[str, Any]:
-    """The ``split`` ('val' or 'holdout') metrics of the weights a run ships (its EMA's where kept)."""
-    return info[f"ema_{split}"] if info["weights"] == WEIGHTS_EMA else info[split]
+    """The ``split`` ('val' or 'holdout') metrics of the weights a run ships (its EMA's where kept),
+    accuracy in percent (``metrics_in_percent``)."""
+    return metrics_in_percent(info, info[f"ema_{split}"] if info["weights"] == WEIGHTS_EMA else info[split])
+
+
+def metrics_in_percent(info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` of the run whose ``run.json`` is ``info`` (its val, holdout, or a row of its
+    ``metrics.jsonl``) with COCO AP/AR in percent: a detection run.json with no ``metric_unit``
+    was written when effml reported them as fractions, so they are scaled x100 here."""
+    if not metrics or info.get("task") != "detect" or info.get("metric_unit") == METRIC_UNIT:
+        return metrics
+    return {k: 100 * v if (k in METRIC_NAMES or k.startswith("AP/")) and isinstance(v, (int, float)) else v
+            for k, v in metrics.items()}
 
 
 def preprocess_fields(preprocess: Preprocess) -> dict[str, Any]:
@@ -89,7 +105,7 @@ def preprocess_fields(preprocess: Preprocess) -> dict[str, Any]:
 
 def write_run_info(run_dir: Path, **fields: Any) -> None:
     """Write ``run.json`` atomically, through the ``RunInfo`` schema (a bad field is a bug here)."""
-    info = RunInfo.model_validate(fields).model_dump(exclude_unset=True)
+    info = RunInfo.model_validate({**fields, "metric_unit": METRIC_UNIT}).model_dump(exclude_unset=True)
     atomic_write_text(Path(run_dir) / RUN_INFO, json.dumps(info, indent=2))
 
 

@@ -126,7 +126,7 @@ class DetectionTask:
 
     def evaluate(self, cfg: Config, model: nn.Module, batches: Any, device: torch.device,
                  dataset: Any) -> dict[str, float]:
-        """COCO AP / AR over the validation set."""
+        """COCO AP / AR (percent) over the validation set."""
         from effml.train.detection import evaluate_detection
 
         d = cfg.detect
@@ -136,8 +136,8 @@ class DetectionTask:
                                   soft_nms_sigma=d.soft_nms_sigma)
 
     def describe(self, metrics: dict[str, float]) -> str:
-        """One line of the main metrics."""
-        return f"AP {metrics['AP']:.3f} AP50 {metrics['AP50']:.3f} AP75 {metrics['AP75']:.3f}"
+        """One line of the main metrics, in percent with one decimal as the papers print AP (33.8)."""
+        return f"AP {metrics['AP']:.1f} AP50 {metrics['AP50']:.1f} AP75 {metrics['AP75']:.1f}"
 
     def spec_json(self, spec: Any) -> str:
         """The spec as written to ``model.json``."""

@@ -94,8 +94,8 @@ class ObjectiveConfig:
     accuracy: Literal["holdout", "val"] = "holdout"
     """the metric on data.holdout of the training images (the search never sees val) or on val"""
     metric: Literal["top1", "AP", "AP50", "AP75"] | None = None
-    """what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (fractions);
-    null: top1, or AP50 with search.detector"""
+    """what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (each reported
+    in percent, ACC is it / 100); null: top1, or AP50 with search.detector"""
 
 
 @dataclass(config=CONFIG_SCHEMA)

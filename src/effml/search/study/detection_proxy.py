@@ -23,7 +23,7 @@ from effml.search.study.config import SearchConfig
 from effml.train.data import DETECTION_DATASETS
 
 DETECTORS = ("ssdlite", "retinanet")
-DETECTION_METRICS = ("AP", "AP50", "AP75")  # COCO box AP (fractions), as the detection task reports them
+DETECTION_METRICS = ("AP", "AP50", "AP75")  # COCO box AP (percent), as the detection task reports them
 
 
 def detector_spec(kind: str, backbone: Any) -> SSDLiteSpec | RetinaNetSpec:
@@ -58,12 +58,12 @@ def score_metric(cfg: SearchConfig) -> str:
 
 
 def score(metrics: dict[str, Any] | None, metric: str) -> float:
-    """``metric`` of an evaluation as a fraction (top-1 is reported in %, AP as a fraction); NaN
-    when it was not evaluated."""
+    """``metric`` of an evaluation (top-1 or COCO AP, both reported in percent) as the search's
+    ACC, a fraction in [0, 1]: MnasNet's reward ACC * (LAT / T)^w (arXiv 1807.11626, eq. 2) and
+    TuNAS's Q(y) (arXiv 2008.06120) take accuracy as a fraction. NaN when it was not evaluated."""
     if not metrics or metric not in metrics:
         return float("nan")
-    value = float(metrics[metric])
-    return value / 100 if metric == "top1" else value
+    return float(metrics[metric]) / 100
 
 
 def check_task(cfg: SearchConfig) -> None:

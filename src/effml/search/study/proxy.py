@@ -101,5 +101,5 @@ def evaluate_sample(cfg: SearchConfig, sample: Sample, network: Any, seed: int, 
 
 
 def _accuracy(row: dict[str, Any], key: str, metric: str = "top1") -> float:
-    """``metric`` (a fraction) of an epoch's metrics row: the EMA weights' when evaluated."""
+    """``metric`` of an epoch's metrics row as a fraction (``score``): the EMA weights' when evaluated."""
     return score(row.get(f"ema_{key}") or row.get(key), metric)

@@ -146,7 +146,7 @@ class _Objective:
     alpha: float | None
     beta: float | None
     constraint: str | None
-    metric: str = "top1"  # what a trial's 'accuracy' is: top-1, or a detector's AP50 (search.detector)
+    metric: str = "top1"  # what a trial's 'accuracy' (a fraction, shown x100) is: top-1, or a detector's AP50
 
     @classmethod
     def of(cls, study: optuna.Study) -> _Objective:
