@@ -21,12 +21,13 @@ from safetensors.torch import load_file
 
 from effml.errors import SearchError
 from effml.search.oneshot.supernet import Supernet, block_kinds
-from effml.search.oneshot.tunas import TunasStep, check_tunas, linear_decay, tunas_reward
+from effml.search.oneshot.tunas import TunasStep, check_tunas, linear_decay, load_tunas_supernet, tunas_reward
 from effml.search.spaces.search_space import Choice, SearchSpace
 from effml.search.study.config import TunasConfig, build_space, load_search_config
 from effml.search.study.policy import Adam, FactorizedPolicy
 from effml.spec import BlockSpec, NetworkSpec
 from effml.spec.plan import plan
+from effml.zoo.kinds import spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tunas_fashion_mnist.yaml"
@@ -161,6 +162,12 @@ def test_search_strategy_tunas_records_a_trial_exports_and_resumes_after_sigkill
     assert (straight / "tunas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     effml("search", "export", str(tmp_path / "straight.db"), "-o", str(tmp_path / "best.json"))
     assert json.loads((tmp_path / "best.json").read_text()) == json.loads((straight / "found_model.json").read_text())
+    # the finished search's supernet loads back and scores its found child as the search did
+    trained = load_tunas_supernet(straight)
+    spec = trained.supernet.child_spec(spec_from_dict(json.loads((straight / "found_model.json").read_text())))
+    child = trained.calibrated(spec, trained.trainer.calibration_batches(16))
+    top1 = trained.evaluate(child, spec.resolution, "holdout")["top1"]
+    assert top1 / 100 == pytest.approx(record["found"]["metrics"]["accuracy"], abs=1e-9)
 
     killed = tmp_path / "killed"
     cmd = [EFFML, "search", str(CONFIG), *_args(tmp_path, "killed", "proxy.train.checkpoint_interval=30")]

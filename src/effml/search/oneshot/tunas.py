@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 # Decisions TuNAS's filter warm-up widens (its FILTERS tag: output and expansion filters).
 FILTER_FIELDS = ("out_channels", "filters", "expand_ratio", "stem_channels", "head_channels")
 RESULT_JSON = "tunas.json"
+SEARCH_YAML = "search.yaml"  # the search config, beside the supernet run's own config.yaml
 FOUND_SPEC = "found_model.json"
 PLOT = "tunas.png"
 
@@ -328,9 +329,9 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     from effml.search.oneshot.bignas import TrainedSupernet
     from effml.search.study.cost import spec_cost
     from effml.search.study.storage import open_study
-    from effml.train.config import config_from_dict
+    from effml.train.config import config_to_yaml
     from effml.train.engine import fit
-    from effml.train.trainer import Trainer, preserved_global_state, seed_everything
+    from effml.train.trainer import Trainer
     from effml.zoo import spec_to_json
     from effml.zoo.kinds import spec_to_dict
 
@@ -338,16 +339,12 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     latency = check_tunas(cfg, space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, space, resume=resume)  # a finished study of this name is refused before training
-    resolution = max(space.largest().spec.resolution, space.base.resolution)
-    training = config_from_dict({"data": {"image_size": resolution}}, cfg.proxy, source="search.strategy=tunas")
-    with preserved_global_state():
-        seed_everything(training.train.seed)
-        m = training.model
-        supernet = Supernet(space, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum,
-                            bn_eps=m.bn_eps)
+    training = training_config(cfg, space)
+    supernet = build_supernet(training, space)
     step = TunasStep(space, cfg.tunas, latency, cfg.objective.target, seed=cfg.search.seed,
                      label_smoothing=training.train.label_smoothing)
     run = fit(training, model=supernet, step=step, resume=resume, quiet=quiet)
+    atomic_write_text(Path(run.run_dir) / SEARCH_YAML, config_to_yaml(cfg))
     params, spec = step.chosen()
     out = Path(run.run_dir)
 
@@ -379,6 +376,50 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
          f"{cost:.4g} {latency.unit} (target {cfg.objective.target}), reward {metrics['reward']:.4f}; "
          f"trial {number} of study {cfg.search.study!r}; {out / FOUND_SPEC}")
     return TunasResult(spec, params, metrics, step.history, out, number)
+
+
+def training_config(cfg: SearchConfig, space: SearchSpace) -> Any:
+    """The supernet's training run: the ``proxy`` recipe at the space's largest resolution."""
+    from effml.train.config import config_from_dict
+
+    resolution = max(space.largest().spec.resolution, space.base.resolution)
+    return config_from_dict({"data": {"image_size": resolution}}, cfg.proxy, source="search.strategy=tunas")
+
+
+def build_supernet(training: Any, space: SearchSpace) -> Supernet:
+    """The supernet of ``space`` with the training config's dropout, drop path and BN settings,
+    initialised from ``train.seed``."""
+    from effml.train.trainer import preserved_global_state, seed_everything
+
+    with preserved_global_state():
+        seed_everything(training.train.seed)
+        m = training.model
+        return Supernet(space, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum, bn_eps=m.bn_eps)
+
+
+def load_tunas_supernet(run_dir: str | Path) -> Any:
+    """A finished TuNAS search's supernet (its final weights) as a ``TrainedSupernet`` over its
+    training data, for scoring children (pass calibration batches: ``trainer.calibration_batches``)."""
+    from effml.models.weights import load_weights
+    from effml.search.oneshot.bignas import TrainedSupernet
+    from effml.search.study.config import build_space
+    from effml.train.config import load_config
+    from effml.train.run_dir import WEIGHTS_RAW, read_run_info
+    from effml.train.trainer import Trainer
+
+    run_dir = Path(run_dir)
+    path = run_dir / SEARCH_YAML
+    if not path.is_file():
+        raise SearchError(f"{path} is missing: {run_dir} is not a finished TuNAS search (effml search CONFIG "
+                          f"search.strategy=tunas writes it when the search ends)")
+    cfg = load_config(path, schema=SearchConfig, saved=True)
+    space = build_space(cfg)
+    training = training_config(cfg, space)
+    supernet = build_supernet(training, space)
+    load_weights(supernet, run_dir / WEIGHTS_RAW)
+    trainer = Trainer(training, model=supernet)
+    supernet.eval()
+    return TrainedSupernet(supernet, training, run_dir, trainer, read_run_info(run_dir))
 
 
 def _record_trial(study: Any, space: SearchSpace, params: dict[str, Any], spec: dict[str, Any],
