@@ -19,3 +19,18 @@ def effml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check:
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out
+
+
+def kill_when(cmd: list[str], path: Path, timeout: float = 300.0, **popen: object) -> subprocess.Popen:
+    """Start ``cmd``, SIGKILL it as soon as ``path`` exists (or it ends, or ``timeout`` passes) and
+    return the finished process (its returncode says whether the kill hit)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc

@@ -10,11 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from _effml_cli import kill_when
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -97,14 +97,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tiny_spec, tmp_path):
     fit(load_config(None, _overrides(tiny_spec, tmp_path / "full", *args)), quiet=True)
 
     killed = tmp_path / "killed"
-    cmd = [EFFML, "train", *_overrides(tiny_spec, killed, *args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_when([EFFML, "train", *_overrides(tiny_spec, killed, *args)], ckpt, timeout=120)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     state = load_checkpoint(ckpt)  # whatever moment the kill hit, the checkpoint is whole
     assert 0 < state["global_step"] < 20

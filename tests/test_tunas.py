@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from _effml_cli import ENV, EFFML, effml
+from _effml_cli import ENV, EFFML, effml, kill_when
 from safetensors.torch import load_file
 
 from effml.errors import SearchError
@@ -171,14 +169,8 @@ def test_search_strategy_tunas_records_a_trial_exports_and_resumes_after_sigkill
 
     killed = tmp_path / "killed"
     cmd = [EFFML, "search", str(CONFIG), *_args(tmp_path, "killed", "proxy.train.checkpoint_interval=30")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    ckpt = killed / "checkpoints" / "last.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
     # the first checkpoint (step 30) is past the delay (step 26): the controller has learned
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = kill_when(cmd, killed / "checkpoints" / "last.pt", env=ENV)
     assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
     effml("search", str(CONFIG), *_args(tmp_path, "killed", "proxy.train.checkpoint_interval=30"), "--resume")
     resumed = json.loads((killed / "tunas.json").read_text())
