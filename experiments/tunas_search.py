@@ -97,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-train", type=int, default=20000, help="standalone training images")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_tunas")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--search-overrides", nargs="*", default=[], help="key=value overrides of the search config")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     out: Path = args.out
     args.members = args.members or (4 if args.quick else 20)
     out.mkdir(parents=True, exist_ok=True)
-    extra = QUICK_SEARCH if args.quick else []
+    extra = (QUICK_SEARCH if args.quick else []) + args.search_overrides
     recipe = [f"train.epochs={args.epochs}", f"data.limit_train={args.limit_train}", "data.image_size=32",
               "train.log_interval=1000"] + (QUICK_STANDALONE if args.quick else [])
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          out / "standalone", recipe), runs))
     records = [json.loads((r / "tunas.json").read_text()) for r in runs]
     results = {
-        "recipe": recipe, "quick": args.quick,
+        "recipe": recipe, "quick": args.quick, "search_overrides": args.search_overrides,
         "members": [{"supernet_holdout_top1": s, "standalone_val_top1": a} for s, a in zip(shared, alone)],
         "kendall": kendall(shared, alone),
         "random_members_standalone": spread(alone),
