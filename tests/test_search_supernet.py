@@ -37,13 +37,12 @@ def supernet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
-def _config(tmp_path: Path, supernet: Path, **search) -> Path:
-    cfg = {
-        "search": {"space": "bignas", "trials": 4, "strategy": "tpe", "strategy_options": {"n_startup_trials": 2},
-                   "storage": "out/search.db", "study": "sn", "workers": 1, "threads": 1, "seed": 3, **search},
-        "objective": {"kind": "reward", "target": 0.85, "latency": "flops", "accuracy": "supernet",
-                      "supernet": str(supernet)},
-    }
+def _config(tmp_path: Path, supernet: Path) -> Path:
+    """configs/search_supernet_digits.yaml, shrunk: 4 trials of TPE, 1 worker, T = 0.85 M MACs (16 px)."""
+    cfg = yaml.safe_load((ROOT / "configs" / "search_supernet_digits.yaml").read_text())
+    cfg["search"].update(trials=4, strategy="tpe", strategy_options={"n_startup_trials": 2}, storage="out/search.db",
+                         study="sn", workers=1, seed=3)
+    cfg["objective"].update(target=0.85, supernet=str(supernet))
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -158,3 +157,13 @@ def test_a_supernet_search_with_its_random_baseline_and_report(supernet, tmp_pat
     assert b["macs_pick"]["reward"] == pick.values[0]
     assert ("tpe beat random search" in b["sentence"]) == (b["strategy_best"] > d["high"])
     assert b["sentence"] in text_report(data)
+
+
+def test_the_shipped_config_names_the_supernet_of_configs_bignas_digits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths in the file are relative to it, wherever the search starts
+    cfg = load_search_config(ROOT / "configs" / "search_supernet_digits.yaml")
+    assert cfg.objective.supernet == str(ROOT / "runs" / "bignas_digits")
+    assert cfg.search.space == "bignas" and cfg.search.baseline == "auto"
+    if not (ROOT / "runs" / "bignas_digits" / "run.json").is_file():
+        with pytest.raises(SearchError, match="objective.supernet=.*bignas_digits"):
+            build_space(cfg)  # the space's resolution and classes are the run's: it must exist
