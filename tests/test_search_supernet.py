@@ -65,12 +65,17 @@ def test_a_child_scores_as_the_supernet_scores_it(supernet, tmp_path):
     rng = random.Random(0)
     specs = [scorer.space.random_member(rng).spec for _ in range(4)] + [scorer.space.largest().spec]
     assert {s.resolution for s in specs} == {12, 16}
+    same = 0
     for spec in specs:
         child = sup.supernet.child_spec(spec)
         # the plain TrainedSupernet path: calibrate on the run's batches, evaluate on its held-out part
         want = sup.evaluate(sup.calibrated(child, batches), child.resolution, "holdout")
         assert want["count"] == 144  # a tenth of the 1,437 training digits; never val (359)
-        assert scorer.top1(spec) == pytest.approx(want["top1"] / 100, abs=1e-12)
+        # the scorer's channels-last batches change logits in the last bits: a top-1 could differ
+        # only at a near-tie (one image of 144), which none of 40 children showed when measured
+        assert scorer.top1(spec) == pytest.approx(want["top1"] / 100, abs=1 / 144 + 1e-12)
+        same += scorer.top1(spec) == pytest.approx(want["top1"] / 100, abs=1e-12)
+    assert same >= len(specs) - 1
 
 
 def test_refused_before_any_trial(supernet, tmp_path, monkeypatch):
@@ -128,7 +133,7 @@ def test_a_supernet_search_with_its_random_baseline_and_report(supernet, tmp_pat
         m = t.user_attrs["metrics"]
         child = sup.supernet.child_spec(spec_from_dict(t.user_attrs["spec"]))
         top1 = sup.evaluate(sup.calibrated(child, batches), child.resolution, "holdout")["top1"] / 100
-        assert m["accuracy"] == pytest.approx(top1, abs=1e-12)
+        assert m["accuracy"] == pytest.approx(top1, abs=1 / 144 + 1e-12)  # channels-last: see above
         assert t.values == [m["reward"]] == [pytest.approx(mnasnet_reward(top1, m["latency_mmacs"], 0.85))]
         assert "val_accuracy" not in m  # val is never looked at
 

@@ -10,8 +10,8 @@ latency and reward are the proxy's (``proxy.evaluate_sample``); only the accurac
 Work that does not change a score is done once per process (the search's driver and each
 worker): the supernet is loaded and the calibration batches drawn once; they and the held-out
 images are resized once per resolution of the space (the same interpolation ``AtResolution``
-applies per batch); held-out images go through in large batches; scoring runs under
-``torch.inference_mode``; a child sampled again is not scored again.
+applies per batch) and laid out channels-last; held-out images go through in large batches;
+scoring runs under ``torch.inference_mode``; a child sampled again is not scored again.
 """
 
 from __future__ import annotations
@@ -89,11 +89,11 @@ class SupernetAccuracy:
         if self._calibration is None:
             self._calibration = self.trained.calibration_batches()
             self._holdout = self._load_holdout()
-        calibration = [resize_to(b, resolution) for b in self._calibration]
+        calibration = [_nhwc(resize_to(b, resolution)) for b in self._calibration]
         holdout = None
         if self._holdout is not None:
             images, labels = self._holdout
-            images = resize_to(images, resolution)
+            images = _nhwc(resize_to(images, resolution))
             holdout = [(images[i:i + EVAL_BATCH], labels[i:i + EVAL_BATCH]) for i in range(0, len(labels), EVAL_BATCH)]
         size = sum(b.nbytes for b in calibration) + (0 if holdout is None else images.nbytes)
         if self._cached + size <= CACHE_BYTES:
@@ -113,6 +113,14 @@ class SupernetAccuracy:
             images.append(batch[0])
             labels.append(batch[1])
         return torch.cat(images).to(t.device), torch.cat(labels).to(t.device)
+
+
+def _nhwc(images: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last order: the child's convolutions follow its input's memory format,
+    and on CPU its depthwise convolutions and BatchNorms run about a third faster so. Logits then
+    differ in the last bits only (measured: at most 3e-4 on logits up to ~75; no top-1 changed
+    over 40 random children x 144 held-out digits)."""
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 # This process's scorer (the driver's and each worker's), built at first use: loading the supernet
