@@ -79,14 +79,12 @@ def main() -> None:
 
     import optuna
 
-    from effml.search.study.storage import load_study
+    from effml.search.study.storage import load_study, study_exists
 
     trials = []
-    for name in ("throughput", "throughput-random"):
-        try:
+    for name in ("throughput", "throughput-random"):  # a random strategy has no baseline study
+        if study_exists(str(db), name):
             trials += load_study(str(db), name).get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-        except Exception:  # noqa: BLE001 - a random strategy has no baseline study
-            continue
     n = len(trials)
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     durations = sorted(t.user_attrs["duration_s"] for t in trials)

@@ -127,6 +127,10 @@ def test_without_a_baseline_the_report_says_how_to_get_one():
     assert "'s-random'" in b["sentence"] and "3 random samples" in b["sentence"]
     # the MACs ranking falls back to the study's own trials: all within T = 2, the last has the most
     assert b["macs_pick"]["from"] == "study" and b["macs_pick"]["trial"] == 2
+    # a baseline study that a stopped search left empty is not a baseline either
+    empty = _pair(optuna.storages.InMemoryStorage(), "evolution", [0.3, 0.1, 0.2], [])
+    b = compare_with_random(empty, kind="reward", target=2.0, strategy="evolution", unit="M MACs")
+    assert b["available"] is False and b["source"] == "s-random" and "--resume" in b["sentence"]
 
 
 def test_a_random_study_is_its_own_baseline():

@@ -160,6 +160,11 @@ def compare_with_random(study: optuna.Study, *, kind: str, target: float | None,
                              f"training that doubles the trainings). The MACs ranking uses this study's trials."))
         return out
     members = complete(source)
+    if not members:
+        out.update(available=False, macs_pick=_pick_record(macs_pick(own, target), "study", target, unit),
+                   sentence=f"The random baseline {source.study_name!r} has no complete trial yet; continue the "
+                            f"search with --resume to score it.")
+        return out
     scores = [trial_score(t, kind, target) for t in members]
     finite = sorted(s for s in scores if math.isfinite(s))
     dist = best_of_n(scores, n, resamples=resamples, seed=seed)

@@ -22,7 +22,13 @@ from pydantic.dataclasses import dataclass
 
 from effml.search.spaces.catalog import space_for
 from effml.search.spaces.search_space import SearchSpace
-from effml.train.config import CONFIG_SCHEMA, Config, InputPath, config_to_dict, load_config
+from effml.train.config import (
+    CONFIG_SCHEMA,
+    Config,
+    InputPath,
+    config_to_dict,
+    load_config,
+)
 
 
 def _on_off(value: Any) -> Any:

@@ -122,7 +122,7 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, k: int = 10) -> Re
     top = best_trials(study, k)
     best = _headline(study, top)
     rows = [_row(rank, t) for rank, t in enumerate(top, start=1)]
-    facts = summary(study, objective, counts, rows)
+    facts = _summary(study, objective, counts, rows)
 
     lat_png = _plot_png(complete, "latency_ms", "latency (ms)", 1.0, objective,
                         best, target_here=objective.latency != "flops")
@@ -139,7 +139,7 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, k: int = 10) -> Re
     return report
 
 
-def summary(study: optuna.Study, objective: _Objective, counts: dict[str, int],
+def _summary(study: optuna.Study, objective: _Objective, counts: dict[str, int],
             rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The report's facts as plain data (``report.json``): the study, its objective, trial counts,
     the best trials and the comparison with random search."""

@@ -23,12 +23,18 @@ import optuna
 
 from effml.errors import EffmlError, SearchError
 from effml.search.spaces.search_space import Sample, SearchSpace
+from effml.search.study.baseline import baseline_config, wants_baseline
 from effml.search.study.config import SearchConfig
 from effml.search.study.cost import LatencyModel
 from effml.search.study.detection_proxy import search_network
-from effml.search.study.baseline import baseline_config, wants_baseline
 from effml.search.study.proxy import check_proxy, evaluate_sample
-from effml.search.study.storage import finished_trials, open_storage, open_study, storage_url, study_exists
+from effml.search.study.storage import (
+    finished_trials,
+    open_storage,
+    open_study,
+    storage_url,
+    study_exists,
+)
 
 
 @dataclass(frozen=True)
