@@ -11,6 +11,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from _effml_cli import effml
 
 from effml.errors import SearchError
 from effml.search.study.config import build_space, load_search_config
@@ -162,6 +163,10 @@ def test_a_supernet_search_with_its_random_baseline_and_report(supernet, tmp_pat
     assert b["macs_pick"]["reward"] == pick.values[0]
     assert ("tpe beat random search" in b["sentence"]) == (b["strategy_best"] > d["high"])
     assert b["sentence"] in text_report(data)
+    # as a user runs it: the storage holds the study and its baseline, and the report picks the study
+    out = effml("search", "report", str(tmp_path / "out" / "search.db"), "-o", str(tmp_path / "cli_report"))
+    assert out.stdout.startswith("study sn: space bignas, strategy tpe") and b["sentence"] in out.stdout
+    assert json.loads((tmp_path / "cli_report" / "report.json").read_text())["baseline"] == b
 
 
 def test_the_shipped_config_names_the_supernet_of_configs_bignas_digits(tmp_path, monkeypatch):

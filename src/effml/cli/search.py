@@ -56,7 +56,9 @@ def run(
          f"study {cfg.search.study!r} in {storage_url(cfg.search.storage)}")
     result = run_search(cfg, space, resume=resume, echo=echo)
     db = cfg.search.storage
-    echo(f"done: {result.finished} finished trial(s), {result.failed} failed in this run. Next:\n"
+    baseline = "" if result.baseline is None else (
+        f"; random baseline in study {result.baseline.study_name!r} (the report compares the two)")
+    echo(f"done: {result.finished} finished trial(s), {result.failed} failed in this run{baseline}. Next:\n"
          f"  effml search report {db} --study {cfg.search.study}\n"
          f"  effml search export {db} --study {cfg.search.study} -o best.json")
 
