@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -298,7 +299,7 @@ def _has_colour(img: Image.Image, hex_colour: str, min_pixels: int, tol: int = 3
 def test_write_report_reward_study(reward_study: optuna.Study, reward_report: Report) -> None:
     study, report = reward_study, reward_report
     assert {p.name for p in report.html.parent.iterdir()} == {
-        "report.html", "pareto_latency.png", "pareto_macs.png", "best_trials.csv"}
+        "report.html", "pareto_latency.png", "pareto_macs.png", "best_trials.csv", "report.json"}
     lat_img = _check_png(report.pareto_latency)
     _check_png(report.pareto_macs)
     assert _has_colour(lat_img, FRONT_COLOR, 200) and _has_colour(lat_img, TARGET_COLOR, 100)
@@ -326,6 +327,9 @@ def test_write_report_reward_study(reward_study: optuna.Study, reward_report: Re
     assert re.search(r"<b>12</b><span>complete</span>.*<b>2</b><span>failed</span>.*<b>1</b><span>pruned</span>"
                      r".*<b>0</b><span>running</span>", text)
     assert "no error recorded" in text
+    # no random baseline beside this evolution study: the report says so, and how to get one
+    assert "Against random search" in text and "No random baseline" in text and "search.baseline=on" in text
+    assert json.loads(report.json.read_text())["baseline"]["available"] is False
 
     rows = list(csv.DictReader(io.StringIO(report.csv.read_text())))
     assert [int(r["trial"]) for r in rows] == want

@@ -61,7 +61,9 @@ def run(
         run_tunas(cfg, space, resume=resume, echo=echo)
     else:
         result = run_search(cfg, space, resume=resume, echo=echo)
-        echo(f"done: {result.finished} finished trial(s), {result.failed} failed in this run.")
+        baseline = "" if result.baseline is None else (
+            f"; random baseline in study {result.baseline.study_name!r} (the report compares the two)")
+        echo(f"done: {result.finished} finished trial(s), {result.failed} failed in this run{baseline}.")
     echo(f"Next:\n  effml search report {db} --study {cfg.search.study}\n"
          f"  effml search export {db} --study {cfg.search.study} -o best.json")
 
@@ -71,18 +73,21 @@ def report(
     storage: Annotated[str, typer.Argument(help="The study storage: a SQLite file or a database URL.")],
     study: StudyOpt = None,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out-dir", "-o", help="Where report.html, the Pareto PNGs and the CSV go "
+        "--out-dir", "-o", help="Where report.html, report.json, the Pareto PNGs and the CSV go "
                                 "(default: <storage folder>/report).")] = None,
     top: Annotated[int, typer.Option(min=1, help="Trials in the table.")] = 10,
 ) -> None:
-    """Write the study's report: the best trials, Pareto fronts (PNG) and one offline HTML page."""
-    from effml.search.study.report import write_report
+    """Print and write the study's report: the best trials, the comparison with random search of the
+    same size, Pareto fronts (PNG), report.json and one offline HTML page."""
+    from effml.search.study.report import text_report, write_report
     from effml.search.study.storage import load_study
 
     s = load_study(storage, study)
     out = out_dir or (Path(storage).parent / "report" if "://" not in storage else Path("report"))
     written = write_report(s, out, k=top)
-    echo(f"wrote {written.html}, {written.pareto_latency.name}, {written.pareto_macs.name}, {written.csv.name}")
+    echo(text_report(written.summary, top))
+    echo(f"wrote {written.html}, {written.pareto_latency.name}, {written.pareto_macs.name}, {written.csv.name}, "
+         f"{written.json.name}")
 
 
 @search_app.command("export")

@@ -17,12 +17,23 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic.dataclasses import dataclass
 
 from effml.search.spaces.catalog import space_for
 from effml.search.spaces.search_space import SearchSpace
-from effml.train.config import CONFIG_SCHEMA, Config, InputPath, config_to_dict, load_config
+from effml.train.config import (
+    CONFIG_SCHEMA,
+    Config,
+    InputPath,
+    config_to_dict,
+    load_config,
+)
+
+
+def _on_off(value: Any) -> Any:
+    """YAML reads an unquoted on/off as true/false: take them back as the words."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 @dataclass(config=CONFIG_SCHEMA)
@@ -64,6 +75,12 @@ class StudyConfig:
     """runner ray: an existing cluster (`ray start --head`); null: a local Ray instance"""
     max_failures: Annotated[int, Field(ge=0)] = 10
     """stop the study after this many failed trials in a row"""
+    baseline: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
+    """on: after the study, score search.trials random samples with the same evaluator (a second
+    study, '<study>-random', RandomSampler seeded search.seed + 1), so the report can say whether
+    the strategy beat random search beyond its spread; auto: on for objective.accuracy=supernet
+    (each sample costs a second), off for proxy training (it would double the trainings); a
+    study whose strategy is random is its own baseline"""
 
 
 @dataclass(config=CONFIG_SCHEMA)
@@ -91,8 +108,13 @@ class ObjectiveConfig:
     """images per measured forward pass"""
     threads: Annotated[int, Field(ge=1)] = 1
     """threads the measured model runs on"""
-    accuracy: Literal["holdout", "val"] = "holdout"
-    """the metric on data.holdout of the training images (the search never sees val) or on val"""
+    accuracy: Literal["holdout", "val", "supernet"] = "holdout"
+    """holdout: each sample is trained (the proxy) and scored on proxy data.holdout of the training
+    images (the search never sees val); val: on val; supernet: no training, each sample is scored as
+    a child of the trained supernet objective.supernet (BN re-estimated, top-1 on that run's data.holdout)"""
+    supernet: Annotated[str | None, InputPath()] = None
+    """accuracy: supernet: the run directory `effml supernet train` wrote; the searched space must be
+    its supernet.space (classes and resolution default to that run's)"""
     metric: Literal["top1", "AP", "AP50", "AP75"] | None = None
     """what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (each reported
     in percent, ACC is it / 100); null: top1, or AP50 with search.detector"""
@@ -149,9 +171,29 @@ def search_config_to_dict(cfg: SearchConfig) -> dict[str, Any]:
 
 def build_space(cfg: SearchConfig, num_classes: int | None = None) -> SearchSpace:
     """The config's space (a named one, or a .json/.yaml file) for ``num_classes`` classes (default:
-    the proxy data set's classes) at the search's resolution (default: the proxy's input size)."""
+    ``scored_classes(cfg)``) at the search's resolution (default: ``scored_image_size(cfg)``)."""
     if num_classes is None:
-        from effml.train.data import num_classes as classes_of
+        num_classes = scored_classes(cfg)
+    return space_for(cfg.search.space, num_classes, cfg.search.resolution or scored_image_size(cfg))
 
-        num_classes = classes_of(cfg.proxy)
-    return space_for(cfg.search.space, num_classes, cfg.search.resolution or cfg.proxy.data.image_size)
+
+def scored_classes(cfg: SearchConfig) -> int:
+    """The classes of the data the samples are scored on: the proxy data set's, or with
+    ``objective.accuracy=supernet`` the supernet run's."""
+    if cfg.objective.accuracy == "supernet":
+        from effml.search.study.supernet_proxy import supernet_accuracy
+
+        return len(supernet_accuracy(cfg).trained.info["classes"])
+    from effml.train.data import num_classes
+
+    return num_classes(cfg.proxy)
+
+
+def scored_image_size(cfg: SearchConfig) -> int:
+    """The input size of the data the samples are scored on: the proxy's ``data.image_size``, or
+    with ``objective.accuracy=supernet`` the supernet run's (its largest child's resolution)."""
+    if cfg.objective.accuracy == "supernet":
+        from effml.search.study.supernet_proxy import supernet_accuracy
+
+        return supernet_accuracy(cfg).trained.cfg.data.image_size
+    return cfg.proxy.data.image_size

@@ -1,5 +1,7 @@
-"""A trial's proxy training: the sampled network (or the detector on it) trained on the proxy
-task through the Trainer and scored by top-1, or a detector's AP50, on held-out images."""
+"""A trial's score: the sampled network's (or the detector on it) MACs, latency and reward around
+its accuracy, which comes from a source: the proxy training here (trained on the proxy task through
+the Trainer, scored by top-1, or a detector's AP50, on held-out images), or a trained supernet
+(``supernet_proxy.py``, ``objective.accuracy=supernet``)."""
 
 from __future__ import annotations
 
@@ -58,22 +60,56 @@ def check_proxy(cfg: SearchConfig) -> None:
                           "reward is measured on training images kept out of training, never on val")
 
 
-def evaluate_sample(cfg: SearchConfig, sample: Sample, network: Any, seed: int, latency: LatencyModel,
-                    report: Reporter | None = None) -> TrialOutcome:
-    """Train ``network`` (``search_network(cfg, sample.spec)``: the sample, or with
-    ``search.detector`` the detector on it) on the proxy task with the sample's hyper-parameters
-    and score it: ``objective.metric`` on the held-out training images (``objective.accuracy``)
-    as ``accuracy``, latency, MACs, parameters and the reward. ``check_proxy(cfg)`` first (as
-    ``run_search`` does, once per search)."""
-    from effml.train import fit
+@dataclass
+class Accuracy:
+    """A sample's accuracy as one source measured it: ``value`` (a fraction) and what else it
+    recorded (``metrics``), whether a pruner stopped it and what the pruner saw (``history``)."""
 
+    value: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    pruned: bool = False
+    history: list[float] = field(default_factory=list)
+
+
+# How a trial gets its accuracy: (cfg, sample, network, seed, reporter) -> Accuracy. Two sources:
+# ``proxy_training`` (train the sample, score it on held-out images) and, with
+# objective.accuracy=supernet, ``supernet_proxy.SupernetAccuracy`` (score it as a supernet child).
+AccuracySource = Callable[[SearchConfig, Sample, Any, int, Reporter | None], Accuracy]
+
+
+def evaluate_sample(cfg: SearchConfig, sample: Sample, network: Any, seed: int, latency: LatencyModel,
+                    report: Reporter | None = None, accuracy: AccuracySource | None = None) -> TrialOutcome:
+    """Score ``network`` (``search_network(cfg, sample.spec)``: the sample, or with ``search.detector``
+    the detector on it): its ``accuracy`` from ``accuracy`` (default: ``proxy_training``), latency,
+    MACs, parameters and the reward. ``check_proxy(cfg)`` first (as ``run_search`` does, once per
+    search)."""
     start = time.monotonic()
     o = cfg.objective
-    metric = score_metric(cfg)
     metrics: dict[str, Any] = dict(spec_cost(network))
     metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = lat = latency(network)
+    scored = (accuracy or proxy_training)(cfg, sample, network, seed, report)
+    metrics["accuracy"] = scored.value
+    metrics.update(scored.metrics)
+    if o.kind == "reward":
+        alpha, beta = reward_exponents(o)
+        metrics["reward"] = mnasnet_reward(scored.value, lat, o.target, alpha, beta)
+        values = [metrics["reward"]]
+    else:
+        metrics["reward"] = None
+        values = [scored.value, lat]
+    return TrialOutcome(values, metrics, time.monotonic() - start, pruned=scored.pruned, history=scored.history)
+
+
+def proxy_training(cfg: SearchConfig, sample: Sample, network: Any, seed: int,
+                   report: Reporter | None = None) -> Accuracy:
+    """Train ``network`` on the proxy task with the sample's hyper-parameters and the trial's
+    ``seed``, and score it: ``objective.metric`` on the held-out training images
+    (``objective.accuracy``), per-epoch values to ``report`` (the pruner)."""
+    from effml.train import fit
+
+    metric = score_metric(cfg)
     history: list[float] = []
-    key = "holdout" if o.accuracy == "holdout" else "val"
+    key = "holdout" if cfg.objective.accuracy == "holdout" else "val"
 
     def on_epoch(epoch: int, row: dict[str, Any]) -> bool:
         acc = _accuracy(row, key, metric)
@@ -86,18 +122,10 @@ def evaluate_sample(cfg: SearchConfig, sample: Sample, network: Any, seed: int, 
     accuracy = score(final, metric)
     if not math.isfinite(accuracy):
         raise SearchError(f"the proxy training gave {metric} {accuracy} on {key}")
-    metrics["accuracy"] = accuracy
-    metrics["val_accuracy"] = score(result.ema_val or result.val, metric)
+    metrics: dict[str, Any] = {"val_accuracy": score(result.ema_val or result.val, metric)}
     if metric != "top1":
         metrics["metric"] = metric  # what 'accuracy' is, when not top-1
-    if o.kind == "reward":
-        alpha, beta = reward_exponents(o)
-        metrics["reward"] = mnasnet_reward(accuracy, lat, o.target, alpha, beta)
-        values = [metrics["reward"]]
-    else:
-        metrics["reward"] = None
-        values = [accuracy, lat]
-    return TrialOutcome(values, metrics, time.monotonic() - start, pruned=result.stopped, history=history)
+    return Accuracy(accuracy, metrics, pruned=result.stopped, history=history)
 
 
 def _accuracy(row: dict[str, Any], key: str, metric: str = "top1") -> float:

@@ -1,6 +1,7 @@
 """A study as a report a person reads: the best trials, the accuracy-latency and accuracy-MACs
-Pareto plots, and one self-contained ``report.html`` that opens offline (inline CSS, the plots
-embedded as data URIs, no scripts, nothing fetched).
+Pareto plots, the comparison with random search of the same size (``baseline.py``), and one
+self-contained ``report.html`` that opens offline (inline CSS, the plots embedded as data URIs, no
+scripts, nothing fetched); the same facts as ``report.json`` and as text (``text_report``).
 
 Reads the record the search writes (``study.py``): the objective and config in the study's user
 attributes; each complete trial's ``metrics``, ``spec``, ``overrides`` and seed in its own.
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 
 from effml.errors import SearchError, SpecError
 from effml.files import atomic_write_bytes, atomic_write_text
+from effml.search.study.baseline import compare_with_random
 from effml.search.study.reward import CONSTRAINTS
 from effml.search.study.storage import recommended_trial
 from effml.spec.notation import format_arch
@@ -50,6 +52,8 @@ class Report:
     pareto_latency: Path
     pareto_macs: Path
     csv: Path
+    json: Path
+    summary: dict[str, Any]  # what report.json holds; text_report(summary) prints it
 
 
 def pareto_front(points: Sequence[tuple[float, float]], maximize_first: bool = True,
@@ -118,19 +122,80 @@ def write_report(study: optuna.Study, out_dir: str | Path, *, k: int = 10) -> Re
     top = best_trials(study, k)
     best = _headline(study, top)
     rows = [_row(rank, t) for rank, t in enumerate(top, start=1)]
+    facts = _summary(study, objective, counts, rows)
 
     lat_png = _plot_png(complete, "latency_ms", "latency (ms)", 1.0, objective,
                         best, target_here=objective.latency != "flops")
     macs_png = _plot_png(complete, "macs", "MACs (millions)", 1e-6, objective,
                          best, target_here=objective.latency == "flops")
     report = Report(out / "report.html", out / "pareto_latency.png", out / "pareto_macs.png",
-                    out / "best_trials.csv")
+                    out / "best_trials.csv", out / "report.json", facts)
     atomic_write_bytes(report.pareto_latency, lambda f: f.write(lat_png))
     atomic_write_bytes(report.pareto_macs, lambda f: f.write(macs_png))
     atomic_write_text(report.csv, _csv_text(rows, study))
+    atomic_write_text(report.json, json.dumps(facts, indent=1, allow_nan=False) + "\n")
     atomic_write_text(report.html, _html(study, objective, counts, rows, None if best is None else best.number,
-                                         lat_png, macs_png))
+                                         lat_png, macs_png, facts["baseline"]))
     return report
+
+
+def _summary(study: optuna.Study, objective: _Objective, counts: dict[str, int],
+            rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's facts as plain data (``report.json``): the study, its objective, trial counts,
+    the best trials and the comparison with random search."""
+    search = (study.user_attrs.get("config") or {}).get("search") or {}
+    accuracy = ((study.user_attrs.get("config") or {}).get("objective") or {}).get("accuracy")
+    strategy = search.get("strategy")
+    if len(study.directions) == 1 and study.directions[0] != optuna.study.StudyDirection.MAXIMIZE:
+        baseline: dict[str, Any] = {"available": False, "sentence": "No comparison with random search: this study "
+                                    "minimises its value, and the baseline ranks by a value to maximise."}
+    else:
+        baseline = compare_with_random(study, kind=objective.kind, target=objective.target, strategy=strategy,
+                                       unit=objective.unit)
+    return {"study": study.study_name, "space": (study.user_attrs.get("space") or {}).get("name") or search.get("space"),
+            "strategy": strategy, "trials_planned": search.get("trials"), "accuracy_source": accuracy,
+            "objective": {"kind": objective.kind, "latency": objective.latency, "target": objective.target,
+                          "unit": objective.unit, "metric": objective.metric},
+            "counts": counts, "best_trials": rows, "baseline": baseline}
+
+
+def text_report(facts: dict[str, Any], k: int = 10) -> str:
+    """The report as text (what ``effml search report`` prints): the best ``k`` trials and the
+    comparison with random search."""
+    o = facts["objective"]
+    head = [f"study {facts['study']}: space {facts['space'] or '?'}, strategy {facts['strategy'] or '?'}; "
+            + _counts_text(facts["counts"]),
+            f"objective: {o['kind']}" + (f", target T = {o['target']:g} {o['unit']}" if o["target"] is not None else "")
+            + (f"; accuracy from {facts['accuracy_source']}" if facts.get("accuracy_source") else "")]
+    lines = [*head, "", f"{'#':>3} {'trial':>5} {'value':>9} {'acc %':>6} {'lat ms':>7} {'MACs M':>7}  architecture"]
+    for r in facts["best_trials"][:k]:
+        lines.append(f"{r['rank']:>3} {r['trial']:>5} {r['values'][0]:>9.4f} {_fmt(r['accuracy'], '.2f', 100):>6} "
+                     f"{_fmt(r['latency_ms'], '.2f'):>7} {_fmt(r['macs'], '.2f', 1e-6):>7}  {r['arch']}")
+    lines += ["", "against random search:", *(f"  {line}" for line in baseline_lines(facts["baseline"]))]
+    return "\n".join(lines)
+
+
+def baseline_lines(b: dict[str, Any]) -> list[str]:
+    """The comparison with random search as lines of text: the random samples' best and spread,
+    their best-of-N, what ranking by MACs picks, and the verdict."""
+    pct = b.get("score", "reward") != "reward"
+    show = (lambda x: "—" if x is None else f"{100 * x:.2f}%") if pct else (lambda x: "—" if x is None else f"{x:.4f}")
+    out = []
+    if b.get("available"):
+        r, d = b["random_scores"], b["best_of_n"]
+        if r is not None:
+            out.append(f"random samples ({b['source']}, {b['members']} scored): best {show(b['random_best'])}, "
+                       f"spread {show(r['min'])}-{show(r['max'])} (median {show(r['median'])}); score: {b['score']}")
+        out.append(f"best of N = {b['n']} random samples ({d['resamples']:,} resamples, seed {d['seed']}): "
+                   f"median {show(d['median'])}, 10-90% {show(d['low'])}-{show(d['high'])}")
+    p = b.get("macs_pick")
+    if p is not None:
+        within = f"within T = {p['target']:g} {p['unit']}" if p["target"] is not None else "no target"
+        reward = "" if p["reward"] is None else f", reward {p['reward']:.4f}"
+        acc = "—" if p["accuracy"] is None else f"{100 * p['accuracy']:.2f}%"
+        out.append(f"ranking by MACs alone picks {p['from']} trial {p['trial']}: {p['macs'] / 1e6:.2f} M MACs "
+                   f"({within}), accuracy {acc}{reward}")
+    return [*out, b["sentence"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,12 +493,13 @@ figure{margin:0;flex:1 1 540px;min-width:0}
 figure img{width:100%;height:auto;border:1px solid #d0d7de;border-radius:6px}
 figcaption{font-size:12px;color:#57606a;margin-top:4px}
 ul.errors{margin:0;padding-left:20px;font-size:12.5px} ul.errors li{margin:2px 0}
+p.verdict{font-weight:600;margin:4px 0} ul.baseline{margin:0;padding-left:20px;font-size:12.5px}
 footer{margin-top:24px;font-size:11.5px;color:#8c959f}
 """
 
 
 def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], rows: list[dict[str, Any]],
-          best: int | None, lat_png: bytes, macs_png: bytes) -> str:
+          best: int | None, lat_png: bytes, macs_png: bytes, baseline: dict[str, Any]) -> str:
     e = html.escape
     name = study.study_name
     config = (study.user_attrs.get("config") or {}).get("search") or {}
@@ -474,6 +540,9 @@ def _html(study: optuna.Study, objective: _Objective, counts: dict[str, int], ro
 <h2>Best trials</h2>
 <p class="muted">{e(table_note)}.</p>
 {_table_html(rows, study, objective, best)}
+<h2>Against random search</h2>
+<p class="verdict">{e(baseline["sentence"])}</p>
+<ul class="baseline">{"".join(f"<li>{e(line)}</li>" for line in baseline_lines(baseline)[:-1])}</ul>
 <h2>Pareto plots</h2>
 <div class="plots">
 <figure><img alt="accuracy vs latency (ms) of every complete trial" src="{lat_uri}">

@@ -23,11 +23,18 @@ import optuna
 
 from effml.errors import EffmlError, SearchError
 from effml.search.spaces.search_space import Sample, SearchSpace
+from effml.search.study.baseline import baseline_config, wants_baseline
 from effml.search.study.config import SearchConfig
 from effml.search.study.cost import LatencyModel
 from effml.search.study.detection_proxy import search_network
 from effml.search.study.proxy import check_proxy, evaluate_sample
-from effml.search.study.storage import finished_trials, open_storage, open_study
+from effml.search.study.storage import (
+    finished_trials,
+    open_storage,
+    open_study,
+    storage_url,
+    study_exists,
+)
 
 
 @dataclass(frozen=True)
@@ -44,14 +51,15 @@ class TrialJob:
 
 
 # A worker's state, built at its first trial and kept for the next ones (a worker process runs
-# many trials of one search): the latency model, whose latency table is read once. Keyed by the
-# search config, so a worker that serves another search builds its own.
+# many trials of one search, and of its random baseline): the latency model, whose latency table is
+# read once. Keyed by the objective, so a worker that serves another search builds its own. (With
+# objective.accuracy=supernet the supernet is cached likewise: ``supernet_proxy.supernet_accuracy``.)
 _WORKER: dict[str, LatencyModel] = {}
 
 
 def worker_latency_model(cfg: SearchConfig) -> LatencyModel:
     """This process's latency model for ``cfg`` (built once per worker)."""
-    key = repr(cfg)
+    key = repr(cfg.objective)
     if key not in _WORKER:
         _WORKER.clear()
         _WORKER[key] = LatencyModel(cfg.objective)
@@ -59,7 +67,8 @@ def worker_latency_model(cfg: SearchConfig) -> LatencyModel:
 
 
 def run_trial(job: TrialJob) -> dict[str, Any]:
-    """Train and score one trial (in a worker process or Ray task); per-epoch accuracy goes to the
+    """Train and score one trial (in a worker process or Ray task), or with
+    ``objective.accuracy=supernet`` score it as a supernet child; per-epoch accuracy goes to the
     study storage so that the pruner can stop it."""
     import torch
 
@@ -80,7 +89,13 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
 
         report = to_pruner
 
-    outcome = evaluate_sample(job.cfg, job.sample, job.network, job.seed, worker_latency_model(job.cfg), report)
+    accuracy = None  # the proxy training
+    if job.cfg.objective.accuracy == "supernet":
+        from effml.search.study.supernet_proxy import supernet_accuracy
+
+        accuracy = supernet_accuracy(job.cfg)
+    outcome = evaluate_sample(job.cfg, job.sample, job.network, job.seed, worker_latency_model(job.cfg), report,
+                              accuracy)
     return {"values": outcome.values, "metrics": outcome.metrics, "duration_s": outcome.duration_s,
             "pruned": outcome.pruned, "history": outcome.history}
 
@@ -146,11 +161,12 @@ class RayExecutor:
 
 @dataclass
 class SearchResult:
-    """How a search ended."""
+    """How a search ended; ``baseline``: its random baseline study (``search.baseline``), if any."""
 
     study: optuna.Study
     finished: int
     failed: int
+    baseline: optuna.Study | None = None
 
 
 # Called with one line per event (trial finished or failed), for progress output.
@@ -172,7 +188,8 @@ def check_classes(cfg: SearchConfig, space: SearchSpace) -> None:
 def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, echo: Echo = print,
                sampler: Any = None) -> SearchResult:
     """Run (or with ``resume`` continue) the search of ``cfg`` over ``space`` until the study has
-    ``search.trials`` finished trials."""
+    ``search.trials`` finished trials; then, when ``search.baseline`` asks for it, fill the random
+    baseline study ``<study>-random`` with as many random samples, scored the same way."""
     from effml.search.study.strategies import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -180,15 +197,46 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
     if cfg.objective.kind == "reward" and cfg.objective.target is None:
         raise SearchError("objective.kind=reward needs objective.target: the latency target T "
                           "(ms, or millions of MACs with objective.latency=flops)")
-    check_proxy(cfg)
-    search_network(cfg, space.base)  # the detector fits the space's members (a clear error, before any trial)
-    check_classes(cfg, space)
+    if cfg.objective.accuracy == "supernet":
+        from effml.search.study.supernet_proxy import check_supernet
+
+        check_supernet(cfg, space)  # the supernet loads and the space is its own (before any trial)
+    else:
+        check_proxy(cfg)
+        search_network(cfg, space.base)  # the detector fits the space's members (a clear error, before any trial)
+        check_classes(cfg, space)
     LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
+    multi = cfg.objective.kind == "multi"
     if sampler is None:
-        sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=cfg.objective.kind == "multi",
-                               **s.strategy_options)
+        sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=multi, **s.strategy_options)
+    random_cfg = baseline_config(cfg) if wants_baseline(cfg) else None
+    if random_cfg is not None and not resume and study_exists(s.storage, random_cfg.search.study):
+        raise SearchError(f"study {random_cfg.search.study!r} (the random baseline of {s.study!r}) already exists in "
+                          f"{storage_url(s.storage)}; continue with --resume, or choose another search.study")
     study = open_study(cfg, space, resume=resume, sampler=sampler)
+    baseline = None
+    if random_cfg is not None:
+        name = random_cfg.search.study
+        baseline = open_study(random_cfg, space, resume=resume and study_exists(s.storage, name),
+                              sampler=make_sampler("random", seed=random_cfg.search.seed, multi_objective=multi))
+        study.set_user_attr("baseline", name)
+        baseline.set_user_attr("baseline_of", s.study)
     executor = RayExecutor(s.ray_address, s.threads) if s.runner == "ray" else LocalExecutor(s.workers)
+    try:
+        finished, failed = _fill(cfg, space, study, executor, echo)
+        if baseline is not None and random_cfg is not None:
+            echo(f"random baseline: {s.trials} random samples scored the same way, in study {baseline.study_name!r}")
+            _fill(random_cfg, space, baseline, executor, lambda line: echo(f"random baseline {line}"))
+    finally:
+        executor.close()
+    return SearchResult(study, finished, failed, baseline)
+
+
+def _fill(cfg: SearchConfig, space: SearchSpace, study: optuna.Study, executor: LocalExecutor | RayExecutor,
+          echo: Echo) -> tuple[int, int]:
+    """Ask, evaluate and tell trials of ``study`` until it has ``search.trials`` finished ones:
+    (finished, failed in this run)."""
+    s = cfg.search
     running: dict[Future, tuple[optuna.trial.Trial, float]] = {}
     failed_in_a_row = failed = 0
     start = time.monotonic()
@@ -237,8 +285,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
     finally:
         for future in running:
             future.cancel()
-        executor.close()
-    return SearchResult(study, len(finished_trials(study)), failed)
+    return len(finished_trials(study)), failed
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:
