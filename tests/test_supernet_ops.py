@@ -148,3 +148,14 @@ def test_the_supernet_of_an_elastic_space_has_no_op_weights():
     space: SearchSpace = bignas_space(10, 32)
     net = Supernet(space)
     assert len(net.op_weights) == 0 and net.spec == space.largest().spec
+
+
+def test_bignas_refuses_a_space_whose_members_are_not_slices_of_its_largest():
+    from effml.errors import SearchError
+    from effml.search.oneshot.supernet import check_elastic
+    from effml.search.spaces.catalog import bignas_space
+
+    check_elastic(bignas_space(10, 32))
+    for space in (mnasnet_space(10, 32), mixnet_kernel_space(10, 32)):
+        with pytest.raises(SearchError, match="is not elastic: s.*picks operations"):
+            check_elastic(space)

@@ -29,7 +29,7 @@ from effml.models.network import EfficientNet
 from effml.models.weights import load_weights, save_weights
 from effml.search.oneshot.sandwich import SandwichStep
 from effml.search.oneshot.selection import Selection, coarse_to_fine
-from effml.search.oneshot.supernet import Supernet, resize_to, zero_init_last_bn
+from effml.search.oneshot.supernet import Supernet, check_elastic, resize_to, zero_init_last_bn
 from effml.search.spaces.catalog import space_for
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
@@ -88,6 +88,7 @@ def build_supernet(cfg: SupernetConfig, num_classes: int) -> Supernet:
     """The supernet of ``cfg.supernet.space`` at ``data.image_size``, with ``cfg.model``'s dropout, drop
     path and BN settings on its largest child (freshly initialised, not zero-initialised)."""
     space = space_for(cfg.supernet.space, num_classes, cfg.data.image_size)
+    check_elastic(space)
     m = cfg.model
     return Supernet(space, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum, bn_eps=m.bn_eps)
 

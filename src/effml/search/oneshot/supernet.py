@@ -122,6 +122,19 @@ def _grouped_layers(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def check_elastic(space: SearchSpace) -> None:
+    """Raise a ``SearchError`` unless ``space`` is elastic, as BigNAS's sandwich rule needs: every
+    member a slice of its largest member, which is the supernet itself (no op choices, no MixConv
+    kernel groups)."""
+    check_shareable(space)
+    if storage_spec(space) != space.largest().spec:
+        ops = [c.name for c in space.choices if c.field == "kind" or (
+            c.field == "kernel_size" and any(isinstance(o, tuple) and len(o) > 1 for o in c.options))]
+        raise SearchError(f"space {space.name!r} is not elastic: {', '.join(ops) or 'a choice'} picks operations "
+                          f"(one weight set per op), so its members are not slices of its largest one, which the "
+                          f"sandwich rule trains; search it with search.strategy=tunas")
+
+
 def storage_spec(space: SearchSpace, kind: str | None = None) -> NetworkSpec:
     """The network whose tensors hold the shared weights: every size-like decision at its largest, a
     layer's operation ``kind`` where the layer offers it (its first option elsewhere, and with
