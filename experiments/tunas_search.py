@@ -5,7 +5,7 @@ controller learns; its claim is that weight sharing beats random search at equal
 holds only if a child's accuracy with the shared weights ranks networks as their standalone
 training does. This experiment measures that first:
 
-1. **the search**: ``effml search configs/tunas_fashion_mnist.yaml`` (per ``--seeds``; the supernet
+1. **the search**: ``effml search configs/search_tunas_fashion_mnist.yaml`` (per ``--seeds``; the supernet
    and the controller's architecture, written to ``tunas_s<seed>/``);
 2. **proxy quality**: ``--members`` random members of the space (fixed by ``--member-seed``), each
    scored as a child of seed 0's supernet (BN statistics re-estimated on 16 training batches,
@@ -33,7 +33,7 @@ import numpy as np
 
 from _common import ROOT, effml, run, shipped_top1, spread, train
 
-CONFIG = ROOT / "configs" / "tunas_fashion_mnist.yaml"
+CONFIG = ROOT / "configs" / "search_tunas_fashion_mnist.yaml"
 STANDALONE = ROOT / "configs" / "fashion_mnist.yaml"
 QUICK_SEARCH = ["proxy.data.dataset=digits", "proxy.data.limit_train=null", "proxy.data.limit_val=null",
                 "proxy.data.image_size=16", "proxy.data.batch_size=32", "proxy.data.holdout=0.2",

@@ -28,7 +28,7 @@ from effml.spec.plan import plan
 from effml.zoo.kinds import spec_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "tunas_fashion_mnist.yaml"
+CONFIG = ROOT / "configs" / "search_tunas_fashion_mnist.yaml"
 
 
 def tiny_space(num_classes: int = 10) -> SearchSpace:

@@ -180,7 +180,7 @@ class _Policy(FactorizedPolicy):
     dists: dict[str, CategoricalDistribution] = field(default_factory=dict)
 
     def copy(self) -> _Policy:
-        return _Policy({k: v.copy() for k, v in self.logits.items()}, self.baseline, dict(self.dists))
+        return _Policy({k: v.copy() for k, v in self.logits.items()}, self.baseline, dists=dict(self.dists))
 
     def update_trial(self, trial: FrozenTrial, reward: float, lr: float, decay: float,
                      entropy_weight: float) -> None:
