@@ -14,8 +14,7 @@ latency of the space's own reference network, MobileNetV2 at 32 px (batch 1, 1 t
 Then each search's best trial and the reference network (the zoo-like baseline of the same
 latency) are trained with a full schedule (the proxy's AdamW and cosine schedule, on
 ``--train-images`` images for ``--epochs`` epochs, ``--seeds`` seeds) and scored on the 10,000 val
-images, and every distinct
-sampled network's latency is measured again, one after another on a quiet machine, for the rank
+images (a winner two searches share is trained once), and every distinct sampled network's latency is measured again, one after another on a quiet machine, for the rank
 correlation of MACs and latency (the paper's point that FLOPs is a poor proxy for latency).
 
 Writes ``results.json``, ``mnasnet_search.png``, the search databases (``effml search report
@@ -41,6 +40,7 @@ from _search import (
     SEARCH_CONFIG,
     best_row,
     experiment_parser,
+    first_of_same,
     full_recipe,
     key_of,
     reference_target,
@@ -124,15 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     paths = {"reference": save_spec(ref_dict, args.out / "reference_mobilenet_v2.json")}
     for name, rows in trials.items():
         paths[name] = save_spec(best_row(rows)["spec"], args.out / f"best_{name}.json")
-    runs = final_trainings(paths, args)
+    same = first_of_same({name: json.loads(path.read_text()) for name, path in paths.items()})
+    runs = final_trainings({name: paths[name] for name in set(same.values())}, args)  # a shared winner once
     final = {}
     for name, path in paths.items():
         d = json.loads(path.read_text())
         cost = spec_cost(spec_from_dict(d))
-        top1 = [shipped_top1(runs[(name, s)]) for s in args.seeds]
+        top1 = [shipped_top1(runs[(same[name], s)]) for s in args.seeds]
         final[name] = {"spec": str(path), "macs": cost["macs"], "params": cost["params"],
                        "latency_ms": measured[key_of(d)], "top1": top1, "top1_summary": spread(top1),
-                       "minutes": [minutes(runs[(name, s)]) for s in args.seeds]}
+                       "minutes": [minutes(runs[(same[name], s)]) for s in args.seeds]}
 
     from scipy.stats import kendalltau, spearmanr
 
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                             "recipe": str(RECIPE), "quick": args.quick},
                "target": {"latency_ms": target_ms, "mmacs": target_mmacs},
                "searches": {name: {"summary": summaries[name], "trials": trials[name]} for name in trials},
-               "final": final, "correlation": correlation,
+               "final": final, "same_winner_as": same, "correlation": correlation,
                "models": [{"macs": m, "latency_ms": x} for m, x in zip(macs, lat)],
                "wall_minutes": (time.perf_counter() - started) / 60}
     publish(args.out, results, "mnasnet_search.png", plot, print_tables,

@@ -20,31 +20,39 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-# The files that take longest, longest first: CPU seconds of each in a fresh `pytest -n 2 --dist
-# loadfile` on the 2-core machine (commit 0722609, other work beside it). xdist hands out files in
-# order as workers free up; by default it orders them by their number of tests, which left the
-# experiments (one test, 50-90 s each) for the end and one worker idle for two minutes (908 vs
-# 781 s of CPU). Longest first, the last files to start are the short ones.
+# The files that take longest, longest first: seconds of each in `pytest -n 2 --dist loadfile` on
+# the 2-core machine (AMD EPYC, 2026-12-06: the full suite at d8cab44, the experiments and the
+# learning tests measured again after the fork-server workers). xdist hands out files in order as
+# workers free up; by default it orders them by their number of tests, which left the experiments
+# (one test, 50-90 s each) for the end and one worker idle for two minutes (908 vs 781 s of CPU).
+# Longest first, the last files to start are the short ones.
 LONGEST_FIRST = (
-    "test_mobiledet.py",  # 137 s
-    "test_cli_supernet.py",  # 100
+    "test_cli_supernet.py",  # 116 s
+    "test_spinenet.py",  # 102
     "test_search_run.py",  # 100
-    "test_spinenet.py",  # 92
-    "test_experiment_mnasnet_search.py",  # 92
-    "test_experiment_compound_scaling.py",  # 77
-    "test_int8.py",  # 73
-    "test_experiment_akd.py",  # 73
-    "test_cli.py",  # 69
-    "test_experiment_autohas.py",  # 69
-    "test_experiment_mixnet_kernels.py",  # 68
-    "test_experiment_spinenet_search.py",  # 60
-    "test_experiment_mobiledet_search.py",  # 60
-    "test_train.py",  # 59
-    "test_cli_detect.py",  # 59
-    "test_parity_timm.py",  # 57
-    "test_search_scale_permuted.py",  # 56
-    "test_experiment_bignas.py",  # 52
-    "test_train_detection.py",  # 51
+    "test_mobiledet.py",  # 99
+    "test_cli.py",  # 88
+    "test_int8.py",  # 74
+    "test_experiment_autohas.py",  # 71
+    "test_search_scale_permuted.py",  # 69
+    "test_cli_detect.py",  # 65
+    "test_experiment_mnasnet_search.py",  # 62
+    "test_train.py",  # 60
+    "test_train_detection.py",  # 56
+    "test_experiment_mobiledet_search.py",  # 53
+    "test_experiment_compound_scaling.py",  # 52
+    "test_parity_timm.py",  # 49
+    "test_experiment_akd.py",  # 49
+    "test_experiment_mixnet_kernels.py",  # 48
+    "test_experiment_tunas_search.py",  # 47
+    "test_experiment_spinenet_search.py",  # 47
+    "test_tunas.py",  # 43
+    "test_experiment_bignas.py",  # 35
+    "test_search_supernet.py",  # 32
+    "test_autohas.py",  # 31
+    "test_search_detection.py",  # 29
+    "test_data_faults.py",  # 27
+    "test_run_dirs.py",  # 27
 )
 
 

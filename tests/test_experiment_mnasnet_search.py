@@ -38,6 +38,10 @@ def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
     final = res["final"]
     assert set(final) == set(res["searches"]) | {"reference"}
     assert all(0 <= f["top1_summary"]["mean"] <= 100 and f["latency_ms"] > 0 for f in final.values())
+    same = res["same_winner_as"]  # a winner two searches share is trained once, under the first name
+    for name, first in same.items():
+        assert final[name]["top1"] == final[first]["top1"]
+        assert (tmp_path / f"final_{name}_seed0").is_dir() == (name == first)
     c = res["correlation"]
     assert c["models"] == len(res["models"]) >= 4 and -1 <= c["spearman_macs_latency"] <= 1
     assert (tmp_path / "mnasnet_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
