@@ -10,11 +10,13 @@ probability decaying from 1 to 0 over the first F of the steps and widens the fi
     python benchmarks/supernet_trainability.py --vary none                 # one member: the ceiling
     python benchmarks/supernet_trainability.py --vary kind --op-warmup 0.5
     python benchmarks/supernet_trainability.py --vary all --optimizer sgd
+    python benchmarks/supernet_trainability.py --vary expand_ratio --options expand_ratio=3,6
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import torch
@@ -42,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vary", default="all", help="decision fields left free, comma-separated (kind, expand_ratio, "
                                                   "kernel_size, se_ratio, out_channels, repeats), all, or none")
     p.add_argument("--rows", type=int, nargs="*", default=None, help="only these block rows vary (default: all)")
+    p.add_argument("--options", nargs="*", default=[], metavar="FIELD=A,B",
+                   help="narrow a decision's options in every row, e.g. expand_ratio=3,6")
     p.add_argument("--op-warmup", type=float, default=0.0)
+    p.add_argument("--kernels", choices=("shared", "separate"), default="shared",
+                   help="a smaller kernel is the centre of the largest (BigNAS) or has its own weights (TuNAS)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--seed", type=int, default=0)
@@ -51,10 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     full = mnasnet_space(10, 32)
     fields = None if args.vary == "all" else set() if args.vary == "none" else set(args.vary.split(","))
-    choices = tuple(c for c in full.choices if (fields is None or c.field in fields)
-                    and (args.rows is None or c.stage in args.rows))
+    narrowed = {field: tuple(int(v) if v.lstrip("-").isdigit() else float(v) for v in values.split(","))
+                for field, values in (o.split("=", 1) for o in args.options)}
+    choices = tuple(dataclasses.replace(c, options=narrowed.get(c.field, c.options)) for c in full.choices
+                    if (fields is None or c.field in fields) and (args.rows is None or c.stage in args.rows))
     space = SearchSpace(full.name, full.base, choices)
-    net = Supernet(space).train()
+    net = Supernet(space, kernels=args.kernels).train()
     opt = (torch.optim.AdamW(net.parameters(), lr=0.002) if args.optimizer == "adamw"
            else torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9))
     warm = args.op_warmup
@@ -74,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         hits.append((logits.argmax(1) == y[idx]).float().mean().item())
         if (step + 1) % 50 == 0:
-            print(f"vary {args.vary} op-warmup {warm} {args.optimizer}: steps {step - 48}-{step + 1} "
+            print(f"vary {args.vary} {' '.join(args.options)} kernels {args.kernels} op-warmup {warm} {args.optimizer}: "
+                  f"steps {step - 48}-{step + 1} "
                   f"children's batch accuracy {100 * sum(hits[-50:]) / 50:.1f}%", flush=True)
     return 0
 

@@ -103,6 +103,36 @@ def test_each_op_family_has_its_own_weights_and_only_the_chosen_one_learns():
     assert grads["blocks.3.0.conv_dw.weight"] and not grads["op_weights.er.s3b0.conv_exp.weight"]
 
 
+def test_separate_kernels_give_each_kernel_size_its_own_weights_as_tunas_does():
+    # TuNAS (google-research tunas/rematlib/mobile_model_v3.py) builds one depthwise conv per kernel
+    # size of a layer and shares the 1x1 convs: a 3x3 child is not the centre of the 5x5 weights
+    space = mnasnet_space(10, 32)
+    torch.manual_seed(0)
+    net = Supernet(space, kernels="separate")
+    _randomize(net)
+    assert "ir_s3b0_k3_conv_dw_weight" in net.kernel_weights and "er_s3b0_k3_conv_exp_weight" in net.kernel_weights
+    assert not any("_k5_" in k for k in net.kernel_weights)  # the storage network holds the largest
+    params = dict(space.largest().params)
+    params.update({"s3.r0.kernel_size": 3, "s3.r0.kind": "ir", "s2.r0.kernel_size": 5, "s2.r0.kind": "ir"})
+    spec = net.child_spec(space.member(params).spec)
+    x = torch.randn(2, 3, 32, 32)
+    for train in (False, True):
+        net.train(train)
+        extracted = net.extract(spec).train(train)
+        torch.testing.assert_close(net(x, child=spec), extracted(x), rtol=0, atol=1e-5)
+    own = net.kernel_weights["ir_s3b0_k3_conv_dw_weight"]
+    centre = net.blocks[3][0].conv_dw.weight[:, :, 1:4, 1:4]
+    assert torch.equal(extracted.blocks[3][0].conv_dw.weight, own[:extracted.blocks[3][0].conv_dw.weight.shape[0]])
+    assert not torch.equal(own, centre)
+    net.zero_grad()
+    net(x, child=spec).sum().backward()
+    assert own.grad is not None and own.grad.abs().sum() > 0  # the 3x3 child trains its own kernel
+    assert net.blocks[3][0].conv_dw.weight.grad is None  # and not the 5x5 one
+    assert net.blocks[2][0].conv_dw.weight.grad.abs().sum() > 0  # a 5x5 child trains the storage kernel
+    # the default (BigNAS's elastic kernel) holds no per-size weights
+    assert len(Supernet(space).kernel_weights) == 0
+
+
 def test_mixconv_groups_are_channel_ranges_of_one_shared_kernel():
     space = mixnet_kernel_space(10, 32)
     net = Supernet(space)

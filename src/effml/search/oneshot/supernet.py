@@ -9,7 +9,10 @@ keys are the largest's. Where a layer chooses its operation (IBN, fused IBN, Tuc
 MobileDets' spaces) the supernet holds one weight set per op family at that layer (``op_weights``,
 as TuNAS shares one set per op across its kernel and filter choices); where a layer chooses MixConv
 kernel groups (MixNet) the groups are channel ranges of one depthwise kernel of the largest size,
-each group its own centre. So a child runs as the ordinary network built from its spec (on the meta
+each group its own centre. With ``kernels="separate"`` (TuNAS: google-research
+``tunas/rematlib/mobile_model_v3.py`` builds one depthwise conv per kernel size of a layer, its 1x1
+convs shared) every kernel size a layer offers has its own kxk conv weights instead of the centre
+of the largest (``kernel_weights``). So a child runs as the ordinary network built from its spec (on the meta
 device, no memory) called with those slices (``torch.func.functional_call``): gradients flow into
 the shared tensors, and an extracted child is that same network with the slices copied in, which
 loads with no supernet code.
@@ -202,15 +205,20 @@ class Supernet(EfficientNet):
     ``x`` to the child's resolution first. ``extract(spec)`` gives the child as an ordinary
     ``EfficientNet`` with its weights copied out. Parameter names are the ordinary network's (timm's),
     so a BigNAS supernet's checkpoint is also its largest child's; the weights of the other op
-    families sit under ``op_weights.<kind>.s<stage>b<index>``.
+    families sit under ``op_weights.<kind>.s<stage>b<index>``, and with ``kernels="separate"`` the
+    smaller kernels' weights under ``kernel_weights`` (``kernel_key``).
     """
 
     # children leave parameters unused (a shallow stage's last blocks, other ops): DDP must look for them
     ddp_find_unused_parameters = True
 
-    def __init__(self, space: SearchSpace, *, cache_size: int = 128, **largest: float | None) -> None:
-        """``largest``: spec fields of the storage network (dropout, drop_path, bn_momentum, bn_eps;
-        None keeps the space's)."""
+    def __init__(self, space: SearchSpace, *, kernels: str = "shared", cache_size: int = 128,
+                 **largest: float | None) -> None:
+        """``kernels``: "shared" (BigNAS: a smaller kernel is the centre of the largest) or "separate"
+        (TuNAS: one kxk weight per kernel size a layer offers). ``largest``: spec fields of the
+        storage network (dropout, drop_path, bn_momentum, bn_eps; None keeps the space's)."""
+        if kernels not in ("shared", "separate"):
+            raise SearchError(f"supernet kernels={kernels!r}: use 'shared' (BigNAS) or 'separate' (TuNAS)")
         check_shareable(space)
         changes = {k: v for k, v in largest.items() if v is not None}
         super().__init__(storage_spec(space).replace(**changes))
@@ -225,6 +233,8 @@ class Supernet(EfficientNet):
             if at:
                 family = EfficientNet(storage_spec(space, kind).replace(**changes))
                 self.op_weights[kind] = nn.ModuleDict({f"s{s}b{i}": family.blocks[s][i] for s, i in at})
+        self.kernels = kernels
+        self.kernel_weights = nn.ParameterDict(_separate_kernels(space, changes) if kernels == "separate" else {})
 
     def child_spec(self, spec: NetworkSpec, *, regularize: bool = False) -> NetworkSpec:
         """``spec`` with the supernet's conventions (classes, BN, padding) and, unless ``regularize``,
@@ -279,6 +289,10 @@ class Supernet(EfficientNet):
         weights = {}
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             source = self.shared_name(name, kinds)
+            key = self._kernel_key(name, t, kinds) if self.kernel_weights else None
+            if key is not None:
+                weights[name] = slice_weight(self.kernel_weights[key], t.shape, name)
+                continue
             if source in own:
                 weights[name] = slice_weight(own[source], t.shape, name)
                 continue
@@ -295,6 +309,19 @@ class Supernet(EfficientNet):
                                   f"{group['conv']}.weight {tuple(whole.shape)}")
             weights[name] = slice_weight(whole.narrow(0, start, t.shape[0]), t.shape, name)
         return weights
+
+    def _kernel_key(self, name: str, t: torch.Tensor, kinds: Mapping[tuple[int, int], str]) -> str | None:
+        """The ``kernel_weights`` entry that holds child tensor ``name`` (a kxk conv weight of a block
+        at a layer with its own weights per kernel size), or None."""
+        m = _BLOCK.match(name)
+        if m is None or t.dim() != 4 or t.shape[-1] == 1:
+            return None
+        at, rest = (int(m["stage"]), int(m["index"])), m["rest"]
+        kind = kinds.get(at)
+        if kind == ALL_OPS:
+            kind, rest = rest.split(".", 1)
+        key = kernel_key(kind, at, int(t.shape[-1]), rest)
+        return key if key in self.kernel_weights else None
 
     def _with_all_ops(self, spec: NetworkSpec, all_ops: Mapping[tuple[int, int], Mapping[str, NetworkSpec]]
                       ) -> tuple[nn.Module, dict[tuple[int, int], str]]:
@@ -361,6 +388,43 @@ class Supernet(EfficientNet):
         weights = self.child_weights(self.child_spec(spec))
         for name, b in child.named_buffers():
             weights[name].copy_(b)
+
+
+def kernel_key(kind: str, at: tuple[int, int], kernel: int, rest: str) -> str:
+    """The ``kernel_weights`` name of block ``at``'s (stage, index) tensor ``rest`` (e.g.
+    ``conv_dw.weight``) for op ``kind`` at kernel size ``kernel``."""
+    return f"{kind}_s{at[0]}b{at[1]}_k{kernel}_{rest.replace('.', '_')}"
+
+
+def _separate_kernels(space: SearchSpace, changes: Mapping[str, float]) -> dict[str, nn.Parameter]:
+    """TuNAS's per-kernel weights: for every layer whose kernel size is a choice (one kernel per
+    layer, not MixConv groups) and every op family there, the kxk conv weights of each offered size
+    but the largest (which the storage network holds), initialised as the builder initialises them."""
+    kernel_rows: dict[tuple[int, int], set[int]] = {}
+    for c in space.choices:
+        if c.field == "kernel_size":
+            sizes = {o[0] if isinstance(o, tuple) else o for o in c.options
+                     if not (isinstance(o, tuple) and len(o) > 1)}
+            kernel_rows.setdefault((c.stage, c.row), set()).update(sizes)
+    offered = sorted({k for c in space.choices if c.field == "kind" for k in c.options})
+    out: dict[str, nn.Parameter] = {}
+    for kind in [None, *offered]:  # None: the rows' own kinds (the first option where a row chooses)
+        storage = storage_spec(space, kind).replace(**changes)
+        for size in sorted({k for sizes in kernel_rows.values() for k in sizes}):
+            stages = tuple(tuple(dataclasses.replace(b, kernel_size=(size,))
+                                 if (s, r) in kernel_rows and size in kernel_rows[(s, r)] else b
+                                 for r, b in enumerate(stage)) for s, stage in enumerate(storage.stages))
+            variant = EfficientNet(storage.replace(stages=stages))
+            for (s, r), sizes in kernel_rows.items():
+                block = storage.stages[s][r]
+                if size not in sizes or block.kernel_size == (size,):
+                    continue
+                first = sum(b.repeats for b in storage.stages[s][:r])
+                for i in range(first, first + block.repeats):
+                    for rest, w in variant.blocks[s][i].named_parameters():
+                        if w.dim() == 4 and w.shape[-1] == size and size > 1:
+                            out[kernel_key(block.kind, (s, i), size, rest)] = nn.Parameter(w.detach().clone())
+    return out
 
 
 def resize_to(x: torch.Tensor, resolution: int) -> torch.Tensor:

@@ -15,6 +15,10 @@ Each step (google-research ``tunas/mobile_architecture_search.py``):
 4. REINFORCE with a moving-average baseline (momentum 0.95) and Adam (beta1 0, beta2 0.999) updates
    the controller, its learning rate growing exponentially (x10 over the search, as TuNAS's).
 
+The supernet shares a layer's widths and expansions as leading channels and, by default, its
+kernel sizes as centres of the largest (``tunas.kernels: shared``); ``separate`` gives each kernel
+size its own weights as TuNAS's code does (``Supernet``), without TuNAS's op warm-up over kernels.
+
 The held-out batch runs BatchNorm on its own batch statistics, leaving the shared running averages
 as they are: those mix every child's statistics (TuNAS's code evaluates with the moving averages;
 at our scale of a few thousand steps they lag the weights). The result is the controller's most
@@ -340,7 +344,7 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, space, resume=resume)  # a finished study of this name is refused before training
     training = training_config(cfg, space)
-    supernet = build_supernet(training, space)
+    supernet = build_supernet(training, space, cfg.tunas.kernels)
     step = TunasStep(space, cfg.tunas, latency, cfg.objective.target, seed=cfg.search.seed,
                      label_smoothing=training.train.label_smoothing)
     run = fit(training, model=supernet, step=step, resume=resume, quiet=quiet)
@@ -386,15 +390,16 @@ def training_config(cfg: SearchConfig, space: SearchSpace) -> Any:
     return config_from_dict({"data": {"image_size": resolution}}, cfg.proxy, source="search.strategy=tunas")
 
 
-def build_supernet(training: Any, space: SearchSpace) -> Supernet:
-    """The supernet of ``space`` with the training config's dropout, drop path and BN settings,
-    initialised from ``train.seed``."""
+def build_supernet(training: Any, space: SearchSpace, kernels: str = "shared") -> Supernet:
+    """The supernet of ``space`` (``kernels``: ``tunas.kernels``) with the training config's dropout,
+    drop path and BN settings, initialised from ``train.seed``."""
     from effml.train.trainer import preserved_global_state, seed_everything
 
     with preserved_global_state():
         seed_everything(training.train.seed)
         m = training.model
-        return Supernet(space, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum, bn_eps=m.bn_eps)
+        return Supernet(space, kernels=kernels, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum,
+                        bn_eps=m.bn_eps)
 
 
 def load_tunas_supernet(run_dir: str | Path) -> Any:
@@ -415,7 +420,7 @@ def load_tunas_supernet(run_dir: str | Path) -> Any:
     cfg = load_config(path, schema=SearchConfig, saved=True)
     space = build_space(cfg)
     training = training_config(cfg, space)
-    supernet = build_supernet(training, space)
+    supernet = build_supernet(training, space, cfg.tunas.kernels)
     load_weights(supernet, run_dir / WEIGHTS_RAW)
     trainer = Trainer(training, model=supernet)
     supernet.eval()

@@ -147,6 +147,10 @@ class TunasConfig:
     """the largest width and expansion are used with a probability decaying from 1 to 0 over this fraction"""
     reward_batch: Annotated[float, Field(gt=0)] = 4.0
     """the held-out batch that scores a child, in training batches (TuNAS: 4)"""
+    kernels: Literal["shared", "separate"] = "shared"
+    """shared: a smaller kernel is the centre of the largest (BigNAS); separate: each kernel size of a
+    layer has its own kxk weights, as TuNAS's code builds them (its op warm-up over kernel sizes is not
+    implemented, and without it separate kernels trained slower here: benchmarks/supernet_trainability.py)"""
 
 
 @dataclass(config=CONFIG_SCHEMA)
