@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _effml_cli import run_effml
 from PIL import Image
 from safetensors.torch import save_file
 
 import effml
 
-EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
 CLASS = 7  # the class the test checkpoint is rigged to predict
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    assert EFFML, "the effml console script is not installed (pip install -e .)"
-    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return run_effml(args, cwd=cwd)
 
 
 def _write_checkpoint(path: Path, name: str) -> None:

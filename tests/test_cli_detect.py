@@ -4,28 +4,24 @@ subprocess as a user runs them, with the tiny EfficientDet of configs/efficientd
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _effml_cli import run_effml
 from PIL import Image
 
 import effml
 
-EFFML = shutil.which("effml", path=str(Path(sys.executable).parent)) or shutil.which("effml")
 TINY_SPEC = Path(__file__).resolve().parents[1] / "configs" / "efficientdet_tiny.json"
 RIGGED = 1  # the class the test checkpoint is rigged to detect everywhere
 NAMES = ("circle", "square", "triangle")
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    assert EFFML, "the effml console script is not installed (pip install -e .)"
-    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return run_effml(args, cwd=cwd)
 
 
 def _no_traceback(proc: subprocess.CompletedProcess[str]) -> None:

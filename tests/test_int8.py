@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _effml_cli import run_effml
 from PIL import Image
 from torch import nn
 
@@ -227,7 +228,7 @@ def test_embedded_calibration_images_have_the_model_s_shape():
 
 
 def _run(*args) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, timeout=600)
+    return run_effml(args, timeout=600)
 
 
 def test_cli_export_int8_from_a_folder_then_predict_with_it(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _effml_cli import run_effml
 from filelock import FileLock
 from safetensors.torch import load_file
 
@@ -75,7 +76,7 @@ def _snapshot(run_dir: Path) -> dict[str, bytes]:
 
 
 def _effml(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EFFML, *args], capture_output=True, text=True, timeout=300)
+    return run_effml(args)
 
 
 def _one_error_line(out: subprocess.CompletedProcess) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from _effml_cli import run_effml
 
 from effml.detection.ssdlite import EXTRA_DEPTHS, SSDLite, SSDLiteSpec
 from effml.errors import EffmlError
@@ -61,7 +62,7 @@ def _config(tmp_path: Path, **search) -> Path:
 
 
 def _effml(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return run_effml(args, cwd=cwd, timeout=timeout)
 
 
 def test_a_detection_trial_trains_and_measures_the_whole_detector(tmp_path):

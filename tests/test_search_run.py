@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from _effml_cli import run_effml
 
 from effml.errors import SearchError
 from effml.models.counting import count_macs, count_params
@@ -77,7 +78,7 @@ def _config(tmp_path: Path, **search) -> Path:
 
 
 def _effml(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([EFFML, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return run_effml(args, cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import random
 
 import optuna
 import pytest
+from _effml_cli import run_effml
 
 from effml.detection.retinanet import RetinaNetSpec
 from effml.errors import SearchError
@@ -103,12 +104,8 @@ def test_the_config_searches_retinanets_and_refuses_a_mismatched_detector():
 
 
 def test_the_command_line_shows_the_space_and_refuses_what_it_cannot_do(tmp_path):
-    import subprocess
-    import sys
-
     def effml(*args):
-        return subprocess.run([sys.executable, "-m", "effml", *args], capture_output=True, text=True, cwd=tmp_path,
-                              timeout=300)
+        return run_effml(args, cwd=tmp_path)
 
     proc = effml("search", "show", "spinenet")
     assert proc.returncode == 0 and "59 decisions" in proc.stdout and "scale-permuted" in proc.stdout, proc.stderr
