@@ -23,15 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(cmd: list[str], log: Path) -> float:
     """Run a command (one torch thread), its output to ``log``; its wall minutes. An ``effml``
-    command (``effml(...)``) runs in a fresh process forked from a fork server that imported effml
-    once, instead of a new interpreter importing torch again (about 4 s of CPU, most of a short
-    training); any other command in a subprocess."""
+    command (``effml(...)``) runs forked from a fork server that imported effml once
+    (``effml.cli.forked``: no new interpreter importing torch again); any other in a subprocess."""
     start = time.perf_counter()
     if cmd[:3] == effml():
-        process = _forkserver().Process(target=_effml_main, args=(cmd[3:], str(log)), name="effml")
-        process.start()
-        process.join()
-        code = process.exitcode
+        from effml.cli.forked import run_forked
+
+        code = run_forked(cmd[3:], log)
     else:
         with open(log, "w") as f:
             code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False,
@@ -44,32 +42,6 @@ def run(cmd: list[str], log: Path) -> float:
 def effml(*args: str) -> list[str]:
     """The command line of ``effml ARGS`` in this interpreter."""
     return [sys.executable, "-m", "effml", *map(str, args)]
-
-
-def _forkserver() -> Any:
-    """The multiprocessing context whose fork server has imported effml's command line."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["effml.cli.main"])
-    return context
-
-
-def _effml_main(args: list[str], log: str) -> None:
-    """In the forked process: ``effml ARGS`` with one torch thread, stdout and stderr to ``log``."""
-    import torch
-
-    from effml.cli.main import app
-
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-    app(args, prog_name="effml")  # exits with the command's status
 
 
 def train(config: Path | str, overrides: list[str], run_dir: Path) -> Path:

@@ -27,58 +27,15 @@ def run_effml(args: Sequence[str | Path], *, cwd: Path | str | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """``effml ARGS`` in a fresh process, as ``subprocess.run([effml, ...], capture_output=True,
     text=True)`` runs it (this environment, one torch thread, ``cwd``), but forked from a fork server
-    that imported effml once: a new interpreter would import torch again for every command (about 3.5
-    s of CPU, most of a short command). ``tests/test_train.py`` runs the installed console script."""
-    import multiprocessing
+    that imported effml once (``effml.cli.forked``). ``tests/test_train.py`` runs the installed
+    console script."""
     import tempfile
 
+    from effml.cli.forked import run_forked
+
     assert EFFML, "the effml console script is not installed (pip install -e .)"
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["effml.cli.main"])
-    args = [str(a) for a in args]
     with tempfile.TemporaryDirectory() as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        process = context.Process(target=_effml_main, args=(args, str(out), str(err), env, str(cwd or Path.cwd())),
-                                  name="effml")
-        process.start()
-        process.join(timeout)
-        if process.is_alive():
-            process.kill()
-            process.join()
-            raise subprocess.TimeoutExpired(["effml", *args], timeout)
-        return subprocess.CompletedProcess(["effml", *args], process.exitcode, out.read_text(errors="replace"),
+        code = run_forked(args, out, err, cwd=cwd, timeout=timeout)
+        return subprocess.CompletedProcess(["effml", *map(str, args)], code, out.read_text(errors="replace"),
                                            err.read_text(errors="replace"))
-
-
-def _effml_main(args: list[str], stdout: str, stderr: str, env: dict[str, str], cwd: str) -> None:
-    """In the forked process: the environment, working directory and output files, then the command."""
-    import torch
-
-    from effml.cli.main import app
-
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(cwd)
-    for fd, path in ((1, stdout), (2, stderr)):
-        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(target, fd)
-        os.close(target)
-    torch.set_num_threads(1)
-    sys.argv = ["effml", *args]
-    app(args, prog_name="effml")  # exits with the command's status
-
-
-def kill_when(cmd: list[str], path: Path, timeout: float = 300.0, **popen: object) -> subprocess.Popen:
-    """Start ``cmd``, SIGKILL it as soon as ``path`` exists (or it ends, or ``timeout`` passes) and
-    return the finished process (its returncode says whether the kill hit)."""
-    import signal
-    import time
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
-    deadline = time.time() + timeout
-    while not path.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return proc

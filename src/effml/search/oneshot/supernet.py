@@ -233,7 +233,6 @@ class Supernet(EfficientNet):
             if at:
                 family = EfficientNet(storage_spec(space, kind).replace(**changes))
                 self.op_weights[kind] = nn.ModuleDict({f"s{s}b{i}": family.blocks[s][i] for s, i in at})
-        self.kernels = kernels
         self.kernel_weights = nn.ParameterDict(_separate_kernels(space, changes) if kernels == "separate" else {})
 
     def child_spec(self, spec: NetworkSpec, *, regularize: bool = False) -> NetworkSpec:
