@@ -23,6 +23,10 @@ def effml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return out
 
 
+
+
+
+
 def run_effml(args: Sequence[str | Path], *, cwd: Path | str | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """``effml ARGS`` in a fresh process, as ``subprocess.run([effml, ...], capture_output=True,
@@ -39,3 +43,18 @@ def run_effml(args: Sequence[str | Path], *, cwd: Path | str | None = None,
         code = run_forked(args, out, err, cwd=cwd, timeout=timeout)
         return subprocess.CompletedProcess(["effml", *map(str, args)], code, out.read_text(errors="replace"),
                                            err.read_text(errors="replace"))
+
+
+def kill_when(cmd: list[str], path: Path, timeout: float = 300.0, **popen: object) -> subprocess.Popen:
+    """Start ``cmd``, SIGKILL it as soon as ``path`` exists (or it ends, or ``timeout`` passes) and
+    return the finished process (its returncode says whether the kill hit)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
