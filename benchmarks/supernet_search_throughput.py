@@ -1,7 +1,8 @@
 """How many candidates a search scores per hour with ``objective.accuracy: supernet``.
 
 Trains a BigNAS supernet briefly on the embedded digits at 32 px (configs/bignas_digits.yaml,
-``--steps`` steps; or takes ``--supernet RUN_DIR``), then runs ``effml search`` over its space as a
+``--steps`` steps; or takes ``--supernet RUN_DIR``: a BigNAS run, or a finished TuNAS search with
+``--space`` its space), then runs ``effml search`` over its space as a
 user would (``--workers`` x 1 thread, latency as MACs unless ``--latency measured``) and prints the
 candidates scored (the study's and its random baseline's) per wall-clock hour and per CPU-hour
 (user + system time of the search and its workers, start-up included), and per hour between the
@@ -56,6 +57,12 @@ def main() -> None:
     parser.add_argument("--strategy", default="evolution")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--latency", default="flops", choices=["flops", "measured"])
+    parser.add_argument("--space", default="bignas", help="the supernet's space (a TuNAS search of the MnasNet "
+                        "space: mnasnet)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="T (default: 2 MMACs or 8 ms, for the bignas space at 32 px)")
+    parser.add_argument("--holdout-images", type=int, default=None, help="objective.holdout_images")
+    parser.add_argument("--calibration-batches", type=int, default=None, help="objective.calibration_batches")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     supernet = args.supernet
@@ -66,12 +73,13 @@ def main() -> None:
                   f"train.max_steps={args.steps}", "train.threads=2", "--quiet")
     db = args.out / f"search_{args.strategy}_{args.latency}_{args.trials}.db"
     db.unlink(missing_ok=True)
-    target = {"flops": 2.0, "measured": 8.0}[args.latency]
+    target = args.target or {"flops": 2.0, "measured": 8.0}[args.latency]
     config = {
-        "search": {"space": "bignas", "trials": args.trials, "strategy": args.strategy, "storage": str(db),
+        "search": {"space": args.space, "trials": args.trials, "strategy": args.strategy, "storage": str(db),
                    "study": "throughput", "workers": args.workers, "threads": 1},
         "objective": {"kind": "reward", "target": target, "latency": args.latency, "accuracy": "supernet",
-                      "supernet": str(supernet.absolute())},
+                      "supernet": str(supernet.absolute()), "holdout_images": args.holdout_images,
+                      "calibration_batches": args.calibration_batches},
     }
     path = args.out / "search.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -89,7 +97,8 @@ def main() -> None:
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     durations = sorted(t.user_attrs["duration_s"] for t in trials)
     result = {
-        "cpu": cpu_name(), "strategy": args.strategy, "latency": args.latency, "workers": args.workers,
+        "cpu": cpu_name(), "space": args.space, "strategy": args.strategy, "latency": args.latency,
+        "workers": args.workers, "holdout_images": args.holdout_images, "calibration_batches": args.calibration_batches,
         "candidates": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
         "per_wall_hour": round(n / wall * 3600), "per_cpu_hour": round(n / cpu * 3600),
         "steady_per_wall_hour": round(n / span * 3600), "median_trial_s": durations[len(durations) // 2],

@@ -8,15 +8,23 @@ training does. This experiment measures that first:
 1. **the search**: ``effml search configs/search_tunas_fashion_mnist.yaml`` (per ``--seeds``; the supernet
    and the controller's architecture, written to ``tunas_s<seed>/``);
 2. **proxy quality**: ``--members`` random members of the space (fixed by ``--member-seed``), each
-   scored as a child of seed 0's supernet (BN statistics re-estimated on 16 training batches,
-   top-1 on the held-out tenth of the training images) and trained standalone with one recipe
-   (``configs/fashion_mnist.yaml`` for ``--epochs`` epochs on ``--limit-train`` images, scored on
-   val); Kendall tau between the two rankings, with a bootstrap over members (10-90%);
-3. **the found networks**: each seed's found spec trained standalone with the same recipe, next to
-   the random members' spread (the distribution random search draws from).
+   scored as a child of seed 0's supernet as ``objective.accuracy: supernet`` scores a sample (BN
+   statistics re-estimated on 16 training batches, top-1 on the held-out tenth of the training
+   images; and the cheaper ``--holdout-images`` / ``--calibration-batches``) and trained standalone
+   with one recipe (the search experiments' final recipe, ``_search.full_recipe``: AdamW and
+   cosine for ``--epochs`` epochs on ``--limit-train`` images, EMA weights, scored on val);
+   Kendall tau between the rankings, with a bootstrap over members (10-90%);
+3. **the found networks**: each seed's found spec trained standalone with the same recipe for
+   each of ``--train-seeds`` (their spread is the noise floor);
+4. **random search at equal compute**: as many random members as one TuNAS search's CPU time buys
+   standalone trainings, the one with the best TuNAS reward (its standalone val top-1 and MACs)
+   picked, resampled from the members: random search with a perfect evaluator, so a bound that
+   favours random search over one that ranks by proxy trainings;
+5. **cost**: the search's CPU time against a training of the space's largest member for as many
+   steps (its time per step measured over 100 steps with the standalone recipe at batch 64).
 
-Writes ``results.json`` and ``tunas_search.png`` (supernet vs standalone accuracy per member) in
-``--out``. ``--quick``: a few minutes on the embedded digits (CI).
+Writes ``results.json`` and ``tunas_search.png`` (supernet vs standalone accuracy per member, and
+the found networks) in ``--out``. ``--quick``: a few minutes on the embedded digits (CI).
 """
 
 from __future__ import annotations
@@ -24,14 +32,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from _common import ROOT, effml, run, shipped_top1, spread, train
+from _common import ROOT, effml, fmt, minutes, run, save_figure, shipped_top1, spread, train, write_json
+from _search import full_recipe
 
 CONFIG = ROOT / "configs" / "search_tunas_fashion_mnist.yaml"
 STANDALONE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -52,24 +63,41 @@ def search(seed: int, out: Path, extra: list[str]) -> Path:
     return run_dir
 
 
-def supernet_scores(run_dir: Path, specs: list[Any]) -> list[float]:
-    """Held-out top-1 (%) of each spec as a child of the finished search's supernet, BN re-estimated."""
+def supernet_scores(run_dir: Path, specs: list[Any], holdout_images: int | None = None,
+                    calibration_batches: int | None = None) -> tuple[list[float], float]:
+    """Held-out top-1 (%) of each spec as a child of the finished search's supernet, scored as
+    ``objective.accuracy: supernet`` scores a sample (BN re-estimated; ``holdout_images`` and
+    ``calibration_batches`` as the objective's fields); and the seconds of one core per spec."""
     from effml.search.oneshot.tunas import load_tunas_supernet
+    from effml.search.study.supernet_proxy import SupernetAccuracy
 
-    trained = load_tunas_supernet(run_dir)
-    batches = trained.trainer.calibration_batches(16)
-    scores = []
-    for spec in specs:
-        spec = trained.supernet.child_spec(spec)
-        scores.append(trained.evaluate(trained.calibrated(spec, batches), spec.resolution, "holdout")["top1"])
-    return scores
+    scorer = SupernetAccuracy(load_tunas_supernet(run_dir), holdout_images, calibration_batches)
+    scorer.top1(scorer.space.base)  # loads the calibration batches and held-out images once
+    start = time.process_time()
+    scores = [100 * scorer.top1(spec) for spec in specs]
+    return scores, (time.process_time() - start) / len(specs)
 
 
-def standalone(spec_path: Path, out: Path, overrides: list[str]) -> float:
-    """Val top-1 (%) of the spec trained from scratch with the one recipe."""
+def standalone(spec_path: Path, out: Path, overrides: list[str], seed: int = 0) -> float:
+    """Val top-1 (%) of the spec trained from scratch with the one recipe (training seed ``seed``)."""
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = train(STANDALONE, [f"model.name={spec_path}", *overrides], out / spec_path.stem)
+    name = spec_path.stem + (f"_t{seed}" if seed else "")
+    run_dir = train(STANDALONE, [f"model.name={spec_path}", *overrides, f"train.seed={seed}"], out / name)
     return shipped_top1(run_dir)
+
+
+def largest_step_s(space: Any, out: Path, recipe: list[str], steps: int = 100) -> float:
+    """Seconds a training step of the space's largest member takes on one thread with the standalone
+    recipe (batch 64 at 32 px, as the supernet's): its session clock at step ``steps``, over ``steps``."""
+    from effml.zoo import spec_to_json
+
+    path = out / "members" / "largest.json"
+    path.write_text(spec_to_json(space.largest().spec))
+    run_dir = train(STANDALONE, [f"model.name={path}", *recipe, f"train.max_steps={steps}", "data.limit_val=256",
+                                 f"train.log_interval={steps}"], out / "standalone" / "largest_steps")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    row = next(r for r in rows if r.get("kind") == "step" and r["global_step"] == steps)
+    return row["session_s"] / steps
 
 
 def kendall(a: list[float], b: list[float], seed: int = 0, rounds: int = 1000) -> dict[str, float]:
@@ -88,13 +116,30 @@ def kendall(a: list[float], b: list[float], seed: int = 0, rounds: int = 1000) -
             "p90": float(np.percentile(taus, 90)), "n": int(len(a))}
 
 
+def random_search_pick(rewards: list[float], top1: list[float], k: int, seed: int = 0,
+                       rounds: int = 10000) -> dict[str, float]:
+    """What random search with ``k`` samples finds when it ranks them by their standalone reward
+    (the true score, not a proxy: an upper bound on a random search of ``k`` proxy trainings): the
+    standalone top-1 of the best-reward sample, median and 10-90% over ``rounds`` resampled searches."""
+    rng = np.random.default_rng(seed)
+    r, t = np.asarray(rewards), np.asarray(top1)
+    picks = [t[idx[np.argmax(r[idx])]] for idx in (rng.choice(len(r), k, replace=False) for _ in range(rounds))]
+    return {"k": k, "median": float(np.median(picks)), "p10": float(np.percentile(picks, 10)),
+            "p90": float(np.percentile(picks, 90))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds of each found network (their spread is the noise floor)")
     p.add_argument("--members", type=int, default=None, help="random members ranked (default 20; --quick 4)")
     p.add_argument("--member-seed", type=int, default=1234)
-    p.add_argument("--epochs", type=int, default=1, help="standalone training epochs")
-    p.add_argument("--limit-train", type=int, default=20000, help="standalone training images")
+    p.add_argument("--epochs", type=int, default=3, help="standalone training epochs")
+    p.add_argument("--limit-train", type=int, default=10000, help="standalone training images")
+    p.add_argument("--holdout-images", type=int, default=1000,
+                   help="the cheaper scoring: objective.holdout_images (its tau is reported beside the full one)")
+    p.add_argument("--calibration-batches", type=int, default=4, help="the cheaper scoring: objective.calibration_batches")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_tunas")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--search-overrides", nargs="*", default=[], help="key=value overrides of the search config")
@@ -102,15 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out: Path = args.out
     args.members = args.members or (4 if args.quick else 20)
+    if args.quick:
+        args.train_seeds = args.train_seeds[:2]
     out.mkdir(parents=True, exist_ok=True)
     extra = (QUICK_SEARCH if args.quick else []) + args.search_overrides
-    recipe = [f"train.epochs={args.epochs}", f"data.limit_train={args.limit_train}", "data.image_size=32",
-              "train.log_interval=1000"] + (QUICK_STANDALONE if args.quick else [])
+    recipe = full_recipe(args.limit_train, args.epochs) + ["train.log_interval=1000"] + (
+        QUICK_STANDALONE if args.quick else [])
 
     with ThreadPoolExecutor(args.workers) as pool:
         runs = list(pool.map(lambda s: search(s, out, extra), args.seeds))
 
+    from effml.search.oneshot.tunas import tunas_reward
     from effml.search.study.config import build_space, load_search_config
+    from effml.spec.plan import plan
     from effml.zoo import spec_to_json
     from effml.zoo.kinds import spec_from_dict
 
@@ -125,51 +174,102 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(spec_to_json(spec))
         paths.append(path)
     found = [spec_from_dict(json.loads((r / "found_model.json").read_text())) for r in runs]
+    found_paths = []
     for r, spec in zip(runs, found):
-        (out / "members" / f"found_{r.name}.json").write_text(spec_to_json(spec))
-    shared = supernet_scores(runs[0], members)
+        found_paths.append(out / "members" / f"found_{r.name}.json")
+        found_paths[-1].write_text(spec_to_json(spec))
+    shared, shared_s = supernet_scores(runs[0], members)
+    cheap, cheap_s = supernet_scores(runs[0], members, args.holdout_images, args.calibration_batches)
+    jobs = [(q, 0) for q in paths] + [(q, s) for q in found_paths for s in args.train_seeds]
     with ThreadPoolExecutor(args.workers) as pool:
-        alone = list(pool.map(lambda q: standalone(q, out / "standalone", recipe), paths))
-        found_alone = list(pool.map(lambda r: standalone(out / "members" / f"found_{r.name}.json",
-                                                         out / "standalone", recipe), runs))
+        done = dict(zip(jobs, pool.map(lambda job: standalone(job[0], out / "standalone", recipe, job[1]), jobs)))
+    alone = [done[(q, 0)] for q in paths]
+    macs = [plan(spec).macs() / 1e6 for spec in members]
+    o, t = cfg.objective, cfg.tunas
+    rewards = [tunas_reward(a / 100, m, o.target, t.beta, t.reward) for a, m in zip(alone, macs)]
+    # a training's seconds on its one thread (its session clock; one thread: about its CPU time)
+    train_cpu = statistics.fmean(60 * minutes(out / "standalone" / q.stem) for q in paths)
     records = [json.loads((r / "tunas.json").read_text()) for r in runs]
+    search_cpu = statistics.fmean(rec["cpu_s"] for rec in records)
+    # random search given the CPU time of one TuNAS search, each sample a standalone training
+    k = min(len(members), max(1, round(search_cpu / train_cpu)))
+    # the search's cost in trainings of the largest member for as many steps (batch 64 at 32 px)
+    step_s = largest_step_s(space, out, recipe, 4 if args.quick else 100)
+    steps = statistics.fmean(rec["steps"] for rec in records)
     results = {
         "recipe": recipe, "quick": args.quick, "search_overrides": args.search_overrides,
-        "members": [{"supernet_holdout_top1": s, "standalone_val_top1": a} for s, a in zip(shared, alone)],
+        "target": o.target, "unit": "MMACs",
+        "members": [{"supernet_holdout_top1": s, "supernet_cheap_top1": c, "standalone_val_top1": a, "mmacs": m,
+                     "reward": r} for s, c, a, m, r in zip(shared, cheap, alone, macs, rewards)],
         "kendall": kendall(shared, alone),
+        "kendall_cheap": {**kendall(cheap, alone), "holdout_images": args.holdout_images,
+                          "calibration_batches": args.calibration_batches},
+        "score_cpu_s": {"full": shared_s, "cheap": cheap_s},
         "random_members_standalone": spread(alone),
-        "found": [{"seed": s, "standalone_val_top1": a, "cost": rec["found"]["metrics"].get("latency_mmacs"),
-                   "blocks": rec["found"]["blocks"], "search_cpu_s": rec["cpu_s"], "search_wall_s": rec["wall_s"]}
-                  for s, a, rec in zip(args.seeds, found_alone, records)],
+        "standalone_training_cpu_s": train_cpu,
+        "random_search_equal_cpu": random_search_pick(rewards, alone, k),
+        "random_search_all_members": random_search_pick(rewards, alone, len(members), rounds=1),
+        "cost": {"largest_step_s": step_s, "search_cpu_s": search_cpu, "search_steps": steps,
+                 "largest_trainings": search_cpu / (step_s * steps)},
+        "found": [{"seed": s, "standalone_val_top1": spread([done[(q, ts)] for ts in args.train_seeds]),
+                   "mmacs": rec["found"]["metrics"].get("latency_mmacs"), "blocks": rec["found"]["blocks"],
+                   "search_cpu_s": rec["cpu_s"], "search_wall_s": rec["wall_s"], "steps": rec["steps"]}
+                  for s, q, rec in zip(args.seeds, found_paths, records)],
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    k = results["kendall"]
-    print(f"proxy quality: Kendall tau {k['tau']:.2f} (bootstrap 10-90%: {k['p10']:.2f} to {k['p90']:.2f}) "
-          f"over {k['n']} random members")
-    print(f"random members standalone val top-1: {json.dumps(results['random_members_standalone'])}")
-    for f in results["found"]:
-        print(f"TuNAS seed {f['seed']}: found {f['blocks']}, standalone val top-1 {f['standalone_val_top1']:.1f}%, "
-              f"search {f['search_cpu_s'] / 60:.1f} CPU min")
+    write_json(out / "results.json", results)
+    print_tables(results)
     plot(results, out / "tunas_search.png")
     return 0
 
 
+def print_tables(results: dict[str, Any]) -> None:
+    k, c = results["kendall"], results["kendall_cheap"]
+    cpu = results["score_cpu_s"]
+    print(f"proxy quality: Kendall tau {k['tau']:.2f} (bootstrap 10-90%: {k['p10']:.2f} to {k['p90']:.2f}) "
+          f"over {k['n']} random members, {cpu['full']:.2f} CPU s a child; with {c['holdout_images']} held-out "
+          f"images and {c['calibration_batches']} calibration batches: {c['tau']:.2f} ({c['p10']:.2f} to "
+          f"{c['p90']:.2f}), {cpu['cheap']:.2f} CPU s a child")
+    print(f"random members standalone val top-1: {fmt(results['random_members_standalone'])}")
+    for f in results["found"]:
+        print(f"TuNAS seed {f['seed']}: found {f['blocks']} ({f['mmacs']:.2f} MMACs, target {results['target']}), "
+              f"standalone val top-1 {fmt(f['standalone_val_top1'])} over training seeds; search "
+              f"{f['search_cpu_s'] / 60:.1f} CPU min, {f['steps']} steps")
+    r = results["random_search_equal_cpu"]
+    cpu_s = results["standalone_training_cpu_s"]
+    print(f"random search with the CPU time of one TuNAS search ({r['k']} standalone trainings of "
+          f"{cpu_s / 60:.1f} CPU min, picked by their true reward): val top-1 {r['median']:.2f} "
+          f"(10-90%: {r['p10']:.2f} to {r['p90']:.2f}); best reward of all {results['members'].__len__()} "
+          f"members: {results['random_search_all_members']['median']:.2f}")
+    c = results["cost"]
+    print(f"cost: one search ({c['search_cpu_s'] / 60:.1f} CPU min) = {c['largest_trainings']:.2f} trainings of the "
+          f"space's largest member for as many steps ({c['largest_step_s']:.3f} s a step on one thread)")
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
+    """Left: each member's supernet score against its standalone accuracy; right: standalone
+    accuracy against MACs, the random members and each search's found network (training seeds'
+    range), the target as a line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    xs = [m["supernet_holdout_top1"] for m in results["members"]]
-    ys = [m["standalone_val_top1"] for m in results["members"]]
-    ax.plot(xs, ys, "o", ms=4)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    ms = results["members"]
+    left.plot([m["supernet_holdout_top1"] for m in ms], [m["standalone_val_top1"] for m in ms], "o", ms=4)
     k = results["kendall"]
-    ax.set(xlabel="supernet child, held-out top-1 (%)", ylabel="standalone, val top-1 (%)",
-           title=f"Kendall tau {k['tau']:.2f} ({k['p10']:.2f} to {k['p90']:.2f})")
+    left.set(xlabel="supernet child, held-out top-1 (%)", ylabel="standalone, val top-1 (%)",
+             title=f"Kendall tau {k['tau']:.2f} ({k['p10']:.2f} to {k['p90']:.2f})")
+    right.plot([m["mmacs"] for m in ms], [m["standalone_val_top1"] for m in ms], "o", ms=4, label="random members")
+    for f in results["found"]:
+        a = f["standalone_val_top1"]
+        right.errorbar([f["mmacs"]], [a["mean"]], yerr=[[a["mean"] - a["min"]], [a["max"] - a["mean"]]], fmt="*",
+                       ms=10, label=f"TuNAS seed {f['seed']}")
+    right.axvline(results["target"], color="grey", ls="--", lw=1, label="target T0")
+    right.set(xlabel="MMACs", ylabel="standalone, val top-1 (%)", title="found vs random members")
+    right.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

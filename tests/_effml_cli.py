@@ -23,10 +23,6 @@ def effml(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return out
 
 
-
-
-
-
 def run_effml(args: Sequence[str | Path], *, cwd: Path | str | None = None,
               timeout: float = 300) -> subprocess.CompletedProcess:
     """``effml ARGS`` in a fresh process, as ``subprocess.run([effml, ...], capture_output=True,

@@ -1,12 +1,16 @@
 """experiments/tunas_search.py --quick, run as a user runs it: the search, the members ranked by the
-supernet and trained alone, Kendall's tau with its bootstrap range, results.json and the plot."""
+supernet (full and cheaper scoring) and trained alone, Kendall's tau with its bootstrap range, the
+found network over training seeds, random search's pick, results.json and the plot."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from _experiment import run_quick
 from scipy.stats import kendalltau
+
+from effml.search.oneshot.tunas import tunas_reward
 
 
 def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
@@ -15,12 +19,24 @@ def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
     assert len(members) == 4
     for m in members:
         assert 0 <= m["supernet_holdout_top1"] <= 100 and 0 <= m["standalone_val_top1"] <= 100
-    k = res["kendall"]
-    assert k["tau"] == kendalltau([m["supernet_holdout_top1"] for m in members],
-                                  [m["standalone_val_top1"] for m in members]).statistic
-    assert -1 <= k["p10"] <= k["p90"] <= 1 and k["n"] == 4
+        assert 0 <= m["supernet_cheap_top1"] <= 100 and m["mmacs"] > 0
+        assert m["reward"] == pytest.approx(tunas_reward(m["standalone_val_top1"] / 100, m["mmacs"], res["target"], -0.1))
+    for key, field in (("kendall", "supernet_holdout_top1"), ("kendall_cheap", "supernet_cheap_top1")):
+        k = res[key]
+        assert k["tau"] == pytest.approx(kendalltau([m[field] for m in members],
+                                                    [m["standalone_val_top1"] for m in members]).statistic, nan_ok=True)
+        assert k["n"] == 4
+    assert res["score_cpu_s"]["full"] > 0 and res["score_cpu_s"]["cheap"] > 0
     found = res["found"][0]
-    assert found["seed"] == 0 and found["search_cpu_s"] > 0 and 0 <= found["standalone_val_top1"] <= 100
+    assert found["seed"] == 0 and found["search_cpu_s"] > 0 and found["standalone_val_top1"]["n"] == 2
+    assert 0 <= found["standalone_val_top1"]["min"] <= found["standalone_val_top1"]["max"] <= 100
+    # random search's pick: the best-reward member (all of them: one draw)
+    best = max(members, key=lambda m: m["reward"])
+    assert res["random_search_all_members"]["median"] == best["standalone_val_top1"]
+    r = res["random_search_equal_cpu"]
+    assert 1 <= r["k"] <= 4 and r["p10"] <= r["median"] <= r["p90"]
+    c = res["cost"]
+    assert c["largest_trainings"] == pytest.approx(c["search_cpu_s"] / (c["largest_step_s"] * c["search_steps"]))
     spec = json.loads((tmp_path / "members" / "found_tunas_s0.json").read_text())
     assert spec == json.loads((tmp_path / "tunas_s0" / "found_model.json").read_text())
     assert (tmp_path / "tunas_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -14,6 +14,8 @@ import yaml
 from _effml_cli import effml
 
 from effml.errors import SearchError
+from effml.search.oneshot.supernet import resize_to
+from effml.train.evaluate import evaluate
 from effml.search.study.config import build_space, load_search_config
 from effml.search.study.reward import mnasnet_reward
 from effml.search.study.runner import run_search
@@ -77,6 +79,19 @@ def test_a_child_scores_as_the_supernet_scores_it(supernet, tmp_path):
         assert scorer.top1(spec) == pytest.approx(want["top1"] / 100, abs=1 / 144 + 1e-12)
         same += scorer.top1(spec) == pytest.approx(want["top1"] / 100, abs=1e-12)
     assert same >= len(specs) - 1
+
+    # objective.holdout_images / calibration_batches: the first 50 held-out images, 1 calibration batch
+    fewer = supernet_accuracy(load_search_config(_config(tmp_path, supernet), [
+        "objective.holdout_images=50", "objective.calibration_batches=1"]))
+    assert fewer is not scorer and fewer.calibration_batches == 1
+    first = [(b[0], b[1]) for b in sup.trainer.eval_batches("holdout")]
+    images, labels = torch.cat([x for x, _ in first])[:50], torch.cat([y for _, y in first])[:50]
+    for spec in specs[:2]:
+        child = sup.supernet.child_spec(spec)
+        want = evaluate(sup.calibrated(child, batches[:1]), [(resize_to(images, child.resolution), labels)],
+                        torch.device("cpu"))
+        assert want["count"] == 50
+        assert fewer.top1(spec) == pytest.approx(want["top1"] / 100, abs=1 / 50 + 1e-12)
 
 
 def test_refused_before_any_trial(supernet, tmp_path, monkeypatch):

@@ -19,10 +19,19 @@ from safetensors.torch import load_file
 
 from effml.errors import SearchError
 from effml.search.oneshot.supernet import Supernet, block_kinds
-from effml.search.oneshot.tunas import TunasStep, check_tunas, linear_decay, load_tunas_supernet, tunas_reward
+from effml.search.oneshot.tunas import (
+    TunasStep,
+    build_supernet,
+    check_tunas,
+    linear_decay,
+    load_tunas_supernet,
+    training_config,
+    tunas_reward,
+)
 from effml.search.spaces.search_space import Choice, SearchSpace
 from effml.search.study.config import TunasConfig, build_space, load_search_config
 from effml.search.study.policy import Adam, FactorizedPolicy
+from effml.search.study.storage import load_study
 from effml.spec import BlockSpec, NetworkSpec
 from effml.spec.plan import plan
 from effml.zoo.kinds import spec_from_dict
@@ -163,9 +172,19 @@ def test_search_strategy_tunas_records_a_trial_exports_and_resumes_after_sigkill
     # the finished search's supernet loads back and scores its found child as the search did
     trained = load_tunas_supernet(straight)
     spec = trained.supernet.child_spec(spec_from_dict(json.loads((straight / "found_model.json").read_text())))
-    child = trained.calibrated(spec, trained.trainer.calibration_batches(16))
+    child = trained.calibrated(spec)
     top1 = trained.evaluate(child, spec.resolution, "holdout")["top1"]
     assert top1 / 100 == pytest.approx(record["found"]["metrics"]["accuracy"], abs=1e-9)
+    # the finished search's supernet scores another strategy's samples (objective.accuracy=supernet)
+    scored = effml("search", str(CONFIG), *_args(tmp_path, "scored"), "search.strategy=random", "search.trials=6",
+                   "search.workers=1", "objective.accuracy=supernet", f"objective.supernet={straight}")
+    trials = [t for t in load_study(str(tmp_path / "scored.db"), "t").trials if t.state.is_finished()]
+    assert len(trials) == 6 and not (tmp_path / "scored").exists(), scored.stdout  # nothing trained
+    holdout = len(trained.trainer.dataset("holdout"))
+    for t in trials[:2]:  # as the supernet scores the child itself (channels-last: at most one image apart)
+        spec = trained.supernet.child_spec(spec_from_dict(t.user_attrs["spec"]))
+        alone = trained.evaluate(trained.calibrated(spec), spec.resolution, "holdout")["top1"] / 100
+        assert t.user_attrs["metrics"]["accuracy"] == pytest.approx(alone, abs=1.01 / holdout)
 
     killed = tmp_path / "killed"
     cmd = [EFFML, "search", str(CONFIG), *_args(tmp_path, "killed", "proxy.train.checkpoint_interval=30")]
@@ -178,6 +197,16 @@ def test_search_strategy_tunas_records_a_trial_exports_and_resumes_after_sigkill
     assert resumed["found"] == record["found"]
     a, b = load_file(straight / "weights.safetensors"), load_file(killed / "weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_supernet_starts_its_residual_blocks_as_the_identity_unless_told_not_to(tmp_path):
+    cfg = load_search_config(CONFIG, _args(tmp_path, "init"))
+    space = build_space(cfg)
+    training = training_config(cfg, space)
+    plain, zeroed = build_supernet(training, space), build_supernet(training, space, zero_init=True)
+    gammas = {n: p for n, p in zeroed.named_parameters() if n.endswith(".weight") and p.ndim == 1 and not p.any()}
+    assert gammas and all(plain.get_parameter(n).any() for n in gammas)  # same seed, only those zeroed
+    assert cfg.tunas.zero_init_last_bn  # the default, as BigNAS's supernet.zero_init_last_bn
 
 
 def test_tunas_refuses_before_training_what_it_cannot_search(tmp_path):

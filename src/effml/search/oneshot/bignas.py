@@ -123,10 +123,12 @@ class TrainedSupernet:
     run_dir: Path
     trainer: Trainer
     info: dict[str, Any]
+    calibration: int = 16
+    """training batches BN calibration draws (``supernet.calibration_batches`` of a BigNAS run)"""
 
     def calibrated(self, spec: NetworkSpec, batches: list[torch.Tensor] | None = None) -> EfficientNet:
         """The child ``spec`` as an ordinary network in eval mode, its BatchNorm statistics re-estimated
-        on ``supernet.calibration_batches`` training batches at its resolution (BigNAS section 3.2)."""
+        on ``calibration`` training batches at its resolution (BigNAS section 3.2)."""
         if batches is None:
             batches = self.calibration_batches()
         child = self.supernet.extract(spec)
@@ -135,7 +137,7 @@ class TrainedSupernet:
 
     def calibration_batches(self) -> list[torch.Tensor]:
         """The training batches BN calibration uses (fixed by the run's seed)."""
-        return self.trainer.calibration_batches(self.cfg.supernet.calibration_batches)
+        return self.trainer.calibration_batches(self.calibration)
 
     def evaluate(self, child: nn.Module, resolution: int, split: str = "holdout") -> dict[str, float]:
         """Top-1 / top-5 / loss of ``child`` on ``split`` ('holdout' or 'val'), inputs resized to ``resolution``."""
@@ -171,7 +173,7 @@ def load_supernet(run_dir: str | Path, weights: str = "best") -> TrainedSupernet
     load_weights(supernet, path)
     trainer = Trainer(cfg, model=supernet)
     supernet.eval()
-    return TrainedSupernet(supernet, cfg, run_dir, trainer, info)
+    return TrainedSupernet(supernet, cfg, run_dir, trainer, info, cfg.supernet.calibration_batches)
 
 
 def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Path,

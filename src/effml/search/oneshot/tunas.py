@@ -18,6 +18,7 @@ Each step (google-research ``tunas/mobile_architecture_search.py``):
 The supernet shares a layer's widths and expansions as leading channels and, by default, its
 kernel sizes as centres of the largest (``tunas.kernels: shared``); ``separate`` gives each kernel
 size its own weights as TuNAS's code does (``Supernet``), without TuNAS's op warm-up over kernels.
+Its residual blocks start as the identity (``tunas.zero_init_last_bn``, as BigNAS's supernet).
 
 The held-out batch runs BatchNorm on its own batch statistics, leaving the shared running averages
 as they are: those mix every child's statistics (TuNAS's code evaluates with the moving averages;
@@ -40,7 +41,7 @@ import torch
 
 from effml.errors import SearchError
 from effml.files import atomic_write_text
-from effml.search.oneshot.supernet import Supernet, block_kinds
+from effml.search.oneshot.supernet import Supernet, block_kinds, zero_init_last_bn
 from effml.search.spaces.search_space import SearchSpace, _magnitude, _suggestible
 from effml.search.study.config import SearchConfig, TunasConfig
 from effml.search.study.policy import Adam, FactorizedPolicy
@@ -59,6 +60,9 @@ RESULT_JSON = "tunas.json"
 SEARCH_YAML = "search.yaml"  # the search config, beside the supernet run's own config.yaml
 FOUND_SPEC = "found_model.json"
 PLOT = "tunas.png"
+# Training batches that re-estimate a child's BatchNorm statistics before it is scored with the
+# shared weights (as BigNAS's supernet.calibration_batches default).
+CALIBRATION_BATCHES = 16
 
 
 def tunas_reward(accuracy: float, cost: float, target: float, beta: float, kind: str = "absolute") -> float:
@@ -344,7 +348,7 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, space, resume=resume)  # a finished study of this name is refused before training
     training = training_config(cfg, space)
-    supernet = build_supernet(training, space, cfg.tunas.kernels)
+    supernet = build_supernet(training, space, cfg.tunas.kernels, zero_init=cfg.tunas.zero_init_last_bn)
     step = TunasStep(space, cfg.tunas, latency, cfg.objective.target, seed=cfg.search.seed,
                      label_smoothing=training.train.label_smoothing)
     run = fit(training, model=supernet, step=step, resume=resume, quiet=quiet)
@@ -353,10 +357,9 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     out = Path(run.run_dir)
 
     trainer = Trainer(training, model=supernet)
-    trained = TrainedSupernet(supernet, training, out, trainer, {})  # type: ignore[arg-type]
-    batches = trainer.calibration_batches(16)
+    trained = TrainedSupernet(supernet, training, out, trainer, {}, CALIBRATION_BATCHES)  # type: ignore[arg-type]
     spec = supernet.child_spec(spec)
-    child = trained.calibrated(spec, batches)
+    child = trained.calibrated(spec)
     accuracy = trained.evaluate(child, spec.resolution, "holdout")["top1"] / 100
     cost = latency(spec)
     metrics: dict[str, Any] = {**spec_cost(spec), "accuracy": accuracy, "reward": None}
@@ -390,21 +393,25 @@ def training_config(cfg: SearchConfig, space: SearchSpace) -> Any:
     return config_from_dict({"data": {"image_size": resolution}}, cfg.proxy, source="search.strategy=tunas")
 
 
-def build_supernet(training: Any, space: SearchSpace, kernels: str = "shared") -> Supernet:
+def build_supernet(training: Any, space: SearchSpace, kernels: str = "shared", *, zero_init: bool = False) -> Supernet:
     """The supernet of ``space`` (``kernels``: ``tunas.kernels``) with the training config's dropout,
-    drop path and BN settings, initialised from ``train.seed``."""
+    drop path and BN settings, initialised from ``train.seed``; ``zero_init``: every residual block
+    starts as the identity (``tunas.zero_init_last_bn``; a resumed run's checkpoint then replaces it)."""
     from effml.train.trainer import preserved_global_state, seed_everything
 
     with preserved_global_state():
         seed_everything(training.train.seed)
         m = training.model
-        return Supernet(space, kernels=kernels, dropout=m.dropout, drop_path=m.drop_path, bn_momentum=m.bn_momentum,
-                        bn_eps=m.bn_eps)
+        supernet = Supernet(space, kernels=kernels, dropout=m.dropout, drop_path=m.drop_path,
+                            bn_momentum=m.bn_momentum, bn_eps=m.bn_eps)
+    if zero_init:
+        zero_init_last_bn(supernet)
+    return supernet
 
 
 def load_tunas_supernet(run_dir: str | Path) -> Any:
     """A finished TuNAS search's supernet (its final weights) as a ``TrainedSupernet`` over its
-    training data, for scoring children (pass calibration batches: ``trainer.calibration_batches``)."""
+    training data, for scoring children (``calibrated``: BN re-estimated on ``CALIBRATION_BATCHES``)."""
     from effml.models.weights import load_weights
     from effml.search.oneshot.bignas import TrainedSupernet
     from effml.search.study.config import build_space
@@ -424,7 +431,7 @@ def load_tunas_supernet(run_dir: str | Path) -> Any:
     load_weights(supernet, run_dir / WEIGHTS_RAW)
     trainer = Trainer(training, model=supernet)
     supernet.eval()
-    return TrainedSupernet(supernet, training, run_dir, trainer, read_run_info(run_dir))
+    return TrainedSupernet(supernet, training, run_dir, trainer, read_run_info(run_dir), CALIBRATION_BATCHES)
 
 
 def _record_trial(study: Any, space: SearchSpace, params: dict[str, Any], spec: dict[str, Any],

@@ -113,8 +113,16 @@ class ObjectiveConfig:
     images (the search never sees val); val: on val; supernet: no training, each sample is scored as
     a child of the trained supernet objective.supernet (BN re-estimated, top-1 on that run's data.holdout)"""
     supernet: Annotated[str | None, InputPath()] = None
-    """accuracy: supernet: the run directory `effml supernet train` wrote; the searched space must be
-    its supernet.space (classes and resolution default to that run's)"""
+    """accuracy: supernet: the run directory `effml supernet train` wrote (BigNAS), or the proxy.run.dir
+    of a finished TuNAS search; the searched space must be that run's (classes and resolution default
+    to the run's)"""
+    holdout_images: Annotated[int, Field(ge=1)] | None = None
+    """accuracy: supernet: score on the first N of the run's held-out images (a fixed subset; null: all).
+    Fewer images score more candidates an hour, with a noisier top-1 (a binomial standard error of
+    about 1.1 points at 85% on 1,000 images)"""
+    calibration_batches: Annotated[int, Field(ge=1)] | None = None
+    """accuracy: supernet: training batches that re-estimate a child's BN statistics (null: the run's,
+    supernet.calibration_batches or TuNAS's 16)"""
     metric: Literal["top1", "AP", "AP50", "AP75"] | None = None
     """what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (each reported
     in percent, ACC is it / 100); null: top1, or AP50 with search.detector"""
@@ -147,6 +155,9 @@ class TunasConfig:
     """the largest width and expansion are used with a probability decaying from 1 to 0 over this fraction"""
     reward_batch: Annotated[float, Field(gt=0)] = 4.0
     """the held-out batch that scores a child, in training batches (TuNAS: 4)"""
+    zero_init_last_bn: bool = True
+    """residual blocks start as the identity (their last BN's gamma 0), as BigNAS's supernet does
+    (arXiv 2003.11142 section 3.1); false: the plain networks' initialisation"""
     kernels: Literal["shared", "separate"] = "shared"
     """shared: a smaller kernel is the centre of the largest (BigNAS); separate: each kernel size of a
     layer has its own kxk weights, as TuNAS's code builds them (its op warm-up over kernel sizes is not

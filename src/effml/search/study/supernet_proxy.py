@@ -1,8 +1,10 @@
 """A trained supernet as the evaluator of a search (``objective.accuracy: supernet``).
 
 A proxy training costs a CPU-minute or two per sample, so a study sees a few dozen networks. A
-BigNAS supernet (Yu et al., arXiv 2003.11142) holds trained weights for every member of its space
-already, so here a sample is scored with no training: its child is sliced out, its BatchNorm
+trained supernet holds weights for every member of its space already: a BigNAS one (Yu et al.,
+arXiv 2003.11142; ``effml supernet train``) or the one a TuNAS search trained (arXiv 2008.06120;
+``search.strategy: tunas``, op choices included). So here a sample is scored with no training,
+once-for-all style (Cai et al., arXiv 1908.09791): its child is sliced out, its BatchNorm
 statistics re-estimated on the supernet run's calibration batches (BigNAS section 3.2) and its
 top-1 measured on that run's held-out training images (``data.holdout``: never val). Cost,
 latency and reward are the proxy's (``proxy.evaluate_sample``); only the accuracy comes from here.
@@ -25,6 +27,7 @@ import torch
 from effml.errors import EffmlError, SearchError
 from effml.search.oneshot.bignas import TrainedSupernet, load_supernet
 from effml.search.oneshot.supernet import resize_to
+from effml.search.oneshot.tunas import RESULT_JSON, SEARCH_YAML, load_tunas_supernet
 from effml.search.spaces.search_space import Sample, SearchSpace
 from effml.search.study.config import SearchConfig
 from effml.search.study.detection_proxy import score
@@ -45,8 +48,11 @@ class SupernetAccuracy:
     """Scores samples as children of ``trained``: held-out top-1 after BN calibration. An
     ``AccuracySource`` for ``evaluate_sample``."""
 
-    def __init__(self, trained: TrainedSupernet) -> None:
+    def __init__(self, trained: TrainedSupernet, holdout_images: int | None = None,
+                 calibration_batches: int | None = None) -> None:
         self.trained = trained
+        self.holdout_images = holdout_images  # the first N held-out images (None: all)
+        self.calibration_batches = calibration_batches or trained.calibration
         self._calibration: list[torch.Tensor] | None = None
         self._holdout: tuple[torch.Tensor, torch.Tensor] | None = None
         self._at: dict[int, tuple[list[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]] | None]] = {}
@@ -87,7 +93,7 @@ class SupernetAccuracy:
         if resolution in self._at:
             return self._at[resolution]
         if self._calibration is None:
-            self._calibration = self.trained.calibration_batches()
+            self._calibration = self.trained.trainer.calibration_batches(self.calibration_batches)
             self._holdout = self._load_holdout()
         calibration = [_nhwc(resize_to(b, resolution)) for b in self._calibration]
         holdout = None
@@ -102,17 +108,21 @@ class SupernetAccuracy:
         return calibration, holdout
 
     def _load_holdout(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The held-out images (eval transform, at the run's input size) and labels in two tensors,
-        or None when they would not fit the cache."""
+        """The held-out images (eval transform, at the run's input size; the first ``holdout_images``
+        when set) and labels in two tensors, or None when all of them would not fit the cache."""
         t = self.trained.trainer
         size = self.trained.cfg.data.image_size
-        if len(t.dataset("holdout")) * 3 * size * size * 4 > CACHE_BYTES // 2:
+        wanted = self.holdout_images
+        if wanted is None and len(t.dataset("holdout")) * 3 * size * size * 4 > CACHE_BYTES // 2:
             return None
-        images, labels = [], []
+        images, labels, kept = [], [], 0
         for batch in t.eval_batches("holdout"):
             images.append(batch[0])
             labels.append(batch[1])
-        return torch.cat(images).to(t.device), torch.cat(labels).to(t.device)
+            kept += len(batch[1])
+            if wanted is not None and kept >= wanted:
+                break
+        return torch.cat(images)[:wanted].to(t.device), torch.cat(labels)[:wanted].to(t.device)
 
 
 def _nhwc(images: torch.Tensor) -> torch.Tensor:
@@ -125,8 +135,9 @@ def _nhwc(images: torch.Tensor) -> torch.Tensor:
 
 # This process's scorer (the driver's and each worker's), built at first use: loading the supernet
 # and drawing its calibration batches takes a second or more, scoring a child a fraction of that.
-# Keyed by the run directory and its run.json's time, so a retrained run is loaded anew.
-_LOADED: dict[tuple[str, int], SupernetAccuracy] = {}
+# Keyed by the run directory, its run.json's time (a retrained run is loaded anew) and the scoring
+# settings (objective.holdout_images, objective.calibration_batches).
+_LOADED: dict[tuple[Any, ...], SupernetAccuracy] = {}
 
 
 def supernet_accuracy(cfg: SearchConfig) -> SupernetAccuracy:
@@ -134,23 +145,30 @@ def supernet_accuracy(cfg: SearchConfig) -> SupernetAccuracy:
     path = cfg.objective.supernet
     if not path:
         raise SearchError("objective.accuracy=supernet needs objective.supernet: the run directory that "
-                          "`effml supernet train` wrote (e.g. objective.supernet=runs/bignas_digits)")
+                          "`effml supernet train` or a TuNAS search (its proxy.run.dir) wrote (e.g. "
+                          "objective.supernet=runs/bignas_digits)")
     run_dir = Path(path).absolute()
+    scoring = (cfg.objective.holdout_images, cfg.objective.calibration_batches)
     try:
-        key = (str(run_dir), os.stat(run_dir / "run.json").st_mtime_ns)
+        key = (str(run_dir), os.stat(run_dir / "run.json").st_mtime_ns, *scoring)
     except OSError:
-        key = (str(run_dir), 0)  # load_supernet says what is missing
+        key = (str(run_dir), 0, *scoring)  # load_supernet says what is missing
     if key not in _LOADED:
         try:
             with preserved_global_state():  # the run's Trainer sets its own thread count and seeds
-                trained = load_supernet(run_dir)
+                trained = load_tunas_supernet(run_dir) if _is_tunas_run(run_dir) else load_supernet(run_dir)
         except SearchError:
             raise
         except EffmlError as err:
             raise SearchError(f"objective.supernet={path}: {err}") from None
         _LOADED.clear()
-        _LOADED[key] = SupernetAccuracy(trained)
+        _LOADED[key] = SupernetAccuracy(trained, *scoring)
     return _LOADED[key]
+
+
+def _is_tunas_run(run_dir: Path) -> bool:
+    """A finished TuNAS search's run directory (its search config and its result beside the weights)."""
+    return (run_dir / SEARCH_YAML).is_file() and (run_dir / RESULT_JSON).is_file()
 
 
 def check_supernet(cfg: SearchConfig, space: SearchSpace) -> None:
@@ -175,12 +193,12 @@ def check_supernet(cfg: SearchConfig, space: SearchSpace) -> None:
     scorer = supernet_accuracy(cfg)
     mismatch = _space_mismatch(space, scorer.space)
     if mismatch:
-        run = scorer.trained
+        run, theirs = scorer.trained, scorer.space.name
         raise SearchError(
             f"search.space {space.name!r} is not the space of the supernet objective.supernet={o.supernet} "
-            f"(its supernet.space: {run.cfg.supernet.space!r} at {run.cfg.data.image_size} px, "
-            f"{len(run.info['classes'])} classes): {mismatch}; set search.space={run.cfg.supernet.space} "
-            f"and leave search.resolution unset (the supernet's)")
+            f"(its space: {theirs!r} at {run.cfg.data.image_size} px, {len(run.info['classes'])} classes): "
+            f"{mismatch}; set search.space={theirs} (and the rest of that run's space) and leave "
+            f"search.resolution unset (the supernet's)")
 
 
 def _space_mismatch(study: SearchSpace, supernet: SearchSpace) -> str:
