@@ -108,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         args.target = args.target or 2.0
     args.supernet = (args.supernet or TUNAS_RUN).absolute()
 
-    from effml.search.oneshot.tunas import SEARCH_YAML
+    from effml.search.oneshot.tunas import SEARCH_YAML, is_tunas_run
     from effml.search.study.config import load_search_config
     from effml.search.study.supernet_proxy import supernet_accuracy
 
     if args.target is None:
-        if not (args.supernet / SEARCH_YAML).is_file():
-            raise SystemExit(f"--target is needed: {args.supernet} is not a TuNAS search (no {SEARCH_YAML})")
+        if not is_tunas_run(args.supernet):
+            raise SystemExit(f"--target is needed: {args.supernet} is not a finished TuNAS search")
         args.target = load_search_config(args.supernet / SEARCH_YAML).objective.target
     probe = load_search_config(None, ["objective.accuracy=supernet", f"objective.supernet={args.supernet}"])
     space = supernet_accuracy(probe).space.name

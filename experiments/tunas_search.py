@@ -63,15 +63,15 @@ def search(seed: int, out: Path, extra: list[str]) -> Path:
     return run_dir
 
 
-def supernet_scores(run_dir: Path, specs: list[Any], holdout_images: int | None = None,
+def supernet_scores(trained: Any, specs: list[Any], holdout_images: int | None = None,
                     calibration_batches: int | None = None) -> tuple[list[float], float]:
-    """Held-out top-1 (%) of each spec as a child of the finished search's supernet, scored as
-    ``objective.accuracy: supernet`` scores a sample (BN re-estimated; ``holdout_images`` and
-    ``calibration_batches`` as the objective's fields); and the seconds of one core per spec."""
-    from effml.search.oneshot.tunas import load_tunas_supernet
+    """Held-out top-1 (%) of each spec as a child of a finished search's supernet (``trained``:
+    ``load_tunas_supernet``), scored as ``objective.accuracy: supernet`` scores a sample (BN
+    re-estimated; ``holdout_images`` and ``calibration_batches`` as the objective's fields); and
+    the seconds of one core per spec."""
     from effml.search.study.supernet_proxy import SupernetAccuracy
 
-    scorer = SupernetAccuracy(load_tunas_supernet(run_dir), holdout_images, calibration_batches)
+    scorer = SupernetAccuracy(trained, holdout_images, calibration_batches)
     scorer.top1(scorer.space.base)  # loads the calibration batches and held-out images once
     start = time.process_time()
     scores = [100 * scorer.top1(spec) for spec in specs]
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     with ThreadPoolExecutor(args.workers) as pool:
         runs = list(pool.map(lambda s: search(s, out, extra), args.seeds))
 
-    from effml.search.oneshot.tunas import tunas_reward
+    from effml.search.oneshot.tunas import load_tunas_supernet, tunas_reward
     from effml.search.study.config import build_space, load_search_config
     from effml.spec.plan import plan
     from effml.zoo import spec_to_json
@@ -178,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     for r, spec in zip(runs, found):
         found_paths.append(out / "members" / f"found_{r.name}.json")
         found_paths[-1].write_text(spec_to_json(spec))
-    shared, shared_s = supernet_scores(runs[0], members)
-    cheap, cheap_s = supernet_scores(runs[0], members, args.holdout_images, args.calibration_batches)
+    trained = load_tunas_supernet(runs[0])
+    shared, shared_s = supernet_scores(trained, members)
+    cheap, cheap_s = supernet_scores(trained, members, args.holdout_images, args.calibration_batches)
     jobs = [(q, 0) for q in paths] + [(q, s) for q in found_paths for s in args.train_seeds]
     with ThreadPoolExecutor(args.workers) as pool:
         done = dict(zip(jobs, pool.map(lambda job: standalone(job[0], out / "standalone", recipe, job[1]), jobs)))

@@ -123,8 +123,9 @@ class TrainedSupernet:
     run_dir: Path
     trainer: Trainer
     info: dict[str, Any]
-    calibration: int = 16
-    """training batches BN calibration draws (``supernet.calibration_batches`` of a BigNAS run)"""
+    calibration: int
+    """training batches BN calibration draws (a BigNAS run's ``supernet.calibration_batches``, a TuNAS
+    run's ``CALIBRATION_BATCHES``)"""
 
     def calibrated(self, spec: NetworkSpec, batches: list[torch.Tensor] | None = None) -> EfficientNet:
         """The child ``spec`` as an ordinary network in eval mode, its BatchNorm statistics re-estimated

@@ -409,6 +409,12 @@ def build_supernet(training: Any, space: SearchSpace, kernels: str = "shared", *
     return supernet
 
 
+def is_tunas_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` is a finished TuNAS search's run directory (its search config and its
+    result beside the supernet's weights)."""
+    return (Path(run_dir) / SEARCH_YAML).is_file() and (Path(run_dir) / RESULT_JSON).is_file()
+
+
 def load_tunas_supernet(run_dir: str | Path) -> Any:
     """A finished TuNAS search's supernet (its final weights) as a ``TrainedSupernet`` over its
     training data, for scoring children (``calibrated``: BN re-estimated on ``CALIBRATION_BATCHES``)."""

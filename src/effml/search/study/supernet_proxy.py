@@ -27,7 +27,7 @@ import torch
 from effml.errors import EffmlError, SearchError
 from effml.search.oneshot.bignas import TrainedSupernet, load_supernet
 from effml.search.oneshot.supernet import resize_to
-from effml.search.oneshot.tunas import RESULT_JSON, SEARCH_YAML, load_tunas_supernet
+from effml.search.oneshot.tunas import is_tunas_run, load_tunas_supernet
 from effml.search.spaces.search_space import Sample, SearchSpace
 from effml.search.study.config import SearchConfig
 from effml.search.study.detection_proxy import score
@@ -156,7 +156,7 @@ def supernet_accuracy(cfg: SearchConfig) -> SupernetAccuracy:
     if key not in _LOADED:
         try:
             with preserved_global_state():  # the run's Trainer sets its own thread count and seeds
-                trained = load_tunas_supernet(run_dir) if _is_tunas_run(run_dir) else load_supernet(run_dir)
+                trained = load_tunas_supernet(run_dir) if is_tunas_run(run_dir) else load_supernet(run_dir)
         except SearchError:
             raise
         except EffmlError as err:
@@ -164,11 +164,6 @@ def supernet_accuracy(cfg: SearchConfig) -> SupernetAccuracy:
         _LOADED.clear()
         _LOADED[key] = SupernetAccuracy(trained, *scoring)
     return _LOADED[key]
-
-
-def _is_tunas_run(run_dir: Path) -> bool:
-    """A finished TuNAS search's run directory (its search config and its result beside the weights)."""
-    return (run_dir / SEARCH_YAML).is_file() and (run_dir / RESULT_JSON).is_file()
 
 
 def check_supernet(cfg: SearchConfig, space: SearchSpace) -> None:
