@@ -15,13 +15,19 @@ training does. This experiment measures that first:
    cosine for ``--epochs`` epochs on ``--limit-train`` images, EMA weights, scored on val);
    Kendall tau between the rankings, with a bootstrap over members (10-90%);
 3. **the found networks**: each seed's found spec trained standalone with the same recipe for
-   each of ``--train-seeds`` (their spread is the noise floor);
+   the first search seed's for each of ``--train-seeds`` (their spread is the noise floor), the
+   other seeds' once (training seed 0);
 4. **random search at equal compute**: as many random members as one TuNAS search's CPU time buys
    standalone trainings, the one with the best TuNAS reward (its standalone val top-1 and MACs)
    picked, resampled from the members: random search with a perfect evaluator, so a bound that
    favours random search over one that ranks by proxy trainings;
 5. **cost**: the search's CPU time against a training of the space's largest member for as many
-   steps (its time per step measured over 100 steps with the standalone recipe at batch 64).
+   steps (its time per step measured over 100 steps with the standalone recipe at batch 64);
+6. **ablations** (``--variants``): searches of the first seed with other settings, e.g.
+   ``uniform=tunas.delay=0.99`` (the controller never learns, so every child is sampled uniformly:
+   is the ranking lost to the controller's focus on small children?) or
+   ``lr4=tunas.controller_lr=0.02`` (does a controller that converges hit the target?): each one's
+   supernet ranked over the same members and its found network trained once.
 
 Writes ``results.json`` and ``tunas_search.png`` (supernet vs standalone accuracy per member, and
 the found networks) in ``--out``. ``--quick``: a few minutes on the embedded digits (CI).
@@ -52,15 +58,29 @@ QUICK_SEARCH = ["proxy.data.dataset=digits", "proxy.data.limit_train=null", "pro
 QUICK_STANDALONE = ["data.dataset=digits", "data.image_size=16", "data.batch_size=32", "data.limit_train=512"]
 
 
-def search(seed: int, out: Path, extra: list[str]) -> Path:
-    """One TuNAS search (reused when finished, resumed when killed); its run directory."""
-    run_dir = out / f"tunas_s{seed}"
+def search(seed: int, out: Path, extra: list[str], variant: str = "") -> Path:
+    """One TuNAS search (reused when finished, resumed when killed); its run directory,
+    ``tunas_s<seed>`` (``tunas_<variant>_s<seed>`` for a variant's)."""
+    name = f"tunas_{variant}_s{seed}" if variant else f"tunas_s{seed}"
+    run_dir = out / name
     if not (run_dir / "tunas.json").is_file():
         args = [CONFIG, *extra, f"search.seed={seed}", f"proxy.train.seed={seed}", "proxy.train.threads=1",
-                f"proxy.run.dir={run_dir}", f"search.storage={out / f'tunas_s{seed}.db'}"]
+                f"proxy.run.dir={run_dir}", f"search.storage={out / f'{name}.db'}"]
         resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
-        run(effml("search", *args, *resume), out / f"tunas_s{seed}.log")
+        run(effml("search", *args, *resume), out / f"{name}.log")
     return run_dir
+
+
+def parse_variants(texts: list[str]) -> dict[str, list[str]]:
+    """``NAME=KEY=VALUE[,KEY=VALUE...]`` -> {NAME: overrides} (``--variants``)."""
+    variants = {}
+    for text in texts:
+        name, sep, overrides = text.partition("=")
+        if not sep or not name.isidentifier() or "=" not in overrides:
+            raise SystemExit(f"--variants {text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...], "
+                             f"e.g. uniform=tunas.delay=0.99")
+        variants[name] = overrides.split(",")
+    return variants
 
 
 def supernet_scores(trained: Any, specs: list[Any], holdout_images: int | None = None,
@@ -132,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="training seeds of each found network (their spread is the noise floor)")
+                   help="training seeds of the first search seed's found network (their spread is the noise "
+                        "floor); the other seeds' found networks train once")
     p.add_argument("--members", type=int, default=None, help="random members ranked (default 20; --quick 4)")
     p.add_argument("--member-seed", type=int, default=1234)
     p.add_argument("--epochs", type=int, default=3, help="standalone training epochs")
@@ -143,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_tunas")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--search-overrides", nargs="*", default=[], help="key=value overrides of the search config")
+    p.add_argument("--variants", nargs="*", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                   help="ablations of the first seed's search, each with these overrides too (e.g. "
+                        "uniform=tunas.delay=0.99): their supernets ranked over the same members (tau), their "
+                        "found networks trained once")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     out: Path = args.out
@@ -154,8 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = full_recipe(args.limit_train, args.epochs) + ["train.log_interval=1000"] + (
         QUICK_STANDALONE if args.quick else [])
 
+    variants = parse_variants(args.variants)
+    searches = [(s, extra, "") for s in args.seeds]
+    searches += [(args.seeds[0], extra + overrides, name) for name, overrides in variants.items()]
     with ThreadPoolExecutor(args.workers) as pool:
-        runs = list(pool.map(lambda s: search(s, out, extra), args.seeds))
+        every = list(pool.map(lambda job: search(*job), searches))
+    runs, variant_runs = every[:len(args.seeds)], every[len(args.seeds):]
 
     from effml.search.oneshot.tunas import load_tunas_supernet, tunas_reward
     from effml.search.study.config import build_space, load_search_config
@@ -173,15 +202,19 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(exist_ok=True)
         path.write_text(spec_to_json(spec))
         paths.append(path)
-    found = [spec_from_dict(json.loads((r / "found_model.json").read_text())) for r in runs]
     found_paths = []
-    for r, spec in zip(runs, found):
+    for r in every:
+        spec = spec_from_dict(json.loads((r / "found_model.json").read_text()))
         found_paths.append(out / "members" / f"found_{r.name}.json")
         found_paths[-1].write_text(spec_to_json(spec))
+    found_paths, variant_paths = found_paths[:len(runs)], found_paths[len(runs):]
     trained = load_tunas_supernet(runs[0])
     shared, shared_s = supernet_scores(trained, members)
     cheap, cheap_s = supernet_scores(trained, members, args.holdout_images, args.calibration_batches)
-    jobs = [(q, 0) for q in paths] + [(q, s) for q in found_paths for s in args.train_seeds]
+    variant_scores = [supernet_scores(load_tunas_supernet(r), members)[0] for r in variant_runs]
+    trainings = [args.train_seeds] + [[0]] * (len(found_paths) - 1)  # the noise floor once: the first seed's
+    jobs = [(q, 0) for q in paths] + [(q, s) for q, seeds in zip(found_paths, trainings) for s in seeds]
+    jobs += [(q, 0) for q in variant_paths]
     with ThreadPoolExecutor(args.workers) as pool:
         done = dict(zip(jobs, pool.map(lambda job: standalone(job[0], out / "standalone", recipe, job[1]), jobs)))
     alone = [done[(q, 0)] for q in paths]
@@ -203,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         "members": [{"supernet_holdout_top1": s, "supernet_cheap_top1": c, "standalone_val_top1": a, "mmacs": m,
                      "reward": r} for s, c, a, m, r in zip(shared, cheap, alone, macs, rewards)],
         "kendall": kendall(shared, alone),
+        # what each ranking follows: MACs (tau of each score with the members' MACs)
+        "kendall_macs": {"supernet": kendall(shared, macs)["tau"], "standalone": kendall(alone, macs)["tau"]},
         "kendall_cheap": {**kendall(cheap, alone), "holdout_images": args.holdout_images,
                           "calibration_batches": args.calibration_batches},
         "score_cpu_s": {"full": shared_s, "cheap": cheap_s},
@@ -212,15 +247,27 @@ def main(argv: list[str] | None = None) -> int:
         "random_search_all_members": random_search_pick(rewards, alone, len(members), rounds=1),
         "cost": {"largest_step_s": step_s, "search_cpu_s": search_cpu, "search_steps": steps,
                  "largest_trainings": search_cpu / (step_s * steps)},
-        "found": [{"seed": s, "standalone_val_top1": spread([done[(q, ts)] for ts in args.train_seeds]),
-                   "mmacs": rec["found"]["metrics"].get("latency_mmacs"), "blocks": rec["found"]["blocks"],
-                   "search_cpu_s": rec["cpu_s"], "search_wall_s": rec["wall_s"], "steps": rec["steps"]}
-                  for s, q, rec in zip(args.seeds, found_paths, records)],
+        "found": [{"seed": s, "standalone_val_top1": spread([done[(q, ts)] for ts in seeds]),
+                   **found_record(rec)} for s, q, rec, seeds in zip(args.seeds, found_paths, records, trainings)],
+        "variants": [{"name": name, "overrides": variants[name], "seed": args.seeds[0],
+                      "kendall": kendall(scores, alone), "kendall_macs": kendall(scores, macs)["tau"],
+                      "standalone_val_top1": done[(q, 0)],
+                      **found_record(json.loads((r / "tunas.json").read_text()))}
+                     for name, r, q, scores in zip(variants, variant_runs, variant_paths, variant_scores)],
     }
     write_json(out / "results.json", results)
     print_tables(results)
     plot(results, out / "tunas_search.png")
     return 0
+
+
+def found_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a search's ``tunas.json`` says of its found network and its cost."""
+    history = rec["history"]
+    return {"mmacs": rec["found"]["metrics"].get("latency_mmacs"), "blocks": rec["found"]["blocks"],
+            "search_cpu_s": rec["cpu_s"], "search_wall_s": rec["wall_s"], "steps": rec["steps"],
+            "final_entropy": history[-1]["entropy"] if history else 1.0,
+            "last_samples_mmacs": statistics.fmean(h["cost"] for h in history[-100:]) if history else None}
 
 
 def print_tables(results: dict[str, Any]) -> None:
@@ -230,11 +277,20 @@ def print_tables(results: dict[str, Any]) -> None:
           f"over {k['n']} random members, {cpu['full']:.2f} CPU s a child; with {c['holdout_images']} held-out "
           f"images and {c['calibration_batches']} calibration batches: {c['tau']:.2f} ({c['p10']:.2f} to "
           f"{c['p90']:.2f}), {cpu['cheap']:.2f} CPU s a child")
+    m = results["kendall_macs"]
+    print(f"tau with MACs: supernet {m['supernet']:.2f}, standalone {m['standalone']:.2f}")
     print(f"random members standalone val top-1: {fmt(results['random_members_standalone'])}")
     for f in results["found"]:
-        print(f"TuNAS seed {f['seed']}: found {f['blocks']} ({f['mmacs']:.2f} MMACs, target {results['target']}), "
-              f"standalone val top-1 {fmt(f['standalone_val_top1'])} over training seeds; search "
-              f"{f['search_cpu_s'] / 60:.1f} CPU min, {f['steps']} steps")
+        print(f"TuNAS seed {f['seed']}: found {f['blocks']} ({f['mmacs']:.2f} MMACs, target {results['target']}; "
+              f"the last 100 samples {f['last_samples_mmacs'] or 0:.2f}), standalone val top-1 "
+              f"{fmt(f['standalone_val_top1'])} over training seeds; search {f['search_cpu_s'] / 60:.1f} CPU min, "
+              f"{f['steps']} steps, final entropy {f['final_entropy']:.2f}")
+    for v in results["variants"]:
+        k = v["kendall"]
+        print(f"variant {v['name']} ({' '.join(v['overrides'])}): Kendall tau {k['tau']:.2f} ({k['p10']:.2f} to "
+              f"{k['p90']:.2f}), with MACs {v['kendall_macs']:.2f}; found {v['mmacs']:.2f} MMACs (last 100 samples "
+              f"{v['last_samples_mmacs'] or 0:.2f}), final entropy {v['final_entropy']:.2f}, standalone val top-1 "
+              f"{v['standalone_val_top1']:.2f}")
     r = results["random_search_equal_cpu"]
     cpu_s = results["standalone_training_cpu_s"]
     print(f"random search with the CPU time of one TuNAS search ({r['k']} standalone trainings of "

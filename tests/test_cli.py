@@ -111,6 +111,28 @@ def test_predict_without_weights_warns(files):
     assert lines[0].endswith("odd size.jpg") and len(lines) == 3
 
 
+@pytest.mark.parametrize("option, value, says", [
+    ("--std", "0,1,1", "must be above 0"), ("--std", "nan,1,1", "finite"), ("--mean", "inf,0,0", "finite"),
+    ("--std", "-1,1,1", "must be above 0"),
+])
+def test_predict_refuses_a_normalisation_that_is_no_number(files, option, value, says):
+    proc = run("predict", "mixnet_s", files["odd"], "--input-size", "32", option, value)
+    assert proc.returncode == 2 and says in proc.stderr and option in proc.stderr
+    _no_traceback(proc)
+
+
+def test_a_folder_or_file_that_is_no_model_is_named_as_such(files, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    proc = run("predict", unfinished, files["odd"])
+    assert proc.returncode == 2 and "is a folder but not a finished `effml train` run" in proc.stderr
+    assert f"effml train --resume {unfinished}" in proc.stderr and "unknown model" not in proc.stderr
+    proc = run("export", files["weights"], "--onnx", tmp_path / "x.onnx")  # a checkpoint given as the model
+    assert proc.returncode == 2 and "is a file but not a spec JSON" in proc.stderr and "--weights" in proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    _no_traceback(proc)
+
+
 def test_predict_missing_weights_is_a_user_error(files, tmp_path):
     proc = run("predict", "efficientnet_b0", files["gray"], "--weights", tmp_path / "nope.safetensors")
     assert proc.returncode == 2 and proc.stderr.startswith("error: ")
@@ -187,6 +209,12 @@ def test_export_then_onnxruntime_matches_pytorch(tmp_path):
     with torch.inference_mode():
         expected = model(x).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # the ONNX file with a model of another class count: its labels would be wrong
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(image)
+    proc = run("predict", "tf_efficientnet_lite0", image, "--onnx", out, "--num-classes", "10", "--input-size", "64")
+    assert proc.returncode == 2 and "gives 1000 class scores but the model has 10 classes" in proc.stderr
+    _no_traceback(proc)
 
 
 # ---------------------------------------------------------------- errors

@@ -190,6 +190,10 @@ def test_detection_run_eval_and_detect(tmp_path):
     proc = run("eval", run_dir, "--pgd-epsilon", "2")
     assert proc.returncode == 2 and "detection run" in proc.stderr
     _no_traceback(proc)
+    for option, value in (("--pgd-epsilon", "nan"), ("--pgd-epsilon", "-1"), ("--pgd-step-size", "0")):
+        proc = run("eval", run_dir, "--pgd-epsilon", "2", option, value)  # refused before the run is read
+        assert proc.returncode == 2 and f"{option} must be a finite number" in proc.stderr
+        _no_traceback(proc)
 
     image = sorted((tmp_path / "shapes" / "val").glob("*.png"))[0]
     proc = run("detect", run_dir, image, "--score-threshold", "0", "--max-detections", "3",

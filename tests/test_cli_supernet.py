@@ -133,6 +133,17 @@ def test_resume_continues_to_the_same_weights(trained, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_of_another_kind_of_run_says_so(trained, tmp_path):
+    out = effml("autohas", "--resume", str(trained), check=False)  # a supernet run
+    assert out.returncode == 2 and "this is no AutoHAS run (its config.yaml has no autohas: section)" in out.stderr
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.yaml").write_text("model:\n  name: efficientnet_b0\n")  # a training run's config
+    out = effml("supernet", "train", "--resume", str(plain), check=False)
+    assert out.returncode == 2 and "this is no supernet run" in out.stderr and "effml train --resume" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -258,3 +258,19 @@ def test_load_warns_when_the_library_version_changed(table, tmp_path):
     path = _edit(table, tmp_path, lambda d: d["fingerprint"].update(torch="0.1"))
     with pytest.warns(UserWarning, match="measured with torch 0.1"):
         assert load_latency_table(path).entries == table.entries
+
+
+def test_a_search_refuses_a_table_of_another_space_before_any_trial(table, tmp_path):
+    from effml.errors import SearchError
+    from effml.search import Choice, SearchSpace
+    from effml.search.study.config import ObjectiveConfig
+    from effml.search.study.cost import LatencyModel
+
+    space = SearchSpace("k3_k5", _spec(), (Choice("kernel_size", (3, 5), stage=1, row=0),))
+    path = tmp_path / "table.json"
+    table.extend(space.layer_variants()).save(path)  # a table of this space
+    model = LatencyModel(ObjectiveConfig(latency="table", table=str(path), runtime="eager", threads=1, batch_size=1))
+    model.check_space(space)
+    other = SearchSpace("e3_e6", _spec(), (Choice("expand_ratio", (3.0, 6.0), stage=1, row=0),))
+    with pytest.raises(SearchError, match=r"table.json lacks \d+ layers of space 'e3_e6'.*another space"):
+        model.check_space(other)

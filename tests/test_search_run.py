@@ -24,7 +24,8 @@ from effml.search.study.config import build_space, load_search_config
 from effml.search.study.cost import spec_cost
 from effml.search.study.reward import mnasnet_reward
 from effml.search.study.runner import run_search
-from effml.search.study.storage import INTERRUPTED, choose_trial, load_study
+from effml.search.study.drivers import STALE
+from effml.search.study.storage import choose_trial, load_study
 from effml.spec import NetworkSpec, parse_arch
 from effml.zoo.kinds import spec_to_dict
 
@@ -123,8 +124,22 @@ def test_export_then_train_and_report(finished_search):
         choose_trial(study, 99)
 
 
+def test_resume_with_another_proxy_is_refused_and_a_missing_study_file_is_not_made(finished_search):
+    tmp = finished_search
+    proc = _effml("search", "search.yaml", "--resume", "proxy.train.max_steps=4", cwd=tmp)
+    assert proc.returncode == 2 and "another proxy (proxy.train.max_steps: 3 before, 4 now)" in proc.stderr
+    # what changes no score is not refused (the study is complete: nothing runs)
+    proc = _effml("search", "search.yaml", "--resume", "proxy.train.threads=2", "proxy.train.log_interval=7", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    for command in (["report", "out/nothere.db"], ["export", "out/nothere.db", "-o", "x.json"]):
+        proc = _effml("search", *command, cwd=tmp)
+        assert proc.returncode == 2 and "nothere.db: no such study file" in proc.stderr
+        assert not (tmp / "out" / "nothere.db").exists() and not (tmp / "x.json").exists()
+
+
 def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
-    config = _config(tmp_path, trials=4, workers=1)
+    # the killed driver's running trial is failed once its heartbeat is 3 s old
+    config = _config(tmp_path, trials=4, workers=1, heartbeat_s=1, grace_s=3)
     db = tmp_path / "out" / "search.db"
     # Kill on the first progress line, which the search prints right after recording a finished
     # trial: polling the database instead raced with a warm worker that finishes the remaining
@@ -158,7 +173,7 @@ def test_kill_9_then_resume_loses_and_repeats_nothing(tmp_path):
     after = {t.number: (t.params, t.values) for t in complete}
     assert all(after[n] == before[n] for n in before)  # every finished trial is there, unchanged, once
     for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
-        assert t.user_attrs["error"] == INTERRUPTED  # the one that was running when killed
+        assert t.user_attrs["error"] == STALE.format(grace=3)  # the one that was running when killed
     # a second --resume of a study that reached its count runs nothing
     again = _effml("search", config, "--resume", cwd=tmp_path)
     assert again.returncode == 0 and len(load_study(str(db)).trials) == len(study.trials)

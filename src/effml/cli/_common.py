@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -30,14 +31,19 @@ def parse_ints(value: str, what: str) -> list[int]:
     return items
 
 
-def parse_floats3(value: str, what: str) -> tuple[float, float, float]:
-    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5): one value per RGB channel."""
+def parse_floats3(value: str, what: str, *, positive: bool = False) -> tuple[float, float, float]:
+    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5): one finite value per RGB channel (``positive``: each > 0,
+    as a standard deviation that divides)."""
     try:
         items = tuple(float(v) for v in value.split(","))
     except ValueError:
         items = ()
     if len(items) != 3:
         raise typer.BadParameter(f"{what} needs three comma-separated numbers (R,G,B), got {value!r}")
+    if not all(math.isfinite(v) for v in items):
+        raise typer.BadParameter(f"{what} needs finite numbers, got {value!r}")
+    if positive and min(items) <= 0:
+        raise typer.BadParameter(f"{what} divides the pixels: each value must be above 0, got {value!r}")
     return items  # type: ignore[return-value]
 
 
@@ -85,6 +91,17 @@ def _saved_config(run: Path, load: Callable[..., Any], what: str, quiet: bool) -
     if load is not load_config:
         if not (run / CONFIG_YAML).is_file():
             raise EffmlError(f"--resume {run}: no {what} run there (no {CONFIG_YAML})")
+        import yaml
+
+        section = what.lower()  # the config section of that kind of run: supernet, autohas
+        try:
+            saved = yaml.safe_load((run / CONFIG_YAML).read_text())
+        except (OSError, yaml.YAMLError):
+            saved = None  # ``load`` says what is wrong with it
+        if isinstance(saved, dict) and section not in saved:
+            raise EffmlError(f"--resume {run}: this is no {what} run (its {CONFIG_YAML} has no {section}: "
+                             f"section); resume a run with the command that made it (a training run: effml "
+                             f"train --resume {run})")
         return load(run / CONFIG_YAML, saved=True)
     if not run.is_dir():
         raise EffmlError(f"--resume {run}: no such run directory")
@@ -198,5 +215,7 @@ def fast_network(net: nn.Module, input_size: int, onnx: Path | None, fast: bool)
             raise EffmlError("give --onnx FILE or --fast, not both (--fast exports the model itself)")
         runner = OnnxRunner(onnx, spin=False)
         runner.check_input(model_in_channels(net), input_size, input_size)
+        if isinstance(getattr(net, "num_classes", None), int):
+            runner.check_classes(net.num_classes)
         return runner
     return onnx_runner(net, input_size, spin=False) if fast else None

@@ -17,19 +17,26 @@ def run_forked(args: Sequence[str | Path], stdout: Path | str, stderr: Path | st
                cwd: Path | str | None = None, timeout: float | None = None) -> int:
     """Run ``effml ARGS`` (``stderr`` None: into ``stdout`` too); its exit status. A command still
     running after ``timeout`` seconds is killed and ``subprocess.TimeoutExpired`` raised."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["effml.cli.main"])
-    args = [str(a) for a in args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = context.Process(target=_main, name="effml",
-                              args=(args, str(stdout), str(stderr or stdout), env, str(cwd or Path.cwd())))
-    process.start()
+    process = start_forked(args, stdout, stderr, cwd=cwd)
     process.join(timeout)
     if process.is_alive():
         process.kill()
         process.join()
-        raise subprocess.TimeoutExpired(["effml", *args], timeout or 0)
+        raise subprocess.TimeoutExpired(["effml", *map(str, args)], timeout or 0)
     return process.exitcode
+
+
+def start_forked(args: Sequence[str | Path], stdout: Path | str, stderr: Path | str | None = None, *,
+                 cwd: Path | str | None = None) -> multiprocessing.process.BaseProcess:
+    """Start ``effml ARGS`` as ``run_forked`` runs it and return at once: its process (``join``,
+    ``kill``, ``exitcode``), e.g. for several commands at a time."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["effml.cli.main"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = context.Process(target=_main, name="effml", args=(
+        [str(a) for a in args], str(stdout), str(stderr or stdout), env, str(cwd or Path.cwd())))
+    process.start()
+    return process
 
 
 def _main(args: list[str], stdout: str, stderr: str, env: dict[str, str], cwd: str) -> None:

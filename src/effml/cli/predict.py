@@ -39,7 +39,7 @@ def predict(
 
     max_image_pixels()  # a bad EFFML_MAX_IMAGE_PIXELS is one error, not one per image
     means = parse_floats3(mean, "--mean") if mean is not None else None
-    stds = parse_floats3(std, "--std") if std is not None else None
+    stds = parse_floats3(std, "--std", positive=True) if std is not None else None
 
     resolved = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size,
                           task="classify")

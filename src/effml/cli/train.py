@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -57,6 +58,12 @@ def evaluate_run(
     from effml.train.run_dir import load_run, read_run_config
     from effml.train.tasks import task_for
 
+    for name, value, low in (("--pgd-epsilon", pgd_epsilon, 0.0), ("--pgd-step-size", pgd_step_size, None)):
+        if value is not None and not (math.isfinite(value) and (value >= 0 if low == 0.0 else value > 0)):
+            raise typer.BadParameter(f"{name} must be a finite number {'>= 0' if low == 0.0 else '> 0'} "
+                                     f"(pixel units, 0-255), got {value}")
+    if pgd_steps is not None and pgd_steps < 0:
+        raise typer.BadParameter(f"--pgd-steps must be 0 or more, got {pgd_steps}")
     trained = load_run(run_dir, weights)
     if trained.task == "detect" and pgd_epsilon is not None:
         from effml.errors import EffmlError

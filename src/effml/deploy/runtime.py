@@ -45,6 +45,16 @@ class OnnxRunner:
                              f"(effml export ... --input-size {height}) or pass --input-size "
                              f"{want[-1]}")
 
+    def check_classes(self, classes: int) -> None:
+        """Refuse, naming the file, a classifier whose logits are not the model's ``classes`` (the
+        labels would name other classes)."""
+        outputs = self.session.get_outputs()
+        shape = tuple(outputs[0].shape) if len(outputs) == 1 and not self.is_detector else ()
+        if len(shape) == 2 and isinstance(shape[1], int) and shape[1] != classes:
+            raise InputError(f"ONNX model {self.path} gives {shape[1]} class scores but the model has {classes} "
+                             f"classes, so its labels would be wrong; pass the model (run directory, or "
+                             f"--num-classes {shape[1]}) the ONNX file was exported from")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The network's outputs for the batch ``x`` (float32, NCHW)."""
         feed = {self.input_name: np.ascontiguousarray(x.detach().cpu().float().numpy())}

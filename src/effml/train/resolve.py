@@ -99,6 +99,7 @@ def resolve_model(model: Any, *, weights: str | os.PathLike[str] | None = None,
             spec = load_spec(name)
             return ResolvedModel(spec, default_preprocess(spec), weights, "file", name,
                                  drop_classifier=drop_classifier)
+        _refuse_other_paths(name)
         entry = get_entry(name)
         return ResolvedModel(entry.spec(), entry.preprocess, weights, "zoo", name, drop_classifier=drop_classifier)
     try:
@@ -108,6 +109,21 @@ def resolve_model(model: Any, *, weights: str | os.PathLike[str] | None = None,
                         f"give {MODEL_KINDS}") from None
     return ResolvedModel(model, default_preprocess(model), weights, "spec", type(model).__name__,
                          drop_classifier=drop_classifier)
+
+
+def _refuse_other_paths(name: str) -> None:
+    """A folder that is not a finished run, or a file that is no spec JSON, named as a model: say
+    which it is (instead of "unknown model")."""
+    path = Path(name)
+    if path.is_dir():
+        unfinished = (path / "checkpoints").is_dir()
+        raise EffmlError(f"{name} is a folder but not a finished `effml train` run (no run.json there"
+                         + ("; it holds checkpoints: finish it with `effml train --resume "
+                            f"{name}`)" if unfinished else ")")
+                         + f"; give {MODEL_KINDS}")
+    if path.is_file():
+        raise EffmlError(f"{name} is a file but not a spec JSON (.json); a model is a zoo name, a spec JSON "
+                         f"file or a run directory, and a checkpoint goes with it as --weights")
 
 
 def _with_weights(resolved: ResolvedModel, net: nn.Module, weights: str | os.PathLike[str] | None) -> ResolvedModel:

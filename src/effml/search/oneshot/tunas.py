@@ -311,12 +311,7 @@ def check_tunas(cfg: SearchConfig, space: Any) -> LatencyModel:
                           "proxy.data.holdout (e.g. 0.1); the search never sees val")
     check_classes(cfg, space)
     latency = LatencyModel(o)  # a table of another machine fails here
-    if latency.table is not None:
-        missing = latency.table.missing(space.layer_variants())
-        if missing:
-            raise SearchError(f"latency table {o.table} lacks {len(missing)} layers of space {space.name!r} (e.g. "
-                              f"{missing[0]}): it was built for another space or resolution; build one for this "
-                              f"space with effml search latency-table")
+    latency.check_space(space)  # and one of another space here
     smallest = latency(space.smallest().spec)
     if o.target < smallest:
         raise SearchError(f"objective.target={o.target} {latency.unit} is below the smallest member's cost "

@@ -73,6 +73,12 @@ class StudyConfig:
     """torch threads per worker (2 cores: 2 workers x 1 thread)"""
     ray_address: str | None = None
     """runner ray: an existing cluster (`ray start --head`); null: a local Ray instance"""
+    heartbeat_s: Annotated[int, Field(ge=1)] = 20
+    """a driver records a heartbeat of each trial it runs this often (seconds; Optuna's RDBStorage
+    heartbeat), so several drivers can share a study and a dead driver's trials are found"""
+    grace_s: Annotated[int, Field(ge=2)] | None = None
+    """a RUNNING trial whose heartbeat is older than this (seconds) belongs to a dead driver: it is
+    failed and re-sampled (default 3 x heartbeat_s)"""
     max_failures: Annotated[int, Field(ge=0)] = 10
     """stop the study after this many failed trials in a row"""
     baseline: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"

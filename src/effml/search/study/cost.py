@@ -45,6 +45,17 @@ class LatencyModel:
             self.table = load_latency_table(cfg.table, runtime=cfg.runtime, threads=cfg.threads,
                                             batch_size=cfg.batch_size)
 
+    def check_space(self, space: Any) -> None:
+        """Refuse a latency table that lacks layers of ``space`` (built for another space or
+        resolution), before any trial or training."""
+        if self.table is None or not isinstance(space, SearchSpace):
+            return
+        missing = self.table.missing(space.layer_variants())
+        if missing:
+            raise SearchError(f"latency table {self.cfg.table} lacks {len(missing)} layers of space {space.name!r} "
+                              f"(e.g. {missing[0]}): it was built for another space or resolution; build one for "
+                              f"this space with effml search latency-table")
+
     @property
     def unit(self) -> str:
         """'ms', or 'MMACs' for latency: flops."""

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -28,8 +29,10 @@ from effml.search.study.config import SearchConfig
 from effml.search.study.cost import LatencyModel
 from effml.search.study.detection_proxy import search_network
 from effml.search.study.proxy import check_proxy, evaluate_sample
+from effml.search.study.drivers import SURPLUS, Heartbeat, occupied, reap, surplus, tell
 from effml.search.study.storage import (
     finished_trials,
+    grace_period,
     open_storage,
     open_study,
     storage_url,
@@ -140,8 +143,15 @@ class LocalExecutor:
             return self.pool.submit(run_trial, job)
 
     def close(self) -> None:
-        """Stop the workers (a running trial is abandoned)."""
+        """Stop the workers now (a running trial is abandoned) and wait until they are gone. Left to
+        the pool's shutdown sentinels, an idle worker could wait forever when this driver is itself
+        a multiprocessing child (as ``effml.cli.forked`` runs commands): its exit handlers close the
+        pool's queue before the pool's thread has sent them, and then the driver waits for the worker."""
+        workers = list((self.pool._processes or {}).values())  # the pool offers no public handle on them
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            worker.terminate()
+        self.pool.shutdown(wait=True)
 
 
 class RayExecutor:
@@ -198,7 +208,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
     """Run (or with ``resume`` continue) the search of ``cfg`` over ``space`` until the study has
     ``search.trials`` finished trials; then, when ``search.baseline`` asks for it, fill the random
     baseline study ``<study>-random`` with as many random samples, scored the same way."""
-    from effml.search.study.strategies import make_sampler
+    from effml.search.study.strategies import make_sampler, replays_by_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
@@ -213,20 +223,26 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
         check_proxy(cfg)
         search_network(cfg, space.base)  # the detector fits the space's members (a clear error, before any trial)
         check_classes(cfg, space)
-    LatencyModel(cfg.objective)  # a bad latency table fails here, before any trial starts
+    LatencyModel(cfg.objective).check_space(space)  # a bad latency table fails here, before any trial starts
     multi = cfg.objective.kind == "multi"
-    if sampler is None:
+    ours = sampler is None
+    if ours:
         sampler = make_sampler(s.strategy, seed=s.seed, multi_objective=multi, **s.strategy_options)
     random_cfg = baseline_config(cfg) if wants_baseline(cfg) else None
     if random_cfg is not None and not resume and study_exists(s.storage, random_cfg.search.study):
         raise SearchError(f"study {random_cfg.search.study!r} (the random baseline of {s.study!r}) already exists in "
                           f"{storage_url(s.storage)}; continue with --resume, or choose another search.study")
     study = open_study(cfg, space, resume=resume, sampler=sampler)
+    if ours and study.trials and not replays_by_trial(sampler):
+        # a second or resumed driver: Optuna's own samplers would replay the first driver's draws
+        sampler.reseed_rng()
     baseline = None
     if random_cfg is not None:
         name = random_cfg.search.study
         baseline = open_study(random_cfg, space, resume=resume and study_exists(s.storage, name),
                               sampler=make_sampler("random", seed=random_cfg.search.seed, multi_objective=multi))
+        if baseline.trials:
+            baseline.sampler.reseed_rng()  # as above: do not replay the first driver's random draws
         study.set_user_attr("baseline", name)
         baseline.set_user_attr("baseline_of", s.study)
     executor = RayExecutor(s.ray_address, s.threads) if s.runner == "ray" else LocalExecutor(s.workers)
@@ -249,15 +265,30 @@ def _fill(cfg: SearchConfig, space: SearchSpace, study: optuna.Study, executor: 
     failed_in_a_row = failed = 0
     start = time.monotonic()
     done_at_start = len(finished_trials(study))
+    grace = grace_period(cfg)
+    heartbeat = Heartbeat(study._storage, s.heartbeat_s)
+    waiting = False
     try:
         while True:
-            done = len(finished_trials(study))
-            while len(running) < s.workers and done + len(running) < s.trials:
-                trial = study.ask()
+            reap(study, grace)
+            done, busy = occupied(study)
+            while len(running) < s.workers and done + busy < s.trials:
+                with warnings.catch_warnings():  # Optuna's heartbeat expects study.optimize; ours beats here
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = study.ask()
+                heartbeat.add(trial)
+                busy += 1
+                if surplus(study, trial, s.trials):  # another driver asked at the same moment
+                    trial.set_user_attr("error", SURPLUS)
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    heartbeat.remove(trial)
+                    break
                 try:
                     sample = space.sample(trial)
                 except EffmlError as err:  # an invalid sample: recorded as failed, the study goes on
                     _fail(study, trial, f"invalid sample: {err}", echo)
+                    heartbeat.remove(trial)
+                    busy -= 1
                     failed += 1
                     continue
                 network = search_network(cfg, sample.spec)
@@ -268,10 +299,21 @@ def _fill(cfg: SearchConfig, space: SearchSpace, study: optuna.Study, executor: 
                 job = TrialJob(cfg, sample, network, trial.number, trial._trial_id, seed)
                 running[executor.submit(job)] = (trial, time.monotonic())
             if not running:
-                break
+                if done >= s.trials:
+                    break
+                # the study's remaining trials run in other drivers: wait for them to finish, or to
+                # die (their trials then go stale and are sampled anew here)
+                if not waiting:
+                    echo(f"waiting for {busy} trial(s) that other drivers run (study {study.study_name!r}: "
+                         f"{done}/{s.trials} finished)")
+                    waiting = True
+                time.sleep(min(s.heartbeat_s, 5))
+                continue
+            waiting = False
             ready, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in ready:
                 trial, _started = running.pop(future)
+                heartbeat.remove(trial)
                 try:
                     result = future.result()
                 except Exception as err:  # noqa: BLE001 - a failed trial is recorded, the study goes on
@@ -285,12 +327,13 @@ def _fill(cfg: SearchConfig, space: SearchSpace, study: optuna.Study, executor: 
                 failed_in_a_row = 0
                 trial.set_user_attr("metrics", result["metrics"])
                 trial.set_user_attr("duration_s", round(result["duration_s"], 2))
-                if result["pruned"]:
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    study.tell(trial, result["values"])
+                again = tell(study, trial, result["values"], result["pruned"])
+                if again is not None:
+                    echo(f"trial {trial.number} had been failed by another driver (its heartbeat came late); "
+                         f"its result is kept as trial {again}")
                 echo(_progress(study, trial.number, result, s.trials, start, done_at_start))
     finally:
+        heartbeat.close()
         for future in running:
             future.cancel()
     return len(finished_trials(study)), failed
@@ -310,8 +353,11 @@ def _describe(err: BaseException) -> str:
 
 
 def _fail(study: optuna.Study, trial: optuna.trial.Trial, why: str, echo: Echo) -> None:
-    trial.set_user_attr("error", why)
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    try:
+        trial.set_user_attr("error", why)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # another driver failed it already (a late heartbeat)
     echo(f"trial {trial.number} failed: {why}")
 
 

@@ -20,7 +20,6 @@ from effml.search.study.config import SearchConfig, search_config_to_dict
 from effml.search.study.detection_proxy import score_metric
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-INTERRUPTED = "interrupted: the search stopped while this trial ran; a resumed search samples a new one"
 
 
 def storage_url(storage: str) -> str:
@@ -37,11 +36,19 @@ def storage_url(storage: str) -> str:
     return f"sqlite:///{path}"
 
 
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """The study storage at ``storage`` (file or URL); a clear error when it cannot be opened."""
+def open_storage(storage: str, heartbeat: tuple[int, int] | None = None) -> optuna.storages.RDBStorage:
+    """The study storage at ``storage`` (file or URL); a clear error when it cannot be opened.
+    ``heartbeat``: (interval, grace period) in seconds, for a driver (``drivers``)."""
+    import warnings
+
     url = storage_url(storage)
+    beat = {} if heartbeat is None else dict(heartbeat_interval=heartbeat[0], grace_period=heartbeat[1])
+    # several drivers (processes) write one SQLite file: wait for its lock rather than fail at 5 s
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
     try:
-        store = optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            store = optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
         if url.startswith("sqlite:"):
             _write_ahead(store.engine)
         return store
@@ -89,10 +96,25 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def grace_period(cfg: SearchConfig) -> int:
+    """``search.grace_s`` (default 3 x ``search.heartbeat_s``), checked against the interval."""
+    s = cfg.search
+    grace = s.grace_s if s.grace_s is not None else 3 * s.heartbeat_s
+    if grace <= s.heartbeat_s:
+        raise SearchError(f"search.grace_s={grace} must be longer than search.heartbeat_s={s.heartbeat_s} "
+                          f"(a live driver's trial would look dead between two heartbeats); e.g. "
+                          f"search.grace_s={3 * s.heartbeat_s}")
+    return grace
+
+
 def open_study(cfg: SearchConfig, space: SearchSpace, *, resume: bool, sampler: Any = None) -> optuna.Study:
-    """Create the study, or with ``resume`` load it, check it is the same search, and mark the
-    trials a killed search left running as failed (they are sampled anew)."""
-    storage = open_storage(cfg.search.storage)
+    """Create the study, or with ``resume`` load it (several drivers may share it: ``drivers``),
+    check it is the same search, and fail the trials a dead driver left running (they are sampled
+    anew); a live driver's running trials are left to it."""
+    from effml.search.study.drivers import reap
+
+    grace = grace_period(cfg)
+    storage = open_storage(cfg.search.storage, heartbeat=(cfg.search.heartbeat_s, grace))
     name = cfg.search.study
     exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     if exists and not resume:
@@ -103,20 +125,57 @@ def open_study(cfg: SearchConfig, space: SearchSpace, *, resume: bool, sampler: 
                           f"(studies there: {sorted(s.study_name for s in optuna.get_all_study_summaries(storage))})")
     study = optuna.create_study(storage=storage, study_name=name, directions=directions(cfg), sampler=sampler,
                                 pruner=make_pruner(cfg.search.pruner), load_if_exists=resume)
-    record = {"space": space.to_dict(), "objective": _objective_record(cfg)}
+    record = {"space": space.to_dict(), "objective": _objective_record(cfg), "proxy": _proxy_record(cfg)}
+    if cfg.search.strategy == "tunas":
+        record["tunas"] = search_config_to_dict(cfg)["tunas"]
     if not exists:
         for key, value in record.items():
             study.set_user_attr(key, value)
         study.set_user_attr("config", search_config_to_dict(cfg))
         return study
     for key, value in record.items():
-        if json.loads(json.dumps(value)) != study.user_attrs.get(key):
-            raise SearchError(f"study {name!r} was made with another {key}; a resumed search must search "
-                              f"the same {key} (start a new study with another search.study)")
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        storage.set_trial_user_attr(t._trial_id, "error", INTERRUPTED)
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        value, stored = json.loads(json.dumps(value)), study.user_attrs.get(key)
+        if stored is None and key in LATER_RECORDS:  # a study from before effml recorded it
+            study.set_user_attr(key, value)
+            continue
+        if value != stored:
+            raise SearchError(f"study {name!r} was made with another {key}{_first_difference(key, stored, value)}; "
+                              f"a resumed search must search the same {key}, or its trials would be scored two "
+                              f"ways (start a new study with another search.study)")
+    reap(study, grace)
     return study
+
+
+# What a resumed study checks that older studies did not record (they take this run's record).
+LATER_RECORDS = ("proxy", "tunas")
+# Proxy settings that change no score: where the run goes, threads, logging.
+_PROXY_IGNORED = (("run",), ("train", "threads"), ("train", "log_interval"), ("data", "workers"))
+
+
+def _proxy_record(cfg: SearchConfig) -> dict[str, Any]:
+    """The proxy training recipe as the study records it (less what changes no score)."""
+    proxy = search_config_to_dict(cfg)["proxy"]
+    for path in _PROXY_IGNORED:
+        parent = proxy
+        for key in path[:-1]:
+            parent = parent.get(key, {})
+        parent.pop(path[-1], None)
+    return proxy
+
+
+def _first_difference(where: str, a: Any, b: Any) -> str:
+    """' (proxy.train.epochs: 1 before, 3 now)' for the first key whose values differ, or ''."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted({*a, *b}):
+            if a.get(key) != b.get(key):
+                return _first_difference(f"{where}.{key}", a.get(key), b.get(key))
+        return ""
+    return f" ({where}: {_short(a)} before, {_short(b)} now)" if a != b else ""
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _objective_record(cfg: SearchConfig) -> dict[str, Any]:
@@ -138,7 +197,11 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def load_study(storage: str, name: str | None = None) -> optuna.Study:
     """An existing study (when ``name`` is None, the only one in the storage besides random
-    baselines, which the runner marks ``baseline_of``)."""
+    baselines, which the runner marks ``baseline_of``). A SQLite file that is not there is an error
+    (opening it would create an empty one)."""
+    if "://" not in storage and not Path(storage).expanduser().is_file():
+        raise SearchError(f"{storage}: no such study file; give the search.storage file that `effml search` "
+                          f"wrote (e.g. runs/search/search.db), or a database URL")
     store = open_storage(storage)
     summaries = optuna.get_all_study_summaries(store)
     names = [s.study_name for s in summaries]

@@ -305,6 +305,13 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+def replays_by_trial(sampler: BaseSampler) -> bool:
+    """Whether ``sampler`` draws trial n from a generator of (seed, n), so several drivers (or a
+    resumed one) sample distinct trials with one seed: our own samplers; Optuna's draw from one
+    stream per process."""
+    return isinstance(sampler, _StorageDerivedSampler)
+
+
 def make_sampler(name: str, *, seed: int | None = None, multi_objective: bool = False,
                  **options: Any) -> BaseSampler:
     """Build the Optuna sampler of the strategy ``name`` with ``options`` over its defaults."""

@@ -1,0 +1,101 @@
+"""Several ``effml search CONFIG --resume`` drivers on one study, as Optuna shares a study between
+machines: on SQLite and on a real PostgreSQL server. The study reaches exactly its count, no driver
+fails another's running trial, a killed driver's running trial is found by its stale heartbeat and
+sampled anew, and nothing a driver finished is lost."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from _postgres import postgres_url  # noqa: F401 - a fixture
+from test_search_run import _config
+
+from effml.cli.forked import start_forked
+from effml.errors import SearchError
+from effml.search.study.drivers import DRIVER, STALE, SURPLUS
+from effml.search.study.storage import load_study
+
+State = optuna.trial.TrialState
+TRIALS, GRACE = 6, 4
+
+
+def _study(storage: str) -> optuna.Study | None:
+    try:
+        return load_study(storage, "tiny")
+    except SearchError:
+        return None
+
+
+def _wait_for(what: str, check, logs: list[Path], timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.3)
+    pytest.fail(f"timed out waiting for {what}: " + " | ".join(p.read_text()[-1500:] for p in logs if p.exists()))
+
+
+def _drivers(tmp_path: Path, storage: str):
+    """Driver a creates the study; driver b joins it with --resume once it exists."""
+    config = _config(tmp_path, trials=TRIALS, workers=1, heartbeat_s=1, grace_s=GRACE, storage=storage)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    a = start_forked(["search", config], logs[0], cwd=tmp_path)
+    _wait_for("the study", lambda: _study(storage), logs)
+    b = start_forked(["search", config, "--resume"], logs[1], cwd=tmp_path)
+    return a, b, logs
+
+
+def _join(process, logs: list[Path]) -> None:
+    process.join(600)
+    assert process.exitcode == 0, " | ".join(p.read_text()[-3000:] for p in logs)
+
+
+def _check_exact(storage: str) -> optuna.Study:
+    study = load_study(storage, "tiny")
+    complete = study.get_trials(states=(State.COMPLETE,))
+    assert len(complete) == TRIALS
+    assert not study.get_trials(states=(State.RUNNING,))
+    assert len({tuple(sorted(t.params.items())) for t in complete}) >= 2  # not one draw replayed
+    return study
+
+
+def test_two_drivers_fill_one_sqlite_study_exactly(tmp_path):
+    storage = str(tmp_path / "out" / "search.db")
+    a, b, logs = _drivers(tmp_path, storage)
+    _join(a, logs)
+    _join(b, logs)
+    study = _check_exact(storage)
+    assert len({t.user_attrs[DRIVER] for t in study.get_trials(states=(State.COMPLETE,))}) == 2, "one driver did all"
+    for t in study.get_trials(states=(State.FAIL,)):  # only trials of two drivers asking at once
+        assert t.user_attrs["error"] == SURPLUS
+
+
+def test_a_killed_driver_loses_nothing_on_postgresql(tmp_path, postgres_url):  # noqa: F811
+    a, b, logs = _drivers(tmp_path, postgres_url)
+    first = _wait_for("a's first trial", lambda: (s := _study(postgres_url)) and s.trials and s.trials[0], logs)
+    id_a = first.user_attrs.get(DRIVER) or _wait_for(
+        "a's driver id", lambda: load_study(postgres_url, "tiny").trials[0].user_attrs.get(DRIVER), logs)
+
+    def a_running_after_a_finished_one():
+        trials = load_study(postgres_url, "tiny").get_trials()
+        mine = [t for t in trials if t.user_attrs.get(DRIVER) == id_a]
+        running = [t for t in mine if t.state == State.RUNNING]
+        return running[0] if running and any(t.state == State.COMPLETE for t in mine) else None
+
+    victim = _wait_for("a running trial of driver a after a finished one", a_running_after_a_finished_one, logs)
+    before = {t.number: t.values for t in load_study(postgres_url, "tiny").get_trials(states=(State.COMPLETE,))}
+    a.kill()
+    a.join()
+    _join(b, logs)  # b reaches the count alone, re-sampling a's lost trial once its heartbeat is stale
+    study = _check_exact(postgres_url)
+    after = {t.number: t.values for t in study.get_trials(states=(State.COMPLETE,))}
+    assert all(after[n] == v for n, v in before.items())  # what a finished is kept, unchanged
+    lost = study.trials[victim.number]
+    assert lost.state == State.FAIL and lost.user_attrs["error"] == STALE.format(grace=GRACE)
+    for t in study.get_trials(states=(State.FAIL,)):
+        assert t.user_attrs["error"] in (SURPLUS, STALE.format(grace=GRACE))
+        assert t.number == victim.number or t.user_attrs["error"] == SURPLUS  # b never failed a live trial
