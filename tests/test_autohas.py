@@ -208,6 +208,11 @@ def test_cli_search_writes_a_config_that_trains_and_resumes_exactly(tmp_path):
         assert torch.equal(wa[k], wb[k]), k
     assert {h["sample"]["optim.name"] for h in a["history"]} == {"sgd", "adamw"}  # both optimizers' states resumed
     assert (straight / "autohas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "never updated" not in out.stderr
+    # a run shorter than the controller's warm-up says its choice is the starting policy
+    out = effml("autohas", str(CONFIG), *SMALL, f"run.dir={tmp_path / 'short'}", "train.max_steps=2",
+                "autohas.warmup_epochs=100")
+    assert "0 controller updates" in out.stdout and "the controller was never updated" in out.stderr
     # the chosen member trains from scratch with plain `effml train`
     chosen = (straight / "chosen.yaml").read_text()
     assert "chosen_model.json" in chosen and "holdout: 0.0" in chosen

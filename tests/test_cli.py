@@ -178,6 +178,7 @@ def test_bench_tiny_against_timm():
     assert proc.returncode == 0, proc.stderr
     for text in ("p50 (ms)", "p90 (ms)", "images/s", "ratio", "timm", "fastest effml", "BatchNorm folded"):
         assert text in proc.stdout
+    assert "[1/2] eager: time at batch 1, 2" in proc.stderr and "[2/2] fused" in proc.stderr  # progress
     rows = [ln.split("│")[1:4] for ln in proc.stdout.splitlines() if ln.count("│") > 5]
     rows = [tuple(c.strip() for c in r) for r in rows if r[0].strip() in ("effml", "timm")]
     # timm has no BN-folding path: effml alone for `fused`; 2 libraries x 2 batches otherwise
@@ -232,3 +233,11 @@ def test_unknown_model_is_one_line_with_suggestions(command, suggested, tmp_path
     assert "Did you mean" in proc.stderr and suggested in proc.stderr
     _no_traceback(proc)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [["export"], ["bench"], ["search", "run"], ["train"]])
+def test_help_names_every_option_in_full_at_80_columns(command):
+    proc = run(*command, "--help")
+    assert proc.returncode == 0 and "…" not in proc.stdout and "Usage: effml" in proc.stdout
+    if command == ["export"]:
+        assert "--calibration-images" in proc.stdout and "--holdout-images" in proc.stdout

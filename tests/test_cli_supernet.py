@@ -43,6 +43,11 @@ def test_select_writes_the_best_child_per_target_with_a_plot(trained):
         assert len(p["scored"]) >= 2 and p["best"]["score"] == max(c["score"] for c in p["scored"])
     assert (trained / "selection.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "held-out top-1" in out.stdout
+    # a second selection keeps the first one's other target and replaces the one it repeats
+    out = effml("supernet", "select", str(trained), "--flops", "0.9M,0.7M", "--coarse-top", "1", "--mutations", "0")
+    again = json.loads((trained / "selection.json").read_text())
+    assert [p["target"] for p in again] == [5e5, 7e5, 9e5] and again[0] == picked[0]
+    assert "keeps 1 selection(s) at other targets and replaces 1 at these targets" in out.stdout
 
 
 def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(trained, tmp_path):

@@ -424,3 +424,16 @@ def test_an_unreadable_image_file_names_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", denied)
     with pytest.raises(InputError, match=r"cannot read image .*a.png: permission denied"):
         load_image(image)
+
+
+def test_a_symlink_loop_in_a_class_folder_is_not_followed(tmp_path):
+    _folder(tmp_path / "data", n=3)
+    root = tmp_path / "data" / "train"
+    (root / "cat" / "loop").symlink_to("..")  # torchvision would walk back up into dog/ (and round again)
+    _folder(tmp_path / "more", classes=("dog",), n=2)
+    (root / "dog2").symlink_to(tmp_path / "more" / "train" / "dog")  # a linked class folder is a class as any other
+    with pytest.warns(UserWarning, match=r"image\(s\) reached through symlinked folders inside class folders"):
+        data = FolderDataset(root, lambda x: x)
+    labels = [data.classes[label] for _, label in data.samples]
+    assert sorted(labels) == ["cat"] * 3 + ["dog"] * 3 + ["dog2"] * 2
+    assert not any("/loop/" in path for path, _ in data.samples)

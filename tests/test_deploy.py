@@ -79,6 +79,27 @@ def test_export_mismatch_raises_and_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
+class _OffByAThousandth(nn.Module):
+    """Outputs around ``scale``, 1e-3 off while being exported."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.net, self.scale = _tiny(), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.net(x)) + self.scale
+        return y + 1e-3 if torch.compiler.is_exporting() else y
+
+
+def test_the_export_check_scales_with_the_outputs(tmp_path):
+    # logits near 1000 (as a BigNAS child's reach 650): float32 keeps 1e-4 of them, 1e-3 is rounding
+    report = export_onnx(_OffByAThousandth(1000.0), tmp_path / "big.onnx", input_size=16)
+    assert 5e-4 < report.max_abs_diff < 2e-3 and report.rtol == 1e-5
+    with pytest.raises(ExportError, match=r"differs from PyTorch by 0.001.*atol 0.0001 \+ rtol 1e-05"):
+        export_onnx(_OffByAThousandth(1.0), tmp_path / "small.onnx", input_size=16)  # near 1: a real mismatch
+    assert not (tmp_path / "small.onnx").exists()
+
+
 def test_export_mismatch_leaves_no_file(tmp_path):
     with pytest.raises(ExportError):
         export_onnx(_TracesDifferently(), tmp_path / "m.onnx", input_size=16, dynamic_batch=False)

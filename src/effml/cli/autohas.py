@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from effml.cli._common import echo, resumable_config
+from effml.cli._common import echo, resumable_config, warn
 
 
 def autohas(
@@ -28,6 +28,10 @@ def autohas(
                     for stage in result.spec.stages for b in stage)
     hyper = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.hyper.items())
     last = result.history[-1] if result.history else None
+    if not result.history:
+        warn("the controller was never updated (0 controller updates: the run was shorter than the "
+             "controller's warm-up), so the choice below is its starting policy, not a search result; train "
+             "longer (train.epochs) or shorten autohas.warmup_epochs")
     echo(f"done: {result.run.global_step} steps, {len(result.history)} controller updates, "
          f"{result.cpu_s / 60:.1f} CPU min"
          + (f"; policy entropy {last['entropy']:.2f} of uniform" if last else "") + "\n"

@@ -45,7 +45,8 @@ def bench(
     peer = peer_model(model, compare) if compare else None
     names = parse_names(runtimes)
     results = benchmark(target, batch_sizes=sizes, input_size=size, runtimes=names, warmup=warmup,
-                        iters=iters, threads=threads, peer=peer, peer_name=compare or "peer")
+                        iters=iters, threads=threads, peer=peer, peer_name=compare or "peer",
+                        progress=lambda line: typer.echo(line, err=True))
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2))
         return

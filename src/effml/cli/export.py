@@ -23,7 +23,8 @@ def export(
         "--dynamic-batch/--static-batch", help="Symbolic or fixed batch dimension.")] = True,
     num_classes: NumClassesOpt = None,
     opset: Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")] = None,
-    atol: Annotated[float, typer.Option(min=0.0, help="Largest allowed |ORT - PyTorch|.")] = 1e-4,
+    atol: Annotated[float, typer.Option(min=0.0, help="Allowed |ORT - PyTorch|: atol + rtol x the largest output.")] = 1e-4,
+    rtol: Annotated[float, typer.Option(min=0.0, help="See --atol (float32 rounding grows with the outputs).")] = 1e-5,
     int8: Annotated[bool, typer.Option(
         "--int8", help="Write an int8 model (ONNX Runtime static quantization, QDQ, per-channel "
                        "weights), only if it agrees with fp32 on held-out images.")] = False,
@@ -44,7 +45,8 @@ def export(
         show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="--int8: ONNX Runtime threads for the check.")] = None,
 ) -> None:
-    """Export a model to ONNX; the file is written only if ONNX Runtime matches PyTorch within atol.
+    """Export a model to ONNX; the file is written only if ONNX Runtime matches PyTorch (within atol +
+    rtol x the largest output).
 
     A classifier has one output, "logits". A detector (EfficientDet) is exported as the pure
     network, as effdet does: input "input" [N, 3, S, S] (letterboxed, normalised), outputs
@@ -62,10 +64,10 @@ def export(
                      calibration_method, reduce_range, threads)
         return
     report = export_onnx(net, onnx, input_size=size, batch_size=batch_size,
-                         dynamic_batch=dynamic_batch, opset=opset, atol=atol)
+                         dynamic_batch=dynamic_batch, opset=opset, atol=atol, rtol=rtol)
     batch = "N" if report.dynamic_batch else str(report.input_shape[0])
     shape = "x".join([batch, *(str(d) for d in report.input_shape[1:])])
-    echo(f"verified with ONNX Runtime: max abs diff {report.max_abs_diff:.3g} (atol {atol:g})")
+    echo(f"verified with ONNX Runtime: max abs diff {report.max_abs_diff:.3g} (atol {atol:g}, rtol {rtol:g})")
     echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, opset {report.opset}, input {shape})")
     if resolved.task == "detect":
         echo(f"outputs (pre-NMS, lowest level first): {', '.join(report.output_names)}; "

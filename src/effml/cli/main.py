@@ -34,7 +34,7 @@ class _EffmlGroup(TyperGroup):
 
 
 app = typer.Typer(
-    name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False,
+    name="effml", cls=_EffmlGroup, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     pretty_exceptions_show_locals=False,
     help="Efficient vision models (EfficientNet, EfficientNet-Lite, MixNet, EfficientDet): list, train, eval, predict, detect, bench, export, search, supernet, autohas.",
 )

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from effml.cli._common import echo, resumable_config
+from effml.cli._common import echo, resumable_config, warn
 
 supernet_app = typer.Typer(
     no_args_is_help=True, add_completion=False,
@@ -81,7 +81,7 @@ def select(
 
     from effml.files import atomic_write_text
     from effml.search.oneshot.bignas import load_supernet, select_child
-    from effml.search.oneshot.selection import describe_cost, plot_selection
+    from effml.search.oneshot.selection import describe_cost, merge_selections, plot_selection
     from effml.train.trainer import preserved_global_state
 
     targets, lut = _targets(flops, latency, table)
@@ -96,10 +96,21 @@ def select(
     for s in results:
         echo(f"{describe_cost(s.target, s.unit):>12} {s.best.macs / 1e6:7.3f} {s.best.spec.resolution:>4} "
              f"{s.best.score:14.2f}%")
-    atomic_write_text(run / "selection.json", json.dumps([s.to_dict() for s in results], indent=2))
-    plot_selection(results, run / "selection.png")
+    path = run / "selection.json"
+    try:
+        earlier = json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError) as err:
+        warn(f"{path} is unreadable ({err}); it is replaced by this selection")
+        earlier = []
+    records, replaced = merge_selections(earlier, [s.to_dict() for s in results])
+    atomic_write_text(path, json.dumps(records, indent=2))
+    plot_selection([r for r in records if r["unit"] == results[0].unit], run / "selection.png")
+    kept = len(records) - len(results)
+    if kept or replaced:
+        echo(f"selection.json keeps {kept} selection(s) at other targets" +
+             (f" and replaces {replaced} at these targets" if replaced else ""))
     first = f"--flops {flops.split(',')[0]}" if flops else f"--latency {latency.split(',')[0]} --table {table}"
-    echo(f"wrote {run / 'selection.json'} and {run / 'selection.png'}\n"
+    echo(f"wrote {path} and {run / 'selection.png'}\n"
          f"  next: effml supernet export {run} {first} -o CHILD_DIR")
 
 

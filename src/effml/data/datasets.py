@@ -94,6 +94,26 @@ class FashionMNISTDataset(AugmentedDataset):
         return self._augment(image, index), int(self.labels[index]), index
 
 
+def _inside_class_folders(root: Path, samples: list[tuple[str, int]], classes: list[str]) -> list[tuple[str, int]]:
+    """``samples`` less those reached through a symlinked folder inside a class folder: torchvision
+    follows every link, so a link back up (``cat/loop -> ..``) would label every other class's images
+    (many times over) as this class. A class folder may itself be a link, and image files may be."""
+    kept, skipped = [], 0
+    for path, label in samples:
+        class_dir = root / classes[label]
+        inner = Path(path).relative_to(class_dir).parent
+        links = [class_dir.joinpath(*inner.parts[:i + 1]) for i in range(len(inner.parts))]
+        if any(p.is_symlink() for p in links):
+            skipped += 1
+        else:
+            kept.append((path, label))
+    if skipped:
+        warnings.warn(f"dataset folder {root}: {skipped} image(s) reached through symlinked folders inside class "
+                      f"folders are not used (a link can lead out of its class, or loop); link image files "
+                      f"or whole class folders instead", stacklevel=3)
+    return kept
+
+
 class FolderDataset(AugmentedDataset):
     """``root/<class>/<image>`` (torchvision's ImageFolder layout); corrupt images are skipped
     (``__getitem__`` returns None, the collate function counts them) or raise, by ``on_corrupt``."""
@@ -113,6 +133,7 @@ class FolderDataset(AugmentedDataset):
             samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
         except FileNotFoundError:
             samples = []
+        samples = _inside_class_folders(root, samples, classes)
         if not samples or len({label for _, label in samples}) < len(classes):
             found = {classes[label] for _, label in samples}
             empty = [c for c in classes if c not in found]

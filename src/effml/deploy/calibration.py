@@ -11,6 +11,7 @@ sets: calibration images and held-out images for the agreement check.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from effml.spec.entry import Preprocess
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 EMBEDDED = "embedded"
+# Fewer calibration images than this get a warning (activation ranges from a handful of images
+# rarely cover the data; TFLite's and ONNX Runtime's examples calibrate on 100 or more).
+MIN_CALIBRATION = 32
 
 
 @dataclass(frozen=True)
@@ -48,12 +52,21 @@ def image_transform(preprocess: Preprocess, task: str) -> Callable[[object], tor
     return eval_transform(preprocess)
 
 
-def split(images: Sequence[torch.Tensor], holdout: int, source: str) -> CalibrationSet:
-    """The first ``holdout`` images held out, the rest for calibration (both non-empty)."""
-    if len(images) < 2:
-        raise InputError(f"{source} gave {len(images)} usable image(s); int8 calibration and its check "
+def split(images: Sequence[torch.Tensor], holdout: int, source: str, calibration: int | None = None) -> CalibrationSet:
+    """The first ``holdout`` images held out, the rest for calibration (both non-empty). With fewer
+    images than ``calibration + holdout`` they are shared in that proportion (9 photos asked as 128
+    + 128: 5 calibrate, 4 check), and fewer than ``MIN_CALIBRATION`` calibration images warn."""
+    n = len(images)
+    if n < 2:
+        raise InputError(f"{source} gave {n} usable image(s); int8 calibration and its check "
                          f"need at least 2 (some 100 or more to be meaningful)")
-    held = min(max(holdout, 1), len(images) - 1)
+    wanted = holdout + (calibration if calibration is not None else n - holdout)
+    held = holdout if n >= wanted else n * holdout // max(1, wanted)
+    held = min(max(held, 1), n - 1)
+    if n - held < MIN_CALIBRATION:
+        warnings.warn(f"{source}: only {n - held} image(s) calibrate the int8 ranges and {held} check them; "
+                      f"ranges from fewer than {MIN_CALIBRATION} images may miss what the model will see, "
+                      f"so give a folder of {MIN_CALIBRATION * 4} or more", stacklevel=2)
     stacked = torch.stack(list(images))
     return CalibrationSet(stacked[held:], stacked[:held], source)
 
@@ -75,7 +88,7 @@ def folder_images(folder: str | Path, preprocess: Preprocess, task: str, *, cali
         raise InputError(f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     transform = image_transform(preprocess, task)
     chosen = [files[i] for i in _order(len(files), seed)[:calibration + holdout]]
-    return split([transform(load_image(p)) for p in chosen], holdout, f"{root} ({len(files)} images)")
+    return split([transform(load_image(p)) for p in chosen], holdout, f"{root} ({len(files)} images)", calibration)
 
 
 def dataset_images(dataset: Dataset, *, calibration: int, holdout: int, source: str,
@@ -88,7 +101,7 @@ def dataset_images(dataset: Dataset, *, calibration: int, holdout: int, source: 
             images.append(sample[0])
         if len(images) == calibration + holdout:
             break
-    return split(images, holdout, source)
+    return split(images, holdout, source, calibration)
 
 
 def run_images(run_dir: str | Path, preprocess: Preprocess, *, calibration: int, holdout: int,

@@ -155,9 +155,20 @@ def coarse_to_fine(space: SearchSpace, score: Callable[[NetworkSpec], float], ta
     return Selection(target, best, scored, unit)
 
 
-def plot_selection(selections: list[Selection], path: str | Path) -> Path:
+def merge_selections(earlier: Any, new: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """``selection.json``'s records after a selection: the ``earlier`` ones (its parsed content)
+    at other targets kept, those at the new targets replaced, sorted by unit and target; and how
+    many were replaced."""
+    records = [r for r in earlier if isinstance(r, dict)] if isinstance(earlier, list) else []
+    targets = {(r["unit"], r["target"]) for r in new}
+    kept = [r for r in records if (r.get("unit"), r.get("target")) not in targets]
+    return sorted(kept + new, key=lambda r: (str(r.get("unit")), float(r.get("target", 0)))), len(records) - len(kept)
+
+
+def plot_selection(selections: list[dict[str, Any]], path: str | Path) -> Path:
     """Held-out top-1 against cost (MMACs or latency): every scored candidate (grey), each target's best
-    (marked) and the targets (dotted lines); written atomically as a PNG."""
+    (marked) and the targets (dotted lines), from ``Selection.to_dict`` records of one unit; written
+    atomically as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,14 +176,14 @@ def plot_selection(selections: list[Selection], path: str | Path) -> Path:
 
     from effml.files import atomic_write_bytes
 
-    unit = selections[0].unit if selections else "MACs"
+    unit = selections[0]["unit"] if selections else "MACs"
     scale = 1e6 if unit == "MACs" else 1.0
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for s in selections:
-        ax.scatter([c.cost / scale for c in s.scored], [c.score for c in s.scored], s=12, color="0.7")
-        ax.axvline(s.target / scale, color="0.5", linestyle=":", linewidth=1)
-    ax.plot([s.best.cost / scale for s in selections], [s.best.score for s in selections], "o-", color="C0",
-            label="selected child")
+        ax.scatter([c["cost"] / scale for c in s["scored"]], [c["score"] for c in s["scored"]], s=12, color="0.7")
+        ax.axvline(s["target"] / scale, color="0.5", linestyle=":", linewidth=1)
+    ax.plot([s["best"]["cost"] / scale for s in selections], [s["best"]["score"] for s in selections], "o-",
+            color="C0", label="selected child")
     ax.set_xlabel("MMACs (batch of one)" if unit == "MACs" else f"predicted latency ({unit})")
     ax.set_ylabel("held-out top-1 (%)")
     ax.set_title("BigNAS children: shared weights, BN calibrated, no retraining")
