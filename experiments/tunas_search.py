@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         QUICK_STANDALONE if args.quick else [])
 
     variants = parse_variants(args.variants)
-    searches = [(s, extra, "") for s in args.seeds]
-    searches += [(args.seeds[0], extra + overrides, name) for name, overrides in variants.items()]
+    searches = [(s, out, extra, "") for s in args.seeds]
+    searches += [(args.seeds[0], out, extra + overrides, name) for name, overrides in variants.items()]
     with ThreadPoolExecutor(args.workers) as pool:
         every = list(pool.map(lambda job: search(*job), searches))
     runs, variant_runs = every[:len(args.seeds)], every[len(args.seeds):]

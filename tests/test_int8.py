@@ -205,7 +205,7 @@ def test_calibration_folder_is_split_into_disjoint_sets(tmp_path):
     assert len(means) == 6  # six different images, none used twice
     det = folder_images(tmp_path / "imgs", Preprocess(24, 1.0), "detect", calibration=2, holdout=1)
     assert det.calibration.shape == (2, 3, 24, 24)  # letterboxed to the square input
-    # fewer images than asked: shared in the asked proportion (not 1 calibration image and 6 checks),
+    # fewer images than asked: calibration keeps at least half (not 1 calibration image and 6 checks),
     # with a warning that so few calibration images may miss what the model will see
     with pytest.warns(UserWarning, match=r"only 4 image\(s\) calibrate the int8 ranges and 3 check them"):
         few = folder_images(tmp_path / "imgs", pre, "classify", calibration=128, holdout=128)

@@ -289,3 +289,16 @@ def test_a_space_for_another_class_count_is_refused_before_any_trial(tmp_path, m
     with pytest.raises(SearchError, match=r"built for 3 classes but proxy.data \(digits\) has 10"):
         run_search(cfg, build_space(cfg, 3), echo=lambda line: None)
     assert not (tmp_path / "search.db").exists() or not load_study(str(tmp_path / "search.db")).trials
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path):
+    # spawned workers import the user's script; without the guard each would start the search again
+    config = _config(tmp_path, trials=2, workers=1, max_failures=0)
+    script = tmp_path / "my_search.py"
+    script.write_text("from effml.search import build_space, load_search_config, run_search\n"
+                      f"cfg = load_search_config({str(config)!r})\n"
+                      "run_search(cfg, build_space(cfg))\n")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "run_search was called in a search worker" in proc.stderr  # the worker says why it stopped
+    assert f"if {script} starts the search" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr

@@ -54,14 +54,14 @@ def image_transform(preprocess: Preprocess, task: str) -> Callable[[object], tor
 
 def split(images: Sequence[torch.Tensor], holdout: int, source: str, calibration: int | None = None) -> CalibrationSet:
     """The first ``holdout`` images held out, the rest for calibration (both non-empty). With fewer
-    images than ``calibration + holdout`` they are shared in that proportion (9 photos asked as 128
-    + 128: 5 calibrate, 4 check), and fewer than ``MIN_CALIBRATION`` calibration images warn."""
+    images than ``calibration + holdout``, calibration keeps at least half of them (9 photos asked
+    as 128 + 128: 5 calibrate, 4 check), and fewer than ``MIN_CALIBRATION`` calibration images warn."""
     n = len(images)
     if n < 2:
         raise InputError(f"{source} gave {n} usable image(s); int8 calibration and its check "
                          f"need at least 2 (some 100 or more to be meaningful)")
-    wanted = holdout + (calibration if calibration is not None else n - holdout)
-    held = holdout if n >= wanted else n * holdout // max(1, wanted)
+    calibration = n - holdout if calibration is None else calibration
+    held = holdout if n >= holdout + calibration else min(holdout, max(n - calibration, n // 2))
     held = min(max(held, 1), n - 1)
     if n - held < MIN_CALIBRATION:
         warnings.warn(f"{source}: only {n - held} image(s) calibrate the int8 ranges and {held} check them; "

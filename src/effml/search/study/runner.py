@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import warnings
@@ -210,6 +211,7 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
     baseline study ``<study>-random`` with as many random samples, scored the same way."""
     from effml.search.study.strategies import make_sampler, replays_by_trial
 
+    _refuse_a_worker_rerunning_the_script()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = cfg.search
     if cfg.objective.kind == "reward" and cfg.objective.target is None:
@@ -345,9 +347,24 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
     return spec_to_dict(spec)
 
 
+SCRIPT_GUARD = ("a search run from a Python script must sit under `if __name__ == \"__main__\":` (each worker "
+                "process imports the script, and would start the search again)")
+
+
+def _refuse_a_worker_rerunning_the_script() -> None:
+    """In a worker process that is importing the user's script (multiprocessing runs it as
+    ``__mp_main__``), a search started at the script's top level would start again: refuse it."""
+    importing = sys.modules.get("__mp_main__")  # there while the script runs, __main__ once it has
+    if importing is not None and importing is not sys.modules.get("__main__"):
+        raise SearchError(f"run_search was called in a search worker: {SCRIPT_GUARD}")
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, BrokenProcessPool):
-        return "BrokenProcessPool: the worker process died (killed, out of memory?); a new trial is sampled"
+        script = getattr(sys.modules.get("__main__"), "__file__", None)
+        hint = f"; if {script} starts the search, note that {SCRIPT_GUARD}" if script and not script.endswith(
+            ("effml", "effml.exe", "__main__.py")) else ""
+        return f"BrokenProcessPool: the worker process died (killed, out of memory?); a new trial is sampled{hint}"
     text = " ".join(str(err).split()) or type(err).__name__
     return f"{type(err).__name__}: {text}"[:500]
 
