@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from _postgres import postgres_url  # noqa: F401 - a fixture
 from test_search_run import _config
 
@@ -39,9 +40,13 @@ def _wait_for(what: str, check, logs: list[Path], timeout: float = 240.0):
     pytest.fail(f"timed out waiting for {what}: " + " | ".join(p.read_text()[-1500:] for p in logs if p.exists()))
 
 
-def _drivers(tmp_path: Path, storage: str):
-    """Driver a creates the study; driver b joins it with --resume once it exists."""
+def _drivers(tmp_path: Path, storage: str, steps: int = 3):
+    """Driver a creates the study; driver b joins it with --resume once it exists. Each trial trains
+    ``steps`` proxy steps."""
     config = _config(tmp_path, trials=TRIALS, workers=1, heartbeat_s=1, grace_s=GRACE, storage=storage)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["proxy"]["train"]["max_steps"] = steps
+    config.write_text(yaml.safe_dump(cfg))
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     a = start_forked(["search", config], logs[0], cwd=tmp_path)
     _wait_for("the study", lambda: _study(storage), logs)
@@ -75,7 +80,7 @@ def test_two_drivers_fill_one_sqlite_study_exactly(tmp_path):
 
 
 def test_a_killed_driver_loses_nothing_on_postgresql(tmp_path, postgres_url):  # noqa: F811
-    a, b, logs = _drivers(tmp_path, postgres_url)
+    a, b, logs = _drivers(tmp_path, postgres_url, steps=30)  # trials of seconds: a is killed inside one
     first = _wait_for("a's first trial", lambda: (s := _study(postgres_url)) and s.trials and s.trials[0], logs)
     id_a = first.user_attrs.get(DRIVER) or _wait_for(
         "a's driver id", lambda: load_study(postgres_url, "tiny").trials[0].user_attrs.get(DRIVER), logs)
@@ -86,10 +91,14 @@ def test_a_killed_driver_loses_nothing_on_postgresql(tmp_path, postgres_url):  #
         running = [t for t in mine if t.state == State.RUNNING]
         return running[0] if running and any(t.state == State.COMPLETE for t in mine) else None
 
-    victim = _wait_for("a running trial of driver a after a finished one", a_running_after_a_finished_one, logs)
-    before = {t.number: t.values for t in load_study(postgres_url, "tiny").get_trials(states=(State.COMPLETE,))}
+    _wait_for("a running trial of driver a after a finished one", a_running_after_a_finished_one, logs)
     a.kill()
     a.join()
+    trials = load_study(postgres_url, "tiny").get_trials()  # b fails a's trial only GRACE s from now
+    before = {t.number: t.values for t in trials if t.state == State.COMPLETE}
+    victims = [t for t in trials if t.state == State.RUNNING and t.user_attrs.get(DRIVER) == id_a]
+    assert len(victims) == 1, "driver a was not killed inside a trial"
+    victim = victims[0]
     _join(b, logs)  # b reaches the count alone, re-sampling a's lost trial once its heartbeat is stale
     study = _check_exact(postgres_url)
     after = {t.number: t.values for t in study.get_trials(states=(State.COMPLETE,))}

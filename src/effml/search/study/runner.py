@@ -269,10 +269,12 @@ def _fill(cfg: SearchConfig, space: SearchSpace, study: optuna.Study, executor: 
     done_at_start = len(finished_trials(study))
     grace = grace_period(cfg)
     heartbeat = Heartbeat(study._storage, s.heartbeat_s)
-    waiting = False
+    waiting, reaped = False, -math.inf
     try:
         while True:
-            reap(study, grace)
+            if time.monotonic() - reaped >= s.heartbeat_s:  # a dead driver's trials, once per heartbeat
+                reap(study, grace)
+                reaped = time.monotonic()
             done, busy = occupied(study)
             while len(running) < s.workers and done + busy < s.trials:
                 with warnings.catch_warnings():  # Optuna's heartbeat expects study.optimize; ours beats here
