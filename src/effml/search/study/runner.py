@@ -29,8 +29,8 @@ from effml.search.study.baseline import baseline_config, wants_baseline
 from effml.search.study.config import SearchConfig
 from effml.search.study.cost import LatencyModel
 from effml.search.study.detection_proxy import search_network
-from effml.search.study.proxy import check_proxy, evaluate_sample
 from effml.search.study.drivers import SURPLUS, Heartbeat, occupied, reap, surplus, tell
+from effml.search.study.proxy import check_proxy, evaluate_sample
 from effml.search.study.storage import (
     finished_trials,
     grace_period,
@@ -156,7 +156,8 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Trials as Ray tasks: on a local Ray instance, or on a cluster at ``address`` (`ray start`)."""
+    """Trials as Ray tasks: on a local Ray instance, or on a cluster at ``address`` (`ray start`).
+    A task is not retried: a trial whose node dies fails, recorded, and a new one is sampled."""
 
     def __init__(self, address: str | None, threads: int) -> None:
         try:
@@ -165,16 +166,24 @@ class RayExecutor:
             raise SearchError("search.runner=ray needs Ray: pip install 'effml[ray]' (or ray)") from None
         self.ray = ray
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"address": address} if address else {"include_dashboard": False}
-            ray.init(log_to_driver=False, configure_logging=False, **kwargs)
-        self.remote = ray.remote(num_cpus=threads)(run_trial)
+            # "local": a new instance, never a cluster that `ray start` left running on this machine
+            kwargs: dict[str, Any] = {"address": address} if address else {"address": "local",
+                                                                         "include_dashboard": False}
+            try:
+                ray.init(log_to_driver=False, configure_logging=False, **kwargs)
+            except Exception as err:  # noqa: BLE001 - Ray raises many kinds (connection, authentication)
+                where = f"the Ray cluster at search.ray_address={address!r}" if address else "a local Ray instance"
+                raise SearchError(f"cannot connect to {where}: {_describe(err)}; check that `ray start --head` "
+                                  f"runs there, and that RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH gives this "
+                                  f"driver the cluster's token when it uses token authentication") from None
+        self.remote = ray.remote(num_cpus=threads, max_retries=0)(run_trial)
 
     def submit(self, job: TrialJob) -> Future:
         """Start one trial as a Ray task; its result arrives as a ``Future``."""
         return self.remote.remote(job).future()
 
     def close(self) -> None:
-        """Leave the Ray instance as it was found only when we started it."""
+        """Disconnect (a local instance stops; a cluster goes on)."""
         self.ray.shutdown()
 
 
@@ -367,6 +376,8 @@ def _describe(err: BaseException) -> str:
         hint = f"; if {script} starts the search, note that {SCRIPT_GUARD}" if script and not script.endswith(
             ("effml", "effml.exe", "__main__.py")) else ""
         return f"BrokenProcessPool: the worker process died (killed, out of memory?); a new trial is sampled{hint}"
+    if type(err).__name__ in ("NodeDiedError", "WorkerCrashedError", "LocalRayletDiedError"):
+        return f"{type(err).__name__}: the Ray node or worker running the trial died; a new trial is sampled"
     text = " ".join(str(err).split()) or type(err).__name__
     return f"{type(err).__name__}: {text}"[:500]
 
