@@ -27,9 +27,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # (one test, 50-90 s each) for the end and one worker idle for two minutes (908 vs 781 s of CPU).
 # Longest first, the last files to start are the short ones.
 LONGEST_FIRST = (
+    "test_readme.py",  # ~140 (new; measured with both cores busy)
     "test_cli_supernet.py",  # 116 s
     "test_spinenet.py",  # 102
     "test_search_run.py",  # 100
+    "test_search_ray_cluster.py",  # ~90 (new; the other core busy)
+    "test_search_drivers.py",  # ~60 (new)
     "test_mobiledet.py",  # 99
     "test_cli.py",  # 88
     "test_int8.py",  # 74

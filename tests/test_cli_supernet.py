@@ -88,6 +88,17 @@ def test_an_exported_child_is_an_ordinary_run_equal_to_the_supernet_child(traine
     assert json.loads((tune / "run.json").read_text())["global_step"] == 2
 
 
+def test_export_to_a_read_only_disk_is_one_line_before_any_work(trained, tmp_path):
+    from _mounts import small_disk
+
+    with small_disk(tmp_path / "ro", "1m", read_only=True) as ro:
+        out = effml("supernet", "export", str(trained), "--flops", "0.5M", "-o", str(ro / "runs" / "child"),
+                    check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"error: cannot create output folder {ro / 'runs'}: the file system is read-only")
+    assert "selected" not in out.stdout  # refused before the selection's work
+
+
 def test_export_refuses_an_existing_directory_and_a_child_outside_the_space(trained, tmp_path):
     from effml.errors import EffmlError, SearchError
     from effml.search.oneshot.bignas import export_child, load_supernet, select_child
@@ -166,7 +177,7 @@ def test_ddp_two_processes_train_the_same_supernet_as_one(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "effml", "supernet", "train", str(CONFIG), *_overrides(ddp, *common, "data.batch_size=8"),
            "--quiet"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     info = json.loads((ddp / "run.json").read_text())
     assert info["processes"] == 2 and info["ranks_agree"] is True

@@ -157,6 +157,24 @@ def fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
+class _RecordingFile:
+    """A binary file that keeps the ``OSError`` of a failed write, for writers (``torch.save``)
+    that raise their own error instead."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._f, name)
+
+
 def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename it over ``path``.
 
@@ -170,7 +188,15 @@ def atomic_write_bytes(path: Path, write: Callable[[IO[bytes]], object]) -> None
         raise os_error(err, "write", path) from err
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _RecordingFile(f)
+            try:
+                write(recording)
+            except Exception as err:
+                # torch.save reports a write that failed (a full disk) as a RuntimeError of its
+                # zip writer: the OSError behind it is the one to report
+                if recording.error is not None and not isinstance(err, OSError):
+                    raise recording.error from err
+                raise
             f.flush()
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), new_file_mode())
@@ -197,8 +223,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file path beside ``path`` for a writer that takes a path (safetensors); on a
     clean exit it is fsynced, given a new file's mode and renamed over ``path``, else removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise os_error(err, "write", path) from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -206,8 +235,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fsync_file(tmp)
         os.chmod(tmp, new_file_mode())  # mkstemp made it 0600; a plain open() would honour the umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise os_error(err, "write", path, f"the previous {path.name} (if any) is intact") from err
         raise
     fsync_dir(path.parent)
 
@@ -216,12 +247,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_dir(path: Path) -> Iterator[Path]:
     """A temporary folder beside ``path`` to fill; on a clean exit it is renamed to ``path`` (which
     must not exist), so the folder appears whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as err:
+        raise os_error(err, "create", path, "nothing was written") from None
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise os_error(err, "write", path, "nothing was written") from err
         raise
     fsync_dir(path.parent)

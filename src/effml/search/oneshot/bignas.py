@@ -23,7 +23,7 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.files import atomic_dir, atomic_write_text
+from effml.files import atomic_dir, atomic_write_text, make_output_dir, remove_empty_dirs
 from effml.measure.latency_table import LatencyTable, predict
 from effml.models.network import EfficientNet
 from effml.models.weights import load_weights, save_weights
@@ -185,26 +185,31 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
     out = Path(out_dir)
     if out.exists():
         raise EffmlError(f"{out} already exists; give a new output directory (-o)")
-    spec = trained.supernet.child_spec(spec)
-    child = trained.calibrated(spec, batches)
-    val = trained.evaluate(child, spec.resolution, "val")
-    holdout = trained.evaluate(child, spec.resolution, "holdout")
-    cfg, t = trained.cfg, trained.trainer
-    plain = config_from_dict({"model": {"name": str(out.absolute() / "model.json"), "weights": None},
-                              "data": {"image_size": spec.resolution}, "run": {"dir": str(out)}},
-                             training_config(cfg))
-    info = {
-        "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
-        **preprocess_fields(eval_preprocess(plain, t.preprocess)),
-        "val": val, "ema_val": None, "holdout": holdout, "weights": WEIGHTS_RAW,
-        "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
-        "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
-    }
-    with atomic_dir(out) as tmp:
-        save_weights(child.state_dict(), tmp / WEIGHTS_RAW)
-        atomic_write_text(tmp / "model.json", spec_to_json(spec))
-        atomic_write_text(tmp / CONFIG_YAML, config_to_yaml(plain))
-        write_run_info(tmp, **info)
+    created = make_output_dir(out.parent, "output")  # a folder it cannot write fails before the work
+    try:
+        spec = trained.supernet.child_spec(spec)
+        child = trained.calibrated(spec, batches)
+        val = trained.evaluate(child, spec.resolution, "val")
+        holdout = trained.evaluate(child, spec.resolution, "holdout")
+        cfg, t = trained.cfg, trained.trainer
+        plain = config_from_dict({"model": {"name": str(out.absolute() / "model.json"), "weights": None},
+                                  "data": {"image_size": spec.resolution}, "run": {"dir": str(out)}},
+                                 training_config(cfg))
+        info = {
+            "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
+            **preprocess_fields(eval_preprocess(plain, t.preprocess)),
+            "val": val, "ema_val": None, "holdout": holdout, "weights": WEIGHTS_RAW,
+            "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
+            "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
+        }
+        with atomic_dir(out) as tmp:
+            save_weights(child.state_dict(), tmp / WEIGHTS_RAW)
+            atomic_write_text(tmp / "model.json", spec_to_json(spec))
+            atomic_write_text(tmp / CONFIG_YAML, config_to_yaml(plain))
+            write_run_info(tmp, **info)
+    except BaseException:
+        remove_empty_dirs(created)  # the folders it made for -o, when nothing was written
+        raise
     return out
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from effml.errors import EffmlError, SearchError
 from effml.search.spaces.search_space import Sample, SearchSpace
@@ -36,6 +37,7 @@ from effml.search.study.storage import (
     grace_period,
     open_storage,
     open_study,
+    storage_failed,
     storage_url,
     study_exists,
 )
@@ -262,6 +264,8 @@ def run_search(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, e
         if baseline is not None and random_cfg is not None:
             echo(f"random baseline: {s.trials} random samples scored the same way, in study {baseline.study_name!r}")
             _fill(random_cfg, space, baseline, executor, lambda line: echo(f"random baseline {line}"))
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise storage_failed(storage_url(s.storage), err) from None
     finally:
         executor.close()
     return SearchResult(study, finished, failed, baseline)

@@ -42,7 +42,7 @@ def open_storage(storage: str, heartbeat: tuple[int, int] | None = None) -> optu
     import warnings
 
     url = storage_url(storage)
-    beat = {} if heartbeat is None else dict(heartbeat_interval=heartbeat[0], grace_period=heartbeat[1])
+    beat = {} if heartbeat is None else {"heartbeat_interval": heartbeat[0], "grace_period": heartbeat[1]}
     # several drivers (processes) write one SQLite file: wait for its lock rather than fail at 5 s
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:") else {}
     try:
@@ -53,10 +53,42 @@ def open_storage(storage: str, heartbeat: tuple[int, int] | None = None) -> optu
             _write_ahead(store.engine)
         return store
     except Exception as err:  # noqa: BLE001 - SQLAlchemy and drivers raise many types
+        full = full_disk(url)
+        if full:
+            raise SearchError(f"cannot open the study storage {url}: {full}") from None
         reason = " ".join(str(err).split())[:300]
         raise SearchError(f"cannot open the study storage {url}: {reason}; give a writable SQLite file "
                           f"(search.storage=search.db) or a database URL Optuna accepts "
                           f"(postgresql://user:pass@host/db, with its driver installed)") from None
+
+
+def full_disk(url: str) -> str:
+    """For a SQLite study on a disk with no space left: that, in words (SQLite itself may say only
+    'disk I/O error'); else ''."""
+    import shutil
+
+    if not url.startswith("sqlite:///"):
+        return ""
+    folder = Path(url.removeprefix("sqlite:///")).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return (f"the disk of {folder} is full ({free // 1024} KiB free); free some space, then continue with "
+            f"--resume (the trials already in the study are kept)") if free < 1 << 20 else ""
+
+
+def storage_failed(url: str, err: BaseException) -> SearchError:
+    """A study storage that failed while the search wrote to it (a full disk, a lost database
+    connection), in one line: the cause at the bottom of the chain, and how to go on."""
+    full = full_disk(url)
+    if full:
+        return SearchError(f"the study storage {url} could not be written: {full}")
+    while err.__cause__ is not None:
+        err = err.__cause__
+    reason = " ".join(str(err).split())[:300]
+    return SearchError(f"the study storage {url} failed: {type(err).__name__}: {reason}; the trials already in the "
+                       f"study are kept: continue with --resume once it works again")
 
 
 def _write_ahead(engine: Any) -> None:
