@@ -54,7 +54,7 @@ def evaluate_run(
     classifier, COCO AP/AR for a detector (all in percent)."""
     import torch
 
-    from effml.train.data import build_datasets, eval_loader
+    from effml.train.data import build_datasets, run_eval_loader
     from effml.train.run_dir import load_run, read_run_config
     from effml.train.tasks import task_for
 
@@ -72,7 +72,7 @@ def evaluate_run(
                          f"run. Drop --pgd-epsilon to get its COCO AP")
     cfg = read_run_config(run_dir)
     bundle = build_datasets(cfg, trained.preprocess)
-    loader = eval_loader(bundle.val, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.workers, 0, 1)
+    loader = run_eval_loader(cfg, bundle.val)
     metrics = task_for(trained.spec).evaluate(cfg, trained.model, loader, torch.device("cpu"), bundle.val)
     if trained.task == "detect":
         _print_detection_metrics(run_dir, trained, metrics, as_json)

@@ -10,13 +10,22 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from effml.data.coco import CocoDetection, collate_detection
-from effml.data.det_transforms import detection_eval_transform, detection_train_transform
-from effml.data.shapes import make_shapes_dataset
 from effml.data.datasets import (
-    AugmentedDataset, DigitsDataset, FashionMNISTDataset, FolderDataset, IndexSubset, check_readable,
-    collate_samples, train_transform,
+    AugmentedDataset,
+    DigitsDataset,
+    FashionMNISTDataset,
+    FolderDataset,
+    IndexSubset,
+    check_readable,
+    collate_samples,
+    train_transform,
+)
+from effml.data.det_transforms import (
+    detection_eval_transform,
+    detection_train_transform,
 )
 from effml.data.fashion_mnist import FASHION_MNIST_ROOT
+from effml.data.shapes import make_shapes_dataset
 from effml.data.transforms import eval_transform
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
@@ -221,3 +230,10 @@ def eval_loader(dataset: AugmentedDataset, batch_size: int, workers: int, rank: 
     indices = list(range(rank, len(dataset), world))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
                       collate_fn=collate_batch, generator=torch.Generator())
+
+
+def run_eval_loader(cfg: Config, dataset: AugmentedDataset) -> DataLoader:
+    """One process's evaluation batches of ``dataset`` as a finished run is evaluated (`effml eval`,
+    an exported supernet child's run.json): ``data.eval_batch_size`` (else the batch size)."""
+    return eval_loader(dataset, cfg.data.eval_batch_size or cfg.data.batch_size, cfg.data.workers, 0, 1)
+

@@ -23,13 +23,23 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 
 from effml.errors import EffmlError
-from effml.files import atomic_dir, atomic_write_text, make_output_dir, remove_empty_dirs
+from effml.files import (
+    atomic_dir,
+    atomic_write_text,
+    make_output_dir,
+    remove_empty_dirs,
+)
 from effml.measure.latency_table import LatencyTable, predict
 from effml.models.network import EfficientNet
 from effml.models.weights import load_weights, save_weights
 from effml.search.oneshot.sandwich import SandwichStep
 from effml.search.oneshot.selection import Selection, coarse_to_fine
-from effml.search.oneshot.supernet import Supernet, check_elastic, resize_to, zero_init_last_bn
+from effml.search.oneshot.supernet import (
+    Supernet,
+    check_elastic,
+    resize_to,
+    zero_init_last_bn,
+)
 from effml.search.spaces.catalog import space_for
 from effml.spec import NetworkSpec
 from effml.spec.plan import plan
@@ -44,10 +54,20 @@ from effml.train.config import (
     load_config,
     training_config,
 )
-from effml.train.data import eval_preprocess, num_classes
+from effml.train.data import (
+    build_datasets,
+    eval_preprocess,
+    num_classes,
+    run_eval_loader,
+)
 from effml.train.engine import RunResult, fit
 from effml.train.run_dir import (
-    CONFIG_YAML, WEIGHTS_RAW, preprocess_fields, read_run_info, weights_file, write_run_info,
+    CONFIG_YAML,
+    WEIGHTS_RAW,
+    preprocess_fields,
+    read_run_info,
+    weights_file,
+    write_run_info,
 )
 from effml.train.trainer import Trainer, preserved_global_state, seed_everything
 from effml.zoo import spec_to_json
@@ -189,15 +209,19 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
     try:
         spec = trained.supernet.child_spec(spec)
         child = trained.calibrated(spec, batches)
-        val = trained.evaluate(child, spec.resolution, "val")
-        holdout = trained.evaluate(child, spec.resolution, "holdout")
         cfg, t = trained.cfg, trained.trainer
         plain = config_from_dict({"model": {"name": str(out.absolute() / "model.json"), "weights": None},
                                   "data": {"image_size": spec.resolution}, "run": {"dir": str(out)}},
                                  training_config(cfg))
+        # scored as `effml eval` scores the exported run: its images read at its resolution, not the
+        # supernet's batches resized (the two differ by a point or more on small images)
+        preprocess = eval_preprocess(plain, t.preprocess)
+        bundle = build_datasets(plain, preprocess)
+        val, holdout = (t.task.evaluate(plain, child, run_eval_loader(plain, data), torch.device("cpu"), data)
+                        for data in (bundle.val, bundle.holdout))
         info = {
             "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
-            **preprocess_fields(eval_preprocess(plain, t.preprocess)),
+            **preprocess_fields(preprocess),
             "val": val, "ema_val": None, "holdout": holdout, "weights": WEIGHTS_RAW,
             "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
             "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
