@@ -193,3 +193,18 @@ def test_an_epoch_hook_that_says_stop_ends_the_fit_after_that_epoch(tmp_path):
     assert saved.model.name == str(run / "spec.json")
     resumed = fit(saved, resume=True, quiet=True)
     assert not resumed.stopped and resumed.epochs_done == 3 and resumed.global_step == 12
+
+
+def test_a_cpu_training_never_asks_for_cuda(tmp_path, monkeypatch):
+    # where torch is built with CUDA but the machine has no usable GPU, asking for devices can warn
+    # ("CUDA initialization: ..."); train.device=cpu must not ask, through training, checkpoints and resume
+    def asked(*args: Any, **kwargs: Any) -> bool:
+        raise AssertionError("torch.cuda.is_available() was called on a CPU training")
+
+    monkeypatch.setattr(torch.cuda, "is_available", asked)
+    root = Path(__file__).resolve().parents[1]
+    overrides = ["train.device=cpu", "train.epochs=1", "train.max_steps=2", "data.image_size=16",
+                 "data.limit_train=64", "data.limit_val=16", "train.threads=1", f"run.dir={tmp_path / 'run'}"]
+    fit(load_config(root / "configs" / "digits.yaml", overrides), quiet=True)
+    fit(load_config(root / "configs" / "digits.yaml", [*overrides, "train.epochs=2", "train.max_steps=3"]),
+        resume=True, quiet=True)

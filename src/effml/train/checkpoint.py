@@ -21,7 +21,7 @@ class CheckpointError(EffmlError):
 def rng_state() -> dict[str, Any]:
     """Every RNG the loop draws from (torch CPU and CUDA, Python)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # only a run that used CUDA (asking for devices may warn on a CPU machine)
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

@@ -216,13 +216,15 @@ def epoch_indices(dataset: AugmentedDataset, epoch: int, seed: int, rank: int, w
     return list(sampler)
 
 
-def train_loader(dataset: AugmentedDataset, indices: list[int], batch_size: int, workers: int) -> DataLoader:
-    """Batches over ``indices`` in order; the last partial batch is dropped."""
+def train_loader(dataset: AugmentedDataset, indices: list[int], batch_size: int, workers: int,
+                 pin_memory: bool = False) -> DataLoader:
+    """Batches over ``indices`` in order; the last partial batch is dropped. ``pin_memory`` for a
+    CUDA training (asked by the caller: CUDA is never queried for a CPU one)."""
     # Its own generator: creating a loader must not draw from the global RNG, whose state a
     # checkpoint restores mid-epoch (dropout and mixup read it).
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, drop_last=True,
                       num_workers=workers, collate_fn=collate_batch, generator=torch.Generator(),
-                      persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      persistent_workers=False, pin_memory=pin_memory)
 
 
 def eval_loader(dataset: AugmentedDataset, batch_size: int, workers: int, rank: int, world: int) -> DataLoader:

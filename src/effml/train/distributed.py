@@ -30,6 +30,7 @@ class DistContext:
 def setup(device: str = "auto") -> DistContext:
     """Initialise the process group when started by torchrun (gloo on CPU, nccl on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    # CUDA is queried only when it may be used: train.device=cpu never touches it
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise EffmlError("train.device=cuda but no CUDA device is available; use train.device=cpu")

@@ -197,7 +197,8 @@ class Trainer:
         indices = epoch_indices(train, self.epoch, self.cfg.train.seed, self.ctx.rank, self.ctx.world)
         self._epoch_order = indices
         self.train_mode()
-        return iter(train_loader(train, indices[self.batch_in_epoch * bs:], bs, self.cfg.data.workers))
+        return iter(train_loader(train, indices[self.batch_in_epoch * bs:], bs, self.cfg.data.workers,
+                                 pin_memory=self.device.type == "cuda"))
 
     def _usable(self, images: torch.Tensor) -> bool:
         """Whether the batch has ``min_batch`` images, on every process (they drop a batch together)."""
