@@ -96,10 +96,14 @@ def main() -> None:
     n = len(trials)
     span = (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
     durations = sorted(t.user_attrs["duration_s"] for t in trials)
+    # the workers' CPU as each trial measured it: a fork-server worker is not this process's child,
+    # so the rusage above holds the driver (and fork server) only
+    trial_cpu = sum(t.user_attrs["cpu_s"] for t in trials)
+    cpu += trial_cpu
     result = {
         "cpu": cpu_name(), "space": args.space, "strategy": args.strategy, "latency": args.latency,
         "workers": args.workers, "holdout_images": args.holdout_images, "calibration_batches": args.calibration_batches,
-        "candidates": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+        "candidates": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "trials_cpu_s": round(trial_cpu, 1),
         "per_wall_hour": round(n / wall * 3600), "per_cpu_hour": round(n / cpu * 3600),
         "steady_per_wall_hour": round(n / span * 3600), "median_trial_s": durations[len(durations) // 2],
         "load_average": os.getloadavg(),

@@ -99,6 +99,7 @@ def test_a_search_records_every_trial(finished_search):
     for t in trials:
         m = t.user_attrs["metrics"]
         assert 0 <= m["accuracy"] <= 1 and m["macs"] > 0 and m["params"] > 0
+        assert 0 < t.user_attrs["cpu_s"] <= 2 * t.user_attrs["duration_s"] + 1  # the worker's own CPU, 1 thread
         assert m["reward"] == pytest.approx(mnasnet_reward(m["accuracy"], m["latency_mmacs"], 0.2))
         assert t.values == [m["reward"]]
         assert t.user_attrs["spec"]["kind"] == "efficientnet" and t.user_attrs["seed"] == t.number

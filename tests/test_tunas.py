@@ -191,8 +191,11 @@ def test_search_strategy_tunas_records_a_trial_exports_and_resumes_after_sigkill
     # the first checkpoint (step 30) is past the delay (step 26): the controller has learned
     proc = kill_when(cmd, killed / "checkpoints" / "last.pt", env=ENV)
     assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    before = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["step"]["elapsed"]
     effml("search", str(CONFIG), *_args(tmp_path, "killed", "proxy.train.checkpoint_interval=30"), "--resume")
     resumed = json.loads((killed / "tunas.json").read_text())
+    # its cost counts the killed session's work up to its checkpoint, not only the resumed session's
+    assert before["cpu_s"] > 0 and resumed["cpu_s"] >= before["cpu_s"] and resumed["wall_s"] >= before["wall_s"]
     assert resumed["history"] == record["history"] and resumed["distributions"] == record["distributions"]
     assert resumed["found"] == record["found"]
     a, b = load_file(straight / "weights.safetensors"), load_file(killed / "weights.safetensors")

@@ -108,6 +108,10 @@ class TunasStep(ReportingStep, StatefulStep):
         self.policy = FactorizedPolicy(adam=Adam())
         self.history: list[dict[str, Any]] = []
         self._holdout: tuple[torch.Tensor, torch.Tensor] | None = None
+        # seconds spent by earlier sessions of a resumed search (up to their last checkpoint), and
+        # the start of this one: the record's cost is the whole search's, not the last session's
+        self.earlier = {"wall_s": 0.0, "cpu_s": 0.0}
+        self.session = (time.monotonic(), time.process_time())
 
     # -- the controller ------------------------------------------------------------------------
     def probabilities(self) -> dict[str, np.ndarray]:
@@ -230,12 +234,20 @@ class TunasStep(ReportingStep, StatefulStep):
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The controller (logits, baseline, Adam's moments) and the history: plain data."""
-        return {"policy": self.policy.state_dict(), "history": list(self.history)}
+        return {"policy": self.policy.state_dict(), "history": list(self.history), "elapsed": self.elapsed()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from ``state_dict``'s state."""
         self.policy.load_state_dict(state["policy"])
         self.history = list(state["history"])
+        self.earlier = dict(state.get("elapsed", {"wall_s": 0.0, "cpu_s": 0.0}))  # older checkpoints: unknown, 0
+        self.session = (time.monotonic(), time.process_time())
+
+    def elapsed(self) -> dict[str, float]:
+        """Wall and CPU seconds of the search so far, over every session."""
+        wall, cpu = self.session
+        return {"wall_s": self.earlier["wall_s"] + time.monotonic() - wall,
+                "cpu_s": self.earlier["cpu_s"] + time.process_time() - cpu}
 
 
 def block_ops(spec: NetworkSpec) -> str:
@@ -372,7 +384,7 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
               "found": {"params": params, "blocks": block_ops(spec), "metrics": metrics},
               "distributions": {c.name: {str(_suggestible(o)): float(p) for o, p in zip(c.options, probs[c.name])}
                                 for c in space.choices},
-              "history": step.history, **elapsed(start, cpu)}
+              "history": step.history, **elapsed(start, cpu, step)}
     write_result(out, record, spec_to_json(spec))
     echo(f"TuNAS: {run.global_step} steps; found {block_ops(spec)}: held-out top-1 {100 * accuracy:.1f}%, "
          f"{cost:.4g} {latency.unit} (target {cfg.objective.target}), reward {metrics['reward']:.4f}; "
@@ -452,7 +464,10 @@ def _record_trial(study: Any, space: SearchSpace, params: dict[str, Any], spec: 
     return study.get_trials(deepcopy=False)[-1].number
 
 
-def elapsed(start: float, cpu: float) -> dict[str, float]:
-    """Wall and CPU seconds since ``start`` / ``cpu`` (``time.monotonic`` / ``time.process_time``)."""
-    return {"wall_s": round(time.monotonic() - start, 1), "cpu_s": round(time.process_time() - cpu, 1)}
+def elapsed(start: float, cpu: float, step: TunasStep | None = None) -> dict[str, float]:
+    """Wall and CPU seconds since ``start`` / ``cpu`` (``time.monotonic`` / ``time.process_time``), plus
+    those of a resumed search's earlier sessions (``step``'s)."""
+    before = step.earlier if step is not None else {"wall_s": 0.0, "cpu_s": 0.0}
+    return {"wall_s": round(before["wall_s"] + time.monotonic() - start, 1),
+            "cpu_s": round(before["cpu_s"] + time.process_time() - cpu, 1)}
 

@@ -78,6 +78,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     study storage so that the pruner can stop it."""
     import torch
 
+    cpu_start = time.process_time()  # this worker's CPU (all its threads), which its driver cannot see
     torch.set_num_threads(job.cfg.search.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     report: Callable[[int, float], bool] | None = None
@@ -103,7 +104,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     outcome = evaluate_sample(job.cfg, job.sample, job.network, job.seed, worker_latency_model(job.cfg), report,
                               accuracy)
     return {"values": outcome.values, "metrics": outcome.metrics, "duration_s": outcome.duration_s,
-            "pruned": outcome.pruned, "history": outcome.history}
+            "cpu_s": time.process_time() - cpu_start, "pruned": outcome.pruned, "history": outcome.history}
 
 
 def _exit_with_parent() -> None:
@@ -344,6 +345,7 @@ def _fill(cfg: SearchConfig, space: SearchSpace, study: optuna.Study, executor: 
                 failed_in_a_row = 0
                 trial.set_user_attr("metrics", result["metrics"])
                 trial.set_user_attr("duration_s", round(result["duration_s"], 2))
+                trial.set_user_attr("cpu_s", round(result["cpu_s"], 2))
                 again = tell(study, trial, result["values"], result["pruned"])
                 if again is not None:
                     echo(f"trial {trial.number} had been failed by another driver (its heartbeat came late); "
