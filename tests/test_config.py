@@ -60,7 +60,7 @@ def _error(overrides: list[str] = (), path: Path | None = None) -> str:
     ("schedule.warmup_epochs=-1", ">= 0"),
     ("data.batch_size=0", ">= 1"),
     ("data.batch_size=-8", ">= 1"),
-    ("data.image_size=0", ">= 1"),
+    ("data.image_size=0", ">= 8"),
     ("data.eval_batch_size=0", ">= 1, or null"),
     ("data.workers=-1", ">= 0"),
     ("data.limit_train=0", ">= 1, or null"),

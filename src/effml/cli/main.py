@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Annotated
 
 import click
@@ -22,10 +24,23 @@ from effml.errors import EffmlError
 USER_ERROR_EXIT = 2
 
 
+def _terminate_cleanly() -> None:
+    """SIGTERM (``kill``, a job scheduler, torchrun stopping its workers) ends a command as Ctrl-C
+    does: by an exception, so that what it was writing is removed or left whole (temporary files,
+    run locks) instead of the process vanishing mid-write. A handler someone else installed is kept."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class _EffmlGroup(TyperGroup):
     """The one place user errors are reported: ``error: <message>`` on stderr, exit code 2."""
 
     def invoke(self, ctx: click.Context) -> object:
+        _terminate_cleanly()
         try:
             return super().invoke(ctx)
         except EffmlError as e:

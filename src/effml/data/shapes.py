@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from effml.errors import InputError
+from effml.files import os_error
 
 # (COCO category id, name). The ids are deliberately not 0..K-1 so that every user of the data
 # set exercises the id -> contiguous label mapping (the off-by-one trap of google/automl#398).
@@ -66,12 +67,18 @@ def make_shapes_dataset(root: str | Path | None = None, num_train: int = 512, nu
                                                                       if k != "version"})
     if _is_complete(root, params):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
     # Written next to its final place and renamed in one step, so an interrupted run leaves no
     # half-written data set under ``root`` (at worst a hidden temp folder).
     tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
+        root.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
+    except OSError as err:
+        cache = root.parent == default_shapes_root(**{k: v for k, v in params.items() if k != "version"}).parent
+        what = "EFFML_DATA_DIR (the shapes cache; default ~/.cache/effml) or data.root" if cache else "data.root"
+        raise os_error(err, "create the shapes data set in", root.parent,
+                       f"set {what} to a folder you can write") from None
+    try:
         for split, count in (("train", num_train), ("val", num_val)):
             _write_split(tmp / split, split, count, params)
         (tmp / MARKER).write_text(json.dumps(params, indent=1, sort_keys=True) + "\n")

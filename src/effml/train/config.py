@@ -120,7 +120,7 @@ class DataConfig:
     """coco: images in root/<split>/, annotations in root/<split>/annotations.json or
     root/annotations/instances_<split>.json (the COCO 2017 layout: train2017, val2017)"""
     val_split: Annotated[str, Field(min_length=1)] = "val"
-    image_size: Annotated[int, Field(ge=1)] = 64
+    image_size: Annotated[int, Field(ge=8)] = 64  # as predict, export and bench: a network's five stride-2 stages
     """training and evaluation input size (px)"""
     batch_size: Annotated[int, Field(ge=1)] = 64
     """per process; the global batch is this x world size"""
@@ -321,13 +321,29 @@ REMOVED_KEYS: dict[tuple[str, ...], str] = {
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, also reading 1e-3 as a number (YAML 1.2; PyYAML's 1.1 needs 1.0e-3)."""
+    """PyYAML's safe loader, also reading 1e-3 as a number (YAML 1.2; PyYAML's 1.1 needs 1.0e-3), and
+    refusing a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found key {key!r} twice (remove one)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
     list("-+0123456789."))
+
+
+# how a user writes infinity and not-a-number on a command line (YAML wants .inf / .nan)
+_NON_FINITE = ("inf", "+inf", "-inf", "infinity", "-infinity", "nan")
 
 
 def _yaml(text: str) -> Any:
@@ -339,7 +355,10 @@ def _read(p: Path) -> Any:
     if p.is_dir():
         raise ConfigError(f"config file {p} is a folder; give a YAML file")
     if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
+        looks_like_override = re.fullmatch(r"[A-Za-z_]+(\.[A-Za-z_]+)+", str(p)) and p.suffix not in (".yaml", ".yml")
+        hint = (f"; {str(p)!r} looks like a setting: overrides are section.key=value and come after the config "
+                f"file") if looks_like_override else ""
+        raise ConfigError(f"config file {p} does not exist{hint}")
     try:
         data = _yaml(p.read_text())
     except (OSError, UnicodeDecodeError) as e:
@@ -376,6 +395,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: Any = 
             raise ConfigError(f"override {item!r}: write it as section.key=value, e.g. train.epochs=5")
         try:
             value = _yaml(raw) if raw.strip() else None
+            if isinstance(value, str) and value.strip().lower() in _NON_FINITE:  # read as YAML's .inf / .nan
+                value = float(value)
         except yaml.YAMLError:
             value = raw
         nested: dict[str, Any] = {}

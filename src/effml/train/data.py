@@ -142,12 +142,13 @@ def _bundle(train: AugmentedDataset, val: AugmentedDataset, batch_size: int,
         source = getattr(val, "annotation_file", None) or getattr(val, "root", None)
         raise InputError(f"the validation set{f' ({source})' if source else ''} has no images; add some "
                          f"(an empty set would report a meaningless score)")
+    # Fail at once, not after an epoch of skipped batches, when (nearly) no image decodes (and before
+    # the batch size is compared with images that could never be read).
+    check_readable(train, "training set")
     if len(train) < batch_size:
         held = f" (after holding out {len(holdout)} for data.holdout)" if holdout is not None else ""
         raise InputError(f"the training set has {len(train)} images{held}, fewer than data.batch_size="
                          f"{batch_size}; lower the batch size")
-    # Fail at once, not after an epoch of skipped batches, when (nearly) no image decodes.
-    check_readable(train, "training set")
     check_readable(val, "validation set")
     return DataBundle(train, val, train.classes, holdout)
 

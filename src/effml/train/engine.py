@@ -176,6 +176,19 @@ def _read_state(run_dir: Path, ckpt_path: Path) -> dict[str, Any]:
     return state
 
 
+def _check_batch_norm_batch(t: Trainer) -> None:
+    """BatchNorm in training mode needs two images or more per batch (of one value per channel it
+    cannot take a variance): refused before the first step rather than as torch's error at it."""
+    from torch import nn
+
+    frozen = t.cfg.model.freeze_bn is True
+    if t.cfg.data.batch_size < 2 and not frozen and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in t.model.modules()):
+        raise EffmlError(f"data.batch_size={t.cfg.data.batch_size}: {t.model_name} has BatchNorm layers, which "
+                         f"need at least 2 images per training batch; set data.batch_size=2 or more "
+                         f"(or model.freeze_bn=true to keep every BatchNorm's statistics fixed)")
+
+
 def _outputs_complete(run_dir: Path) -> bool:
     """True when a finished run's run.json, model.json and weights are all there and readable."""
     try:
@@ -220,6 +233,7 @@ def _fit(cfg: Config, ctx: distributed.DistContext, model: Any, resume: bool, ob
     elif run_dir is not None:
         _check_fresh(run_dir, ckpt_path)
     t = Trainer(cfg, model=model, objective=objective, step=step, ctx=ctx)
+    _check_batch_norm_batch(t)
     if spec_file is not None:
         t.cfg = config_from_dict({"model": {"name": str(spec_file)}}, t.cfg)
     cfg = t.cfg
@@ -358,8 +372,13 @@ def _evaluate(t: Trainer, log: _Log) -> dict[str, Any]:
         t.recalibrate_bn(t.cfg.train.bn_recalibrate)
     val = t.evaluate("val")
     ema_val = t.evaluate("val", ema=True) if t.ema else None
-    row: dict[str, Any] = dict(epoch=t.epoch, global_step=t.global_step, val=val, ema_val=ema_val,
+    # a run stopped inside an epoch (train.max_steps) is labelled with that epoch and its step in it
+    partial = t.batch_in_epoch > 0
+    epoch = t.epoch + 1 if partial else t.epoch
+    row: dict[str, Any] = dict(epoch=epoch, global_step=t.global_step, val=val, ema_val=ema_val,
                                skipped_images=t.skipped)
+    if partial:
+        row["epoch_step"] = t.batch_in_epoch
     if t.bundle.holdout is not None:
         holdout = t.evaluate("holdout")
         ema_holdout = t.evaluate("holdout", ema=True) if t.ema else None
@@ -369,7 +388,8 @@ def _evaluate(t: Trainer, log: _Log) -> dict[str, Any]:
     log.row(kind="epoch", **row)
     ema_text = f"; EMA {t.task.describe(ema_val)}" if ema_val else ""
     held_text = f"; holdout {t.task.describe(holdout)}" if holdout else ""
-    log.say(f"epoch {t.epoch}: val {t.task.describe(val)}{ema_text}{held_text}"
+    where = f" (stopped at step {t.batch_in_epoch}/{t.steps_per_epoch})" if partial else ""
+    log.say(f"epoch {epoch}{where}: val {t.task.describe(val)}{ema_text}{held_text}"
             + (f" ({t.skipped} unreadable images skipped)" if t.skipped else ""))
     return row
 

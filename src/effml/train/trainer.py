@@ -108,6 +108,11 @@ class Trainer:
         self.preprocess = resolved.preprocess
         self.bundle = build_datasets(cfg, self.preprocess)
         self.num_classes = m.num_classes or len(self.bundle.classes)
+        if self.num_classes < len(self.bundle.classes):
+            n = len(self.bundle.classes)
+            raise EffmlError(f"model.num_classes={self.num_classes} but the data ({cfg.data.dataset}) has {n} classes, "
+                             f"labelled 0-{n - 1}: the model needs an output per class; drop model.num_classes "
+                             f"(it follows the data) or set it to {n}")
         if resolved.net is None:
             self.spec = resolve_spec(resolved.spec, num_classes=self.num_classes, dropout=m.dropout,
                                      drop_path=m.drop_path, bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
