@@ -241,3 +241,126 @@ def test_help_names_every_option_in_full_at_80_columns(command):
     assert proc.returncode == 0 and "…" not in proc.stdout and "Usage: effml" in proc.stdout
     if command == ["export"]:
         assert "--calibration-images" in proc.stdout and "--holdout-images" in proc.stdout
+
+
+# ---------------------------------------------------------------- bad input: runs, options, files
+
+
+def _train_run(run_dir: Path, *args: str | Path) -> Path:
+    """``effml train ARGS`` (a config file first, if any) for one step into ``run_dir``."""
+    proc = run("train", *args, f"run.dir={run_dir}", "train.epochs=1", "train.max_steps=1", "train.ema_decay=null",
+               "train.threads=1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A one-step digits run (10 classes) of a 20k-parameter network at 16 px."""
+    from effml.spec import NetworkSpec, parse_arch
+
+    d = tmp_path_factory.mktemp("tiny_run")
+    spec = NetworkSpec(stages=parse_arch([["ds_r1_k3_s1_e1_c16_se0.25"], ["ir_r1_k3_s2_e4_c24_se0.25"]]),
+                       stem_channels=16, head_channels=64, num_classes=10, resolution=16)
+    (d / "tiny.json").write_text(effml.spec_to_json(spec))
+    return _train_run(d / "run", f"model.name={d / 'tiny.json'}", "data.image_size=16", "data.batch_size=16",
+                      "data.limit_train=32", "optim.name=adamw")
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str], *parts: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    for part in parts:
+        assert part in proc.stderr, part
+    _no_traceback(proc)
+
+
+@pytest.mark.parametrize("kind", ["int64", "nan"])
+def test_weights_of_integers_or_nan_are_refused_naming_the_file(files, tiny_run, tmp_path, kind):
+    from safetensors.torch import load_file
+
+    state = load_file(str(tiny_run / "weights.safetensors"))
+    bad = {k: (v.to(torch.int64) if kind == "int64" else torch.full_like(v, float("nan")))
+           if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / f"{kind}.safetensors"
+    save_file(bad, str(path))
+    proc = run("predict", tiny_run, files["odd"], "-w", path)  # printed 0.1000 (int64) or nan before
+    _one_error_line(proc, str(path), "NaN or inf" if kind == "nan" else "(int64)", "left unchanged")
+    assert proc.stdout == ""
+
+
+def test_num_classes_other_than_the_runs_is_refused(files, tiny_run):
+    proc = run("predict", tiny_run, files["odd"], "--num-classes", "5", "-k", "10", "--json")
+    _one_error_line(proc, f"--num-classes 5: {tiny_run} is a run directory whose model has 10 classes",
+                    "zoo names and spec JSON files")
+    proc = run("predict", tiny_run, files["odd"], "--num-classes", "10", "-k", "10", "--json")  # its own: fine
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)[0]["predictions"]) == 10
+
+
+def test_detect_refuses_num_classes_other_than_the_runs(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    run_dir = _train_run(tmp_path / "run", root / "configs" / "shapes_detection_scratch.yaml",
+                         f"model.name={root / 'configs' / 'efficientdet_tiny.json'}", "detect.shapes_train=8",
+                         "detect.shapes_val=4", "data.batch_size=4", "data.image_size=64",
+                         "train.bn_recalibrate=0", f"data.root={tmp_path / 'shapes'}")
+    image = min((tmp_path / "shapes" / "val").glob("*.png"))
+    proc = run("detect", run_dir, image, "--num-classes", "5", "--out-dir", tmp_path / "out")
+    _one_error_line(proc, f"--num-classes 5: {run_dir} is a run directory whose model has 3 classes")
+    assert not (tmp_path / "out").exists()
+    proc = run("detect", run_dir, image, "--num-classes", "3", "--out-dir", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "detect"])
+def test_num_classes_below_one_is_a_usage_error(files, command, tmp_path):
+    model = {"predict": "configs/efficientnet_digits.json", "detect": "configs/efficientdet_tiny.json"}[command]
+    root = Path(__file__).resolve().parents[1]
+    proc = run(command, root / model, files["odd"], "--num-classes", "0", cwd=tmp_path)  # printed nothing, exit 0
+    assert proc.returncode == 2 and "--num-classes" in proc.stderr and proc.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # detect wrote no output folder
+    _no_traceback(proc)
+
+
+@pytest.mark.parametrize("command", ["predict", "detect"])
+def test_an_unreadable_image_is_reported_and_skipped(files, tiny_run, command):
+    """As a user (not root, who may read anything): typer's own readability check aborted the command."""
+    import os
+    import shutil
+    import stat
+    import tempfile
+
+    from _effml_cli import EFFML, ENV
+
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root and setpriv (util-linux) is missing: cannot drop to a user")
+        as_user = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)  # pytest's tmp_path is private to root: this folder is opened to everyone
+        # a classifier run for predict; a detector spec (random weights) for detect
+        model = (shutil.copytree(tiny_run, d / "run") if command == "predict"
+                 else Path(__file__).resolve().parents[1] / "configs" / "efficientdet_tiny.json")
+        good, bad = shutil.copy(files["odd"], d / "good.jpg"), shutil.copy(files["odd"], d / "bad.jpg")
+        (d / "home").mkdir()
+        for path in [d, *d.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o644)
+        Path(bad).chmod(0)
+        env = {**ENV, "HOME": str(d / "home")}
+        extra = ["--out-dir", str(d / "home" / "out")] if command == "detect" else []
+        proc = subprocess.run([*as_user, EFFML, command, str(model), str(good), str(bad), *extra],
+                              capture_output=True, text=True, cwd=d, env=env, timeout=300, check=False)
+        assert stat.S_IMODE(Path(bad).stat().st_mode) == 0
+    assert proc.returncode == 1, proc.stderr
+    assert f"error: cannot read image {bad}: permission denied" in proc.stderr
+    assert "1 of 2 image(s) could not be read" in proc.stderr and "Usage:" not in proc.stderr
+    assert str(good) in proc.stdout and str(bad) not in proc.stdout
+    _no_traceback(proc)
+
+
+def test_eval_refuses_zero_pgd_steps(tiny_run):
+    proc = run("eval", tiny_run, "--pgd-epsilon", "1", "--pgd-steps", "0")  # reported pgd == clean before
+    assert proc.returncode == 2 and "--pgd-steps must be 1 or more" in proc.stderr
+    _no_traceback(proc)

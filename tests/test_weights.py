@@ -409,3 +409,42 @@ def test_a_torch_save_file_named_safetensors_is_read_by_its_content(lite0, tmp_p
     pickle.dump({"code": print}, (tmp_path / "evil.safetensors").open("wb"))
     with pytest.raises(WeightsError, match="refused to load .*evil.safetensors"):
         load_weights(model, tmp_path / "evil.safetensors")
+
+
+# ---------------------------------------------------------------- tensor dtypes and values
+
+
+@pytest.mark.parametrize("bad", ["int64", "bool", "nan", "inf"])
+def test_integer_or_non_finite_weights_are_refused_and_model_untouched(bad, lite0, tmp_path):
+    state = {k: v.clone() for k, v in lite0.state_dict().items()}
+    if bad in ("int64", "bool"):  # integer copies of float weights: load_state_dict would cast them
+        state = {k: v.to(getattr(torch, bad)) if v.is_floating_point() else v for k, v in state.items()}
+    else:
+        state["conv_head.weight"][0, 0] = float(bad)
+        state["bn2.running_var"][3] = -float(bad)  # a buffer too
+    path = tmp_path / f"{bad}.safetensors"
+    safetensors.torch.save_file(state, str(path))
+    model = effml.create_model("tf_efficientnet_lite0")
+    before = _snapshot(model)
+    with pytest.raises(WeightsError) as info:
+        load_weights(model, path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg and "The model was left unchanged" in msg
+    if bad in ("nan", "inf"):
+        assert "NaN or inf values in 2 tensor(s): bn2.running_var, conv_head.weight;" in msg
+    else:
+        assert f"bn1.bias ({bad})" in msg and "... and" in msg and "float16 or bfloat16" in msg
+        assert "num_batches_tracked" not in msg  # integer buffers may stay integer
+    _assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_upcast_and_integer_buffers_stay(dtype, lite0):
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in lite0.state_dict().items()}
+    assert state["bn1.num_batches_tracked"].dtype == torch.int64
+    model = effml.create_model("tf_efficientnet_lite0")
+    load_weights(model, state)
+    assert model.conv_stem.weight.dtype == torch.float32
+    assert torch.equal(model.conv_stem.weight, state["conv_stem.weight"].float())
+    assert model.bn1.num_batches_tracked.dtype == torch.int64
+    load_weights(model, {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")})

@@ -164,7 +164,7 @@ FastOpt = Annotated[bool, typer.Option(
                    "path measured (README, Benchmarks). The export takes 10-30 s, so this pays off "
                    "over hundreds of images; for repeated use, `effml export` once and pass --onnx.")]
 NumClassesOpt = Annotated[int | None, typer.Option(
-    help="Classes of the checkpoint (default: the model's: 1000 for ImageNet classifiers, "
+    min=1, help="Classes of the checkpoint (default: the model's: 1000 for ImageNet classifiers, "
          "90 for COCO detectors).")]
 
 
@@ -184,12 +184,25 @@ def load_model(model: str, *, weights: Path | None = None, num_classes: int | No
 
     resolved = resolve_model(model, weights=weights)
     _check_task(model, resolved.task, task)
+    _check_num_classes(model, resolved, num_classes)
     preprocess = replace(resolved.preprocess, input_size=input_size) if input_size else resolved.preprocess
     resolution = input_size if resolved.task == "detect" else None
     net = resolved.build(resolve_spec(resolved.spec, num_classes=num_classes, resolution=resolution)).eval()
     if resolved.weights is None and warn_random:
         warn_random_weights(model)
     return replace(resolved, preprocess=preprocess, net=net)
+
+
+def _check_num_classes(model: str, resolved: ResolvedModel, num_classes: int | None) -> None:
+    """``--num-classes`` builds a zoo name or spec file with that many classes; a run directory's
+    network is already built with its own (``ResolvedModel.build`` keeps it): refuse another count."""
+    if num_classes is None or resolved.net is None:
+        return
+    ours = getattr(resolved.net, "num_classes", None)
+    if isinstance(ours, int) and ours != num_classes:
+        what = "a run directory whose model" if resolved.source == "run" else "a built network that"
+        raise EffmlError(f"--num-classes {num_classes}: {model} is {what} has {ours} classes; --num-classes "
+                         f"applies to zoo names and spec JSON files: drop it")
 
 
 def _check_task(model: str, kind: str, wanted: str | None) -> None:

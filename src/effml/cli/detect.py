@@ -23,7 +23,8 @@ def detect(
         help="Detection model name (tf_efficientdet_d0; `effml models --task detect` lists them), "
              "a detector spec JSON file, or a run directory written by `effml train` for detection.",
         show_default=False)],
-    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    # readable=False: an unreadable image is reported and skipped below, not a usage error for all
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False, readable=False)],
     weights: WeightsOpt = None,
     num_classes: NumClassesOpt = None,
     input_size: Annotated[int | None, typer.Option(

@@ -20,7 +20,8 @@ _CHUNK = 16  # images per forward pass
 
 def predict(
     model: ModelArg,
-    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False)],
+    # readable=False: an unreadable image is reported and skipped below, not a usage error for all
+    images: Annotated[list[Path], typer.Argument(help="Image files.", show_default=False, readable=False)],
     weights: WeightsOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes per image.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

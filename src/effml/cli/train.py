@@ -62,8 +62,8 @@ def evaluate_run(
         if value is not None and not (math.isfinite(value) and (value >= 0 if low == 0.0 else value > 0)):
             raise typer.BadParameter(f"{name} must be a finite number {'>= 0' if low == 0.0 else '> 0'} "
                                      f"(pixel units, 0-255), got {value}")
-    if pgd_steps is not None and pgd_steps < 0:
-        raise typer.BadParameter(f"--pgd-steps must be 0 or more, got {pgd_steps}")
+    if pgd_steps is not None and pgd_steps < 1:  # 0 steps: no attack, a 'pgd' accuracy equal to the clean one
+        raise typer.BadParameter(f"--pgd-steps must be 1 or more (PGD iterations), got {pgd_steps}")
     trained = load_run(run_dir, weights)
     if trained.task == "detect" and pgd_epsilon is not None:
         from effml.errors import EffmlError

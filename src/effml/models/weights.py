@@ -294,6 +294,39 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "classifier_prefixes", ("classifier.",)))
 
 
+def _first_keys(items: list[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (f" ... and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or inf in ``t``: its float64 sum is finite exactly then (NaN and inf carry through a
+    sum, and float32/16 values cannot overflow float64's range). One read of the tensor, no
+    temporary: on EfficientNet-B7 (66M parameters, 1 CPU thread) 36 ms vs 150 ms for
+    isfinite(t).all(), which float64 tensors (whose sum could overflow) still take."""
+    if t.dtype == torch.float64:
+        return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
+
+def _check_values(source: str, state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> None:
+    """Refuse what ``load_state_dict`` would copy in silently: integer or bool tensors for
+    floating-point parameters/buffers (cast to garbage), NaN or inf in floating-point tensors.
+    float16/bfloat16 are upcast; an integer buffer (num_batches_tracked) may stay integer."""
+    not_float = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
+                 if k in target and target[k].is_floating_point() and not v.is_floating_point()]
+    if not_float:
+        raise WeightsError(
+            f"weights {source} hold {len(not_float)} non-floating-point tensor(s) where the model has "
+            f"floating-point weights: {_first_keys(not_float)}; save the model's float tensors "
+            f"(float32, float16 or bfloat16), not integer copies. The model was left unchanged.")
+    non_finite = [k for k, v in state.items() if k in target and v.is_floating_point() and not _finite(v)]
+    if non_finite:
+        raise WeightsError(
+            f"weights {source} hold NaN or inf values in {len(non_finite)} tensor(s): "
+            f"{_first_keys(non_finite)}; the checkpoint is corrupt or was saved after training "
+            f"diverged: use an earlier one. The model was left unchanged.")
+
+
 def load_weights(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike[str] | Mapping[str, torch.Tensor],
@@ -306,7 +339,8 @@ def load_weights(
 
     ``drop_classifier`` keeps the model's own classifier; a backbone (no ``conv_head``) ignores
     the checkpoint's head. With ``strict=False`` missing keys keep the model's values and
-    unexpected keys are ignored; a shape mismatch is always an error.
+    unexpected keys are ignored; a shape mismatch is always an error, and so are integer tensors
+    for floating-point weights and NaN/inf values (float16/bfloat16 tensors are upcast).
     """
     if isinstance(path_or_state_dict, Mapping):
         source = "<state_dict>"
@@ -336,6 +370,7 @@ def load_weights(
                   if k in target and v.shape != target[k].shape]
     if mismatched or (strict and (missing or unexpected)):
         raise WeightsError(_mismatch_message(source, fmt, model, missing, unexpected, mismatched))
+    _check_values(source, state, target)
 
     merged = dict(target)
     merged.update((k, v) for k, v in state.items() if k in target)
