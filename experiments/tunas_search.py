@@ -23,11 +23,12 @@ training does. This experiment measures that first:
    favours random search over one that ranks by proxy trainings;
 5. **cost**: the search's CPU time against a training of the space's largest member for as many
    steps (its time per step measured over 100 steps with the standalone recipe at batch 64);
-6. **ablations** (``--variants``): searches of the first seed with other settings, e.g.
+6. **ablations** (``--variants``): searches of the first seed (or of ``--variant-seeds``) with other settings, e.g.
    ``uniform=tunas.delay=0.99`` (the controller never learns, so every child is sampled uniformly:
    is the ranking lost to the controller's focus on small children?) or
    ``lr4=tunas.controller_lr=0.02`` (does a controller that converges hit the target?): each one's
-   supernet ranked over the same members and its found network trained once.
+   supernet ranked over the same members and its found network trained once (its reward at the
+   target from that training).
 
 Writes ``results.json`` and ``tunas_search.png`` (supernet vs standalone accuracy per member, and
 the found networks) in ``--out``. ``--quick``: a few minutes on the embedded digits (CI).
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ablations of the first seed's search, each with these overrides too (e.g. "
                         "uniform=tunas.delay=0.99): their supernets ranked over the same members (tau), their "
                         "found networks trained once")
+    p.add_argument("--variant-seeds", type=int, nargs="+", default=None,
+                   help="search seeds of every variant (default: the first of --seeds)")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     out: Path = args.out
@@ -181,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = parse_variants(args.variants)
     searches = [(s, out, extra, "") for s in args.seeds]
-    searches += [(args.seeds[0], out, extra + overrides, name) for name, overrides in variants.items()]
+    variant_seeds = args.variant_seeds or args.seeds[:1]
+    variant_jobs = [(name, seed) for name in variants for seed in variant_seeds]
+    searches += [(seed, out, extra + variants[name], name) for name, seed in variant_jobs]
     with ThreadPoolExecutor(args.workers) as pool:
         every = list(pool.map(lambda job: search(*job), searches))
     runs, variant_runs = every[:len(args.seeds)], every[len(args.seeds):]
@@ -248,12 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         "cost": {"largest_step_s": step_s, "search_cpu_s": search_cpu, "search_steps": steps,
                  "largest_trainings": search_cpu / (step_s * steps)},
         "found": [{"seed": s, "standalone_val_top1": spread([done[(q, ts)] for ts in seeds]),
-                   **found_record(rec)} for s, q, rec, seeds in zip(args.seeds, found_paths, records, trainings)],
-        "variants": [{"name": name, "overrides": variants[name], "seed": args.seeds[0],
+                   **found_record(rec, o.target, t, statistics.fmean(done[(q, ts)] for ts in seeds))}
+                  for s, q, rec, seeds in zip(args.seeds, found_paths, records, trainings)],
+        "variants": [{"name": name, "overrides": variants[name], "seed": seed,
                       "kendall": kendall(scores, alone), "kendall_macs": kendall(scores, macs)["tau"],
                       "standalone_val_top1": done[(q, 0)],
-                      **found_record(json.loads((r / "tunas.json").read_text()))}
-                     for name, r, q, scores in zip(variants, variant_runs, variant_paths, variant_scores)],
+                      **found_record(json.loads((r / "tunas.json").read_text()), o.target, t, done[(q, 0)])}
+                     for (name, seed), r, q, scores in zip(variant_jobs, variant_runs, variant_paths, variant_scores)],
     }
     write_json(out / "results.json", results)
     print_tables(results)
@@ -261,10 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def found_record(rec: dict[str, Any]) -> dict[str, Any]:
-    """What a search's ``tunas.json`` says of its found network and its cost."""
+def found_record(rec: dict[str, Any], target: float, tunas: Any, top1: float | None = None) -> dict[str, Any]:
+    """What a search's ``tunas.json`` says of its found network and its cost; with its standalone
+    ``top1`` (%), its reward at ``target`` (the search's own reward, ``tunas`` its settings)."""
+    from effml.search.oneshot.tunas import tunas_reward
+
     history = rec["history"]
-    return {"mmacs": rec["found"]["metrics"].get("latency_mmacs"), "blocks": rec["found"]["blocks"],
+    mmacs = rec["found"]["metrics"].get("latency_mmacs")
+    reward = tunas_reward(top1 / 100, mmacs, target, tunas.beta, tunas.reward) if top1 is not None else None
+    return {"mmacs": mmacs, "blocks": rec["found"]["blocks"], "standalone_reward": reward,
             "search_cpu_s": rec["cpu_s"], "search_wall_s": rec["wall_s"], "steps": rec["steps"],
             "final_entropy": history[-1]["entropy"] if history else 1.0,
             "last_samples_mmacs": statistics.fmean(h["cost"] for h in history[-100:]) if history else None}
@@ -283,14 +294,15 @@ def print_tables(results: dict[str, Any]) -> None:
     for f in results["found"]:
         print(f"TuNAS seed {f['seed']}: found {f['blocks']} ({f['mmacs']:.2f} MMACs, target {results['target']}; "
               f"the last 100 samples {f['last_samples_mmacs'] or 0:.2f}), standalone val top-1 "
-              f"{fmt(f['standalone_val_top1'])} over training seeds; search {f['search_cpu_s'] / 60:.1f} CPU min, "
+              f"{fmt(f['standalone_val_top1'])} over training seeds (reward {f['standalone_reward']:.3f}); search "
+              f"{f['search_cpu_s'] / 60:.1f} CPU min, "
               f"{f['steps']} steps, final entropy {f['final_entropy']:.2f}")
     for v in results["variants"]:
         k = v["kendall"]
         print(f"variant {v['name']} ({' '.join(v['overrides'])}): Kendall tau {k['tau']:.2f} ({k['p10']:.2f} to "
               f"{k['p90']:.2f}), with MACs {v['kendall_macs']:.2f}; found {v['mmacs']:.2f} MMACs (last 100 samples "
               f"{v['last_samples_mmacs'] or 0:.2f}), final entropy {v['final_entropy']:.2f}, standalone val top-1 "
-              f"{v['standalone_val_top1']:.2f}")
+              f"{v['standalone_val_top1']:.2f} (reward {v['standalone_reward']:.3f}), search seed {v['seed']}")
     r = results["random_search_equal_cpu"]
     cpu_s = results["standalone_training_cpu_s"]
     print(f"random search with the CPU time of one TuNAS search ({r['k']} standalone trainings of "
@@ -322,6 +334,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         a = f["standalone_val_top1"]
         right.errorbar([f["mmacs"]], [a["mean"]], yerr=[[a["mean"] - a["min"]], [a["max"] - a["mean"]]], fmt="*",
                        ms=10, label=f"TuNAS seed {f['seed']}")
+    for v in results["variants"]:
+        right.plot([v["mmacs"]], [v["standalone_val_top1"]], "P", ms=8, label=f"{v['name']} seed {v['seed']}")
     right.axvline(results["target"], color="grey", ls="--", lw=1, label="target T0")
     right.set(xlabel="MMACs", ylabel="standalone, val top-1 (%)", title="found vs random members")
     right.legend(fontsize=7)

@@ -14,7 +14,8 @@ from effml.search.oneshot.tunas import tunas_reward
 
 
 def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
-    stdout, res = run_quick("tunas_search", tmp_path, "--workers", "1")
+    stdout, res = run_quick("tunas_search", tmp_path, "--workers", "1", "--variants", "lr4=tunas.controller_lr=0.02",
+                            "--variant-seeds", "1")
     members = res["members"]
     assert len(members) == 4
     for m in members:
@@ -41,3 +42,7 @@ def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
     assert spec == json.loads((tmp_path / "tunas_s0" / "found_model.json").read_text())
     assert (tmp_path / "tunas_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Kendall tau" in stdout and "TuNAS seed 0: found" in stdout
+    (v,) = res["variants"]  # an ablation searched with its own seed, its found network trained and rewarded
+    assert v["name"] == "lr4" and v["seed"] == 1 and (tmp_path / "tunas_lr4_s1" / "tunas.json").is_file()
+    assert v["standalone_reward"] == pytest.approx(tunas_reward(v["standalone_val_top1"] / 100, v["mmacs"],
+                                                                res["target"], -0.1))
