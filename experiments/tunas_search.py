@@ -99,6 +99,25 @@ def supernet_scores(trained: Any, specs: list[Any], holdout_images: int | None =
     return scores, (time.process_time() - start) / len(specs)
 
 
+def cached_scores(run_dir: Path, specs: list[Any]) -> list[float]:
+    """``supernet_scores`` of a finished search's supernet for ``specs``, kept in its run directory
+    (``member_scores.json``, keyed by the specs) so that a rerun does not score them again."""
+    import hashlib
+
+    from effml.search.oneshot.tunas import load_tunas_supernet
+    from effml.zoo import spec_to_json
+
+    key = hashlib.sha256("\n".join(spec_to_json(spec) for spec in specs).encode()).hexdigest()
+    path = run_dir / "member_scores.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("members") == key:
+            return kept["scores"]
+    scores = supernet_scores(load_tunas_supernet(run_dir), specs)[0]
+    write_json(path, {"members": key, "scores": scores})
+    return scores
+
+
 def standalone(spec_path: Path, out: Path, overrides: list[str], seed: int = 0) -> float:
     """Val top-1 (%) of the spec trained from scratch with the one recipe (training seed ``seed``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     trained = load_tunas_supernet(runs[0])
     shared, shared_s = supernet_scores(trained, members)
     cheap, cheap_s = supernet_scores(trained, members, args.holdout_images, args.calibration_batches)
-    variant_scores = [supernet_scores(load_tunas_supernet(r), members)[0] for r in variant_runs]
+    variant_scores = [cached_scores(r, members) for r in variant_runs]
     trainings = [args.train_seeds] + [[0]] * (len(found_paths) - 1)  # the noise floor once: the first seed's
     jobs = [(q, 0) for q in paths] + [(q, s) for q, seeds in zip(found_paths, trainings) for s in seeds]
     jobs += [(q, 0) for q in variant_paths]
