@@ -52,6 +52,8 @@ LONGEST_FIRST = (
     "test_experiment_spinenet_search.py",  # 47
     "test_tunas.py",  # 43
     "test_experiment_bignas.py",  # 35
+    "test_full_disk.py",  # ~40 (new)
+    "test_cli_faults.py",  # ~35 (new)
     "test_search_supernet.py",  # 32
     "test_autohas.py",  # 31
     "test_search_detection.py",  # 29
