@@ -72,15 +72,21 @@ def search(seed: int, out: Path, extra: list[str], variant: str = "") -> Path:
     return run_dir
 
 
-def parse_variants(texts: list[str]) -> dict[str, list[str]]:
-    """``NAME=KEY=VALUE[,KEY=VALUE...]`` -> {NAME: overrides} (``--variants``)."""
+def parse_variants(texts: list[str], default_seeds: list[int]) -> dict[str, tuple[list[str], list[int]]]:
+    """``NAME[:SEED,SEED...]=KEY=VALUE[,KEY=VALUE...]`` -> {NAME: (overrides, search seeds)}
+    (``--variants``; without seeds, ``default_seeds``)."""
     variants = {}
     for text in texts:
-        name, sep, overrides = text.partition("=")
-        if not sep or not name.isidentifier() or "=" not in overrides:
-            raise SystemExit(f"--variants {text!r}: expected NAME=KEY=VALUE[,KEY=VALUE...], "
-                             f"e.g. uniform=tunas.delay=0.99")
-        variants[name] = overrides.split(",")
+        head, sep, overrides = text.partition("=")
+        name, _, seeds = head.partition(":")
+        try:
+            chosen = [int(x) for x in seeds.split(",")] if seeds else list(default_seeds)
+        except ValueError:
+            chosen = []
+        if not sep or not name.isidentifier() or "=" not in overrides or not chosen:
+            raise SystemExit(f"--variants {text!r}: expected NAME[:SEED,...]=KEY=VALUE[,KEY=VALUE...], "
+                             f"e.g. uniform=tunas.delay=0.99 or lr4:0,1,2=tunas.controller_lr=0.02")
+        variants[name] = (overrides.split(","), chosen)
     return variants
 
 
@@ -184,12 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_tunas")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--search-overrides", nargs="*", default=[], help="key=value overrides of the search config")
-    p.add_argument("--variants", nargs="*", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+    p.add_argument("--variants", nargs="*", default=[], metavar="NAME[:SEEDS]=KEY=VALUE[,KEY=VALUE]",
                    help="ablations of the first seed's search, each with these overrides too (e.g. "
                         "uniform=tunas.delay=0.99): their supernets ranked over the same members (tau), their "
                         "found networks trained once")
     p.add_argument("--variant-seeds", type=int, nargs="+", default=None,
-                   help="search seeds of every variant (default: the first of --seeds)")
+                   help="search seeds of a variant that names none (default: the first of --seeds)")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     out: Path = args.out
@@ -201,11 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe = full_recipe(args.limit_train, args.epochs) + ["train.log_interval=1000"] + (
         QUICK_STANDALONE if args.quick else [])
 
-    variants = parse_variants(args.variants)
+    variants = parse_variants(args.variants, args.variant_seeds or args.seeds[:1])
     searches = [(s, out, extra, "") for s in args.seeds]
-    variant_seeds = args.variant_seeds or args.seeds[:1]
-    variant_jobs = [(name, seed) for name in variants for seed in variant_seeds]
-    searches += [(seed, out, extra + variants[name], name) for name, seed in variant_jobs]
+    variant_jobs = [(name, seed) for name, (_, seeds) in variants.items() for seed in seeds]
+    searches += [(seed, out, extra + variants[name][0], name) for name, seed in variant_jobs]
     with ThreadPoolExecutor(args.workers) as pool:
         every = list(pool.map(lambda job: search(*job), searches))
     runs, variant_runs = every[:len(args.seeds)], every[len(args.seeds):]
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "found": [{"seed": s, "standalone_val_top1": spread([done[(q, ts)] for ts in seeds]),
                    **found_record(rec, o.target, t, statistics.fmean(done[(q, ts)] for ts in seeds))}
                   for s, q, rec, seeds in zip(args.seeds, found_paths, records, trainings)],
-        "variants": [{"name": name, "overrides": variants[name], "seed": seed,
+        "variants": [{"name": name, "overrides": variants[name][0], "seed": seed,
                       "kendall": kendall(scores, alone), "kendall_macs": kendall(scores, macs)["tau"],
                       "standalone_val_top1": done[(q, 0)],
                       **found_record(json.loads((r / "tunas.json").read_text()), o.target, t, done[(q, 0)])}

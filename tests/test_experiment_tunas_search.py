@@ -14,8 +14,7 @@ from effml.search.oneshot.tunas import tunas_reward
 
 
 def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
-    stdout, res = run_quick("tunas_search", tmp_path, "--workers", "1", "--variants", "lr4=tunas.controller_lr=0.02",
-                            "--variant-seeds", "1")
+    stdout, res = run_quick("tunas_search", tmp_path, "--workers", "1", "--variants", "lr4:1=tunas.controller_lr=0.02")
     members = res["members"]
     assert len(members) == 4
     for m in members:
