@@ -5,13 +5,12 @@ sampled anew, and nothing a driver finished is lost."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from _postgres import postgres_url  # noqa: F401 - a fixture
+from _waiting import wait_for
 from test_search_run import _config
 
 from effml.cli.forked import start_forked
@@ -30,16 +29,6 @@ def _study(storage: str) -> optuna.Study | None:
         return None
 
 
-def _wait_for(what: str, check, logs: list[Path], timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}: " + " | ".join(p.read_text()[-1500:] for p in logs if p.exists()))
-
-
 def _drivers(tmp_path: Path, storage: str, steps: int = 3):
     """Driver a creates the study; driver b joins it with --resume once it exists. Each trial trains
     ``steps`` proxy steps."""
@@ -49,7 +38,7 @@ def _drivers(tmp_path: Path, storage: str, steps: int = 3):
     config.write_text(yaml.safe_dump(cfg))
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     a = start_forked(["search", config], logs[0], cwd=tmp_path)
-    _wait_for("the study", lambda: _study(storage), logs)
+    wait_for("the study", lambda: _study(storage), logs)
     b = start_forked(["search", config, "--resume"], logs[1], cwd=tmp_path)
     return a, b, logs
 
@@ -81,8 +70,8 @@ def test_two_drivers_fill_one_sqlite_study_exactly(tmp_path):
 
 def test_a_killed_driver_loses_nothing_on_postgresql(tmp_path, postgres_url):  # noqa: F811
     a, b, logs = _drivers(tmp_path, postgres_url, steps=30)  # trials of seconds: a is killed inside one
-    first = _wait_for("a's first trial", lambda: (s := _study(postgres_url)) and s.trials and s.trials[0], logs)
-    id_a = first.user_attrs.get(DRIVER) or _wait_for(
+    first = wait_for("a's first trial", lambda: (s := _study(postgres_url)) and s.trials and s.trials[0], logs)
+    id_a = first.user_attrs.get(DRIVER) or wait_for(
         "a's driver id", lambda: load_study(postgres_url, "tiny").trials[0].user_attrs.get(DRIVER), logs)
 
     def a_running_after_a_finished_one():
@@ -91,7 +80,7 @@ def test_a_killed_driver_loses_nothing_on_postgresql(tmp_path, postgres_url):  #
         running = [t for t in mine if t.state == State.RUNNING]
         return running[0] if running and any(t.state == State.COMPLETE for t in mine) else None
 
-    _wait_for("a running trial of driver a after a finished one", a_running_after_a_finished_one, logs)
+    wait_for("a running trial of driver a after a finished one", a_running_after_a_finished_one, logs)
     a.kill()
     a.join()
     trials = load_study(postgres_url, "tiny").get_trials()  # b fails a's trial only GRACE s from now

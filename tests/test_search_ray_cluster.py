@@ -14,13 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from _waiting import wait_for
 from test_search_run import _config
 
 from effml.search.study.storage import load_study
@@ -52,17 +53,24 @@ class Cluster:
     """A head and worker nodes on this machine, all in one temporary folder."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.ray = root, str(Path(sys.executable).parent / "ray")
+        # Ray's sockets live under its temp folder, and a Unix socket path has at most 107 bytes:
+        # pytest's folders (deeper under xdist) are too long, so the cluster gets a short one
+        self.root, self.ray = Path(tempfile.mkdtemp(prefix="effml-ray-", dir="/tmp")), str(
+            Path(sys.executable).parent / "ray")
         token = root / "token"
         token.write_text(secrets.token_hex(32))
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
                     "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-                    # a dead node found in about 3 s instead of Ray's 30 (its health checks, read by the head)
-                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
+                    # a dead node found in about 10 s instead of Ray's 30 (its health checks, read by the head;
+                    # not fewer: a node starved of CPU by other tests must not be taken for dead)
+                    "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "10"}
         self.env.pop("RAY_ADDRESS", None)
+        self.address = ""
+
+    def start_head(self) -> None:
         port = _free_port()
         self._start("--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-                    f"--temp-dir={root / 'ray'}")
+                    f"--temp-dir={self.root}")
         self.address = f"{self._node_ip()}:{port}"
 
     def _start(self, *args: str) -> None:
@@ -96,6 +104,7 @@ class Cluster:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +115,10 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         pytest.skip("Ray is not installed (pip install effml[ray])")
     started = Cluster(tmp_path_factory.mktemp("ray"))
     try:
+        started.start_head()
         yield started
     finally:
         started.stop()
-
-
-def _wait_for(what: str, check, log: Path, timeout: float = 240.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.3)
-    pytest.fail(f"timed out waiting for {what}: {log.read_text()[-3000:] if log.exists() else ''}")
 
 
 def _running_trial(storage: str):
@@ -141,7 +141,7 @@ def test_a_search_on_a_ray_cluster_survives_a_dying_worker_node(tmp_path, cluste
         driver = subprocess.Popen([str(Path(sys.executable).parent / "effml"), "search", str(config)], cwd=tmp_path,
                                   env=cluster.env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        victim = _wait_for("a trial running on the first node", lambda: _running_trial(storage), log)
+        victim = wait_for("a trial running on the first node", lambda: _running_trial(storage), [log])
         cluster.add_node()  # where the study goes on
         cluster.kill_node(first)
         assert driver.wait(timeout=400) == 0, log.read_text()[-3000:]
