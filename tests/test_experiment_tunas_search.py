@@ -5,6 +5,8 @@ found network over training seeds, random search's pick, results.json and the pl
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from _experiment import run_quick
@@ -14,7 +16,7 @@ from effml.search.oneshot.tunas import tunas_reward
 
 
 def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
-    stdout, res = run_quick("tunas_search", tmp_path, "--workers", "1", "--variants", "lr4:1=tunas.controller_lr=0.02")
+    stdout, res = run_quick("tunas_search", tmp_path, "--workers", "1")
     members = res["members"]
     assert len(members) == 4
     for m in members:
@@ -41,7 +43,18 @@ def test_quick_run_ranks_members_by_the_supernet_and_alone(tmp_path):
     assert spec == json.loads((tmp_path / "tunas_s0" / "found_model.json").read_text())
     assert (tmp_path / "tunas_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Kendall tau" in stdout and "TuNAS seed 0: found" in stdout
-    (v,) = res["variants"]  # an ablation searched with its own seed, its found network trained and rewarded
-    assert v["name"] == "lr4" and v["seed"] == 1 and (tmp_path / "tunas_lr4_s1" / "tunas.json").is_file()
-    assert v["standalone_reward"] == pytest.approx(tunas_reward(v["standalone_val_top1"] / 100, v["mmacs"],
-                                                                res["target"], -0.1))
+    assert found["standalone_reward"] == pytest.approx(tunas_reward(found["standalone_val_top1"]["mean"] / 100,
+                                                                    found["mmacs"], res["target"], -0.1))
+
+
+def test_variants_name_their_overrides_and_search_seeds():
+    # a variant's run is a whole search (about a minute in --quick): its parsing is checked here
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from tunas_search import parse_variants
+
+    got = parse_variants(["lr4:0,1,2=tunas.controller_lr=0.02", "uniform=tunas.delay=0.99,tunas.beta=-0.2"], [5])
+    assert got == {"lr4": (["tunas.controller_lr=0.02"], [0, 1, 2]),
+                   "uniform": (["tunas.delay=0.99", "tunas.beta=-0.2"], [5])}
+    for bad in ("lr4", "lr4=0.02", "lr4:x=tunas.controller_lr=0.02", "4x=tunas.delay=0.99"):
+        with pytest.raises(SystemExit, match="--variants"):
+            parse_variants([bad], [0])
