@@ -400,7 +400,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> Loa
     try:
         return load_weights(backbone, state)
     except WeightsError as err:
-        raise WeightsError(f"backbone weights {os.fspath(path)} do not fit {type(model).__name__}'s "
+        raise WeightsError(f"backbone weights {os.fspath(path)} cannot be loaded into {type(model).__name__}'s "
                            f"backbone: {err}") from None
 
 
