@@ -97,3 +97,32 @@ def test_a_killed_driver_loses_nothing_on_postgresql(tmp_path, postgres_url):  #
     for t in study.get_trials(states=(State.FAIL,)):
         assert t.user_attrs["error"] in (SURPLUS, STALE.format(grace=GRACE))
         assert t.number == victim.number or t.user_attrs["error"] == SURPLUS  # b never failed a live trial
+
+
+def _open_when_released(path: str, barrier, results) -> None:
+    from effml.search.study.storage import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(path)
+        results.put("ok")
+    except SearchError as err:
+        results.put(str(err))
+
+
+def test_drivers_opening_a_new_study_file_at_once_all_open_it(tmp_path):
+    """Processes that open one new SQLite file at the same moment (drivers started together, a report
+    polled while the search starts) race to create its tables; every one of them must open it (one
+    used to fail with 'table studies already exists' or a unique constraint of alembic_version)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):  # the race is lost in most rounds without the retry; one round may not show it
+        barrier, results = context.Barrier(4), context.Queue()
+        path = str(tmp_path / f"new{round_}.db")
+        processes = [context.Process(target=_open_when_released, args=(path, barrier, results)) for _ in range(4)]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(120)
+        assert [results.get(timeout=5) for _ in processes] == ["ok"] * 4

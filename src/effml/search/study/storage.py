@@ -48,7 +48,7 @@ def open_storage(storage: str, heartbeat: tuple[int, int] | None = None) -> optu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            store = optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+            store = _created(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat))
         if url.startswith("sqlite:"):
             _write_ahead(store.engine)
         return store
@@ -60,6 +60,27 @@ def open_storage(storage: str, heartbeat: tuple[int, int] | None = None) -> optu
         raise SearchError(f"cannot open the study storage {url}: {reason}; give a writable SQLite file "
                           f"(search.storage=search.db) or a database URL Optuna accepts "
                           f"(postgresql://user:pass@host/db, with its driver installed)") from None
+
+
+def _created(make: Any, attempts: int = 8) -> optuna.storages.RDBStorage:
+    """``make()``, again when another process was creating the same storage's tables at that moment
+    (drivers started together on a new study, or a report opened while the search starts): its
+    ``CREATE TABLE`` or version row then fails ("already exists", a unique constraint); once that
+    process is done, opening finds the tables."""
+    import time
+
+    import sqlalchemy
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except sqlalchemy.exc.DBAPIError as err:
+            text = str(err)
+            racing = isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text or "locked" in text
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def full_disk(url: str) -> str:
