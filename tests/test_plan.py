@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import effml
-from effml.deploy.fuse import FUSE_PAIRS, fuse_for_inference
+from effml.models.fuse import FUSE_PAIRS, fuse_for_inference
 from effml.detection.mobiledet import MOBILEDET_TABLES, mobiledet_spec
 from effml.errors import SpecError
 from effml.layers import BatchNormAct2d, MixConv2d

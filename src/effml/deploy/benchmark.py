@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effml.deploy.fuse import fuse_for_inference
+from effml.models.fuse import fuse_for_inference
 from effml.deploy.onnx_export import export_onnx
 from effml.errors import EffmlError, InputError
 from effml.measure.latency import require_cpu, time_interleaved, torch_threads

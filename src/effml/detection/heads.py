@@ -17,7 +17,10 @@ PRIOR_PROBABILITY = 0.01  # class bias -log((1 - pi) / pi) = -4.595 (RetinaNet, 
 
 
 class LevelNorm(nn.Module):
-    """The BN (+ activation) of one pyramid level; wrapped so keys read ``bn_rep.<r>.<l>.bn.*`` as effdet's."""
+    """The BN (+ activation) of one pyramid level; wrapped so keys read ``bn_rep.<r>.<l>.bn.*`` as effdet's.
+    Its conv is shared by every level, so ``fuse_for_inference`` leaves this BN as it is."""
+
+    follows_shared_conv = True
 
     def __init__(self, channels: int, act: str, bn_eps: float, bn_momentum: float) -> None:
         super().__init__()

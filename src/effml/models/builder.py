@@ -26,7 +26,7 @@ __all__ = [
 class BlockModule:
     """How one block kind becomes a module: its class, the constructor call from a ``LayerPlan``
     (plus the network-wide keywords), and its (conv, BN) attribute pairs in forward order, which
-    ``effml.deploy.fuse_for_inference`` folds together."""
+    ``effml.models.fuse.fuse_for_inference`` folds together."""
 
     cls: type[nn.Module]
     build: Callable[[LayerPlan, dict[str, Any]], nn.Module]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from effml.errors import EffmlError, SearchError
+from effml.models.fuse import fuse_for_inference
 from effml.search.oneshot.bignas import TrainedSupernet, load_supernet
 from effml.search.oneshot.supernet import resize_to
 from effml.search.oneshot.tunas import is_tunas_run, load_tunas_supernet
@@ -49,8 +50,9 @@ class SupernetAccuracy:
     ``AccuracySource`` for ``evaluate_sample``."""
 
     def __init__(self, trained: TrainedSupernet, holdout_images: int | None = None,
-                 calibration_batches: int | None = None) -> None:
+                 calibration_batches: int | None = None, fold_bn: bool = True) -> None:
         self.trained = trained
+        self.fold_bn = fold_bn
         self.holdout_images = holdout_images  # the first N held-out images (None: all)
         self.calibration_batches = calibration_batches or trained.calibration
         self._calibration: list[torch.Tensor] | None = None
@@ -72,7 +74,7 @@ class SupernetAccuracy:
             return self._scores[spec]
         calibration, holdout = self._inputs(spec.resolution)
         with torch.inference_mode():
-            child = trained.calibrated(spec, calibration)
+            child = self._prepared(trained.calibrated(spec, calibration))
             if holdout is None:  # too large to keep resized: the run's own loader, resized per batch
                 metrics = trained.evaluate(child, spec.resolution, "holdout")
             else:
@@ -81,6 +83,11 @@ class SupernetAccuracy:
             self._scores.clear()
         self._scores[spec] = top1 = score(metrics, "top1")
         return top1
+
+    def _prepared(self, child: torch.nn.Module) -> torch.nn.Module:
+        """The calibrated child as it is measured: its BatchNorms folded into their convs when
+        ``fold_bn`` (the same outputs up to float rounding, 5-27% less time than a BN pass each)."""
+        return fuse_for_inference(child) if self.fold_bn else child
 
     def __call__(self, cfg: SearchConfig, sample: Sample, network: Any, seed: int,
                  report: Reporter | None = None) -> Accuracy:

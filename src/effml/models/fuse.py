@@ -3,6 +3,8 @@
 The conv -> BN pairs are read from explicit tables (and ``nn.Sequential``, where order is data
 flow), never guessed from attribute order of unknown modules: each block kind declares its pairs
 in the builder's ``BLOCK_MODULES``; the networks and the detection/SpineNet modules below.
+It sits with the models, not in ``effml.deploy``, because a search scores supernet children
+faster folded (``effml.search.study.supernet_proxy``), and search is below deploy.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import warnings
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
-from effml.detection.heads import LevelNorm
 from effml.layers import BatchNormAct2d, MixConv2d
 from effml.layers.resnet_blocks import BasicBlock, Bottleneck
 from effml.layers.separable import ConvNormAct, SeparableConv2d
@@ -32,8 +33,10 @@ FUSE_PAIRS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
     SeparableConv2d: (("conv_pw", "bn"),),
 }
 # BatchNorms that follow a conv shared by several inputs (EfficientDet's heads: one conv, one BN
-# per pyramid level) cannot fold into it; they stay, by design.
-SHARED_CONV_NORMS = (LevelNorm,)
+# per pyramid level) cannot fold into it; they stay, by design. Such a module says so with a class
+# attribute ``follows_shared_conv = True`` and holds the BN as ``.bn`` (the detection layer's
+# ``LevelNorm``, above this one).
+SHARED_CONV_MARK = "follows_shared_conv"
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:
@@ -49,7 +52,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
             act = bn.act if isinstance(bn, BatchNormAct2d) else nn.Identity()
             setattr(module, bn_name, act)
             count += 1
-    shared = {id(m.bn) for m in fused.modules() if isinstance(m, SHARED_CONV_NORMS)}
+    shared = {id(m.bn) for m in fused.modules() if getattr(type(m), SHARED_CONV_MARK, False)}
     left = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in shared for m in fused.modules())
     if left:
         warnings.warn(f"fuse_for_inference folded {count} BatchNorms but left {left} it does not "
