@@ -322,11 +322,12 @@ class Supernet(EfficientNet):
         key = kernel_key(kind, at, int(t.shape[-1]), rest)
         return key if key in self.kernel_weights else None
 
-    def _with_all_ops(self, spec: NetworkSpec, all_ops: Mapping[tuple[int, int], Mapping[str, NetworkSpec]]
-                      ) -> tuple[nn.Module, dict[tuple[int, int], str]]:
-        """The child's network on the meta device with ``MeanOfOps`` at the blocks of ``all_ops``
-        (per block, the member whose block there is each op), and its blocks' kinds."""
-        module = copy.deepcopy(self._module(spec))
+    def with_all_ops(self, spec: NetworkSpec, all_ops: Mapping[tuple[int, int], Mapping[str, NetworkSpec]],
+                     base: nn.Module | None = None) -> tuple[nn.Module, dict[tuple[int, int], str]]:
+        """The child's network on the meta device (``base``: another network with the same stem and
+        blocks, e.g. a detector's backbone) with ``MeanOfOps`` at the blocks of ``all_ops`` (per
+        block, the member whose block there is each op), and its blocks' kinds."""
+        module = copy.deepcopy(self._module(spec) if base is None else base)
         kinds = block_kinds(spec)
         for (s, i), variants in all_ops.items():
             ops = {}
@@ -352,7 +353,7 @@ class Supernet(EfficientNet):
         if child == self.spec and not all_ops and not keep_buffers:  # the storage network: no slicing
             return super().forward(x)
         if all_ops:
-            module, kinds = self._with_all_ops(child, all_ops)
+            module, kinds = self.with_all_ops(child, all_ops)
             weights = self.child_weights(child, module, kinds)
         else:
             module = self._module(child)
@@ -363,12 +364,7 @@ class Supernet(EfficientNet):
         return functional_call(module, weights, (x,), strict=True)
 
     def _mirror_modes(self, module: nn.Module) -> None:
-        """Give each submodule of a child the train/eval mode of the supernet's module of the same name
-        (a frozen BatchNorm, ``model.freeze_bn``, stays frozen in every child); the other op families'
-        blocks follow the supernet's mode."""
-        own = dict(self.named_modules())  # a dict of a few hundred entries: cheap next to a forward pass
-        for name, m in module.named_modules():
-            m.training = own[name].training if name in own else self.training
+        mirror_modes(self, module)
 
     @torch.no_grad()
     def extract(self, spec: NetworkSpec) -> EfficientNet:
@@ -389,6 +385,15 @@ class Supernet(EfficientNet):
         weights = self.child_weights(self.child_spec(spec))
         for name, b in child.named_buffers():
             weights[name].copy_(b)
+
+
+def mirror_modes(supernet: nn.Module, module: nn.Module) -> None:
+    """Give each submodule of a child ``module`` the train/eval mode of the ``supernet``'s module of
+    the same name (a frozen BatchNorm, ``model.freeze_bn``, stays frozen in every child); the other
+    op families' blocks follow the supernet's mode."""
+    own = dict(supernet.named_modules())  # a dict of a few hundred entries: cheap next to a forward pass
+    for name, m in module.named_modules():
+        m.training = own[name].training if name in own else supernet.training
 
 
 def kernel_key(kind: str, at: tuple[int, int], kernel: int, rest: str) -> str:
