@@ -116,7 +116,8 @@ def select(
 
 @supernet_app.command("export")
 def export(
-    run: Annotated[Path, typer.Argument(help="A supernet run directory (effml supernet train).")],
+    run: Annotated[Path, typer.Argument(help="A supernet run directory (effml supernet train, or a TuNAS "
+                                              "search's proxy.run.dir).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The run directory to write (must not exist).")],
     flops: Annotated[str | None, typer.Option(
         "--flops", help="Select the best child within this many MACs (e.g. 2M) and export it.")] = None,
@@ -132,23 +133,28 @@ def export(
     import json
 
     from effml.errors import EffmlError
-    from effml.search.oneshot.bignas import export_child, load_supernet, select_child
+    from effml.search.oneshot.bignas import export_child, select_child
+    from effml.search.oneshot.tunas import is_tunas_run, load_trained_supernet
     from effml.train.trainer import preserved_global_state
     from effml.zoo import load_spec
 
     if child is not None and (flops or latency):
         raise EffmlError("give --child SPEC.json or a target (--flops / --latency), not both")
+    if child is None and is_tunas_run(run):
+        raise EffmlError(f"{run} is a TuNAS search: export the child it found with --child "
+                         f"{run / 'found_model.json'} (or any member of its space)")
     targets, lut = _targets(flops, latency, table) if child is None else ([], None)
     if len(targets) > 1:
         raise EffmlError("export writes one child: give one target")
     with preserved_global_state():
-        trained = load_supernet(run)
+        trained = load_trained_supernet(run)
         if child is not None:
             spec = load_spec(child)
         else:
             spec = select_child(trained, targets[0], table=lut, seed=seed, echo=echo).best.spec
         written = export_child(trained, spec, out)
     info = json.loads((written / "run.json").read_text())
+    task = trained.trainer.task
     echo(f"wrote {written}: {info['macs'] / 1e6:.3f}M MACs, {info['params'] / 1e6:.3f}M params, "
-         f"{info['input_size']} px; val top-1 {info['val']['top1']:.2f}%, held-out top-1 {info['holdout']['top1']:.2f}%\n"
+         f"{info['input_size']} px; val {task.describe(info['val'])}; held-out {task.describe(info['holdout'])}\n"
          f"  try: effml eval {written}")

@@ -77,6 +77,15 @@ def evaluate_detections(coco_gt: dict | str | Path, detections: Iterable[Detecti
     return metrics
 
 
+def coco_subset(coco_gt: dict, image_ids: Iterable[int]) -> dict:
+    """The ground truth of the images ``image_ids`` only (every category kept): evaluating a few
+    images of a set, e.g. one held-out batch."""
+    keep = set(image_ids)
+    return {"images": [i for i in coco_gt["images"] if i["id"] in keep],
+            "annotations": [a for a in coco_gt["annotations"] if a["image_id"] in keep],
+            "categories": coco_gt["categories"]}
+
+
 def _ground_truth(coco_gt: dict | str | Path) -> dict:
     if isinstance(coco_gt, (str, Path)):
         path = Path(coco_gt)

@@ -29,8 +29,12 @@ class DetectionObjective:
         self.loss = DetectionLoss(model.num_classes, alpha, gamma, delta, box_loss_weight, label_smoothing)
 
     def __call__(self, model: nn.Module, batch: Batch) -> StepOutput:
-        cls_out, box_out = model(batch.images)
-        targets = batch.targets
+        return self.loss_of(model(batch.images), batch.targets)
+
+    def loss_of(self, outputs: tuple[list[torch.Tensor], list[torch.Tensor]], targets: list[dict]) -> StepOutput:
+        """The loss of a detector's ``(class_outputs, box_outputs)`` for the images of ``targets``
+        (a supernet child's outputs, say)."""
+        cls_out, box_out = outputs
         cls_t, box_t, num_pos = self.labeler.label_batch([t["boxes"] for t in targets],
                                                          [t["labels"] for t in targets])
         total, cls_loss, box_loss = self.loss(cls_out, box_out, cls_t, box_t, num_pos)
@@ -58,10 +62,7 @@ def evaluate_detection(model: nn.Module, batches: Iterable, device: torch.device
         images = images.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        # clip to the letterboxed image, not its padding, then back to original pixels
-        sizes = [(t["orig_size"][0] * t["scale"], t["orig_size"][1] * t["scale"]) for t in targets]
-        for det, t in zip(predictor(images, sizes), targets):
-            found.append((t["image_id"], (det.boxes / t["scale"]).cpu(), det.scores.cpu(), det.labels.cpu()))
+        found += detect_batch(predictor, images, targets)
     model.train(was_training)
     if dist.is_available() and dist.is_initialized():
         shards: list[Any] = [None] * dist.get_world_size()
@@ -70,3 +71,12 @@ def evaluate_detection(model: nn.Module, batches: Iterable, device: torch.device
     metrics = evaluate_detections(dataset.coco_gt(), found, dataset.category_ids, backend=backend)
     metrics["count"] = len(found)
     return metrics
+
+
+def detect_batch(predictor: DetectionPredictor, images: torch.Tensor, targets: list[dict]) -> list[tuple]:
+    """Per image of a letterboxed batch: (image id, boxes in the original image's pixels, scores,
+    labels), as ``evaluate_detections`` takes them."""
+    # clip to the letterboxed image, not its padding, then back to original pixels
+    sizes = [(t["orig_size"][0] * t["scale"], t["orig_size"][1] * t["scale"]) for t in targets]
+    return [(t["image_id"], (det.boxes / t["scale"]).cpu(), det.scores.cpu(), det.labels.cpu())
+            for det, t in zip(predictor(images, sizes), targets)]

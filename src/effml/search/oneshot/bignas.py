@@ -22,6 +22,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
 
+from effml.detection.detector import Detector
 from effml.errors import EffmlError
 from effml.files import (
     atomic_dir,
@@ -41,8 +42,8 @@ from effml.search.oneshot.supernet import (
     zero_init_last_bn,
 )
 from effml.search.spaces.catalog import space_for
+from effml.search.study.cost import spec_cost
 from effml.spec import NetworkSpec
-from effml.spec.plan import plan
 from effml.train.bn_calibration import recalibrate_bn
 from effml.train.config import (
     CONFIG_SCHEMA,
@@ -163,8 +164,9 @@ class TrainedSupernet:
     def evaluate(self, child: nn.Module, resolution: int, split: str = "holdout") -> dict[str, float]:
         """Top-1 / top-5 / loss of ``child`` on ``split`` ('holdout' or 'val'), inputs resized to ``resolution``."""
         t = self.trainer
-        return t.task.evaluate(self.cfg, AtResolution(child, resolution), t.eval_batches(split), t.device,
-                               t.dataset(split))
+        # a detector (a detection supernet's child) is scored at its one resolution, the data's
+        model = child if isinstance(child, Detector) else AtResolution(child, resolution)
+        return t.task.evaluate(self.cfg, model, t.eval_batches(split), t.device, t.dataset(split))
 
 
 class AtResolution(nn.Module):
@@ -201,7 +203,8 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
                  batches: list[torch.Tensor] | None = None) -> Path:
     """Write child ``spec`` as an ordinary run directory: ``model.json`` (its spec), ``weights.safetensors``
     (the supernet's slices, BN calibrated), ``config.yaml`` (a plain training config for fine-tuning)
-    and ``run.json`` (its val and held-out top-1). ``out_dir`` must not exist; it appears whole or not at all."""
+    and ``run.json`` (its val and held-out metrics: top-1, or COCO AP for a detection supernet's
+    child). ``out_dir`` must not exist; it appears whole or not at all."""
     out = Path(out_dir)
     if out.exists():
         raise EffmlError(f"{out} already exists; give a new output directory (-o)")
@@ -220,11 +223,11 @@ def export_child(trained: TrainedSupernet, spec: NetworkSpec, out_dir: str | Pat
         val, holdout = (t.task.evaluate(plain, child, run_eval_loader(plain, data), torch.device("cpu"), data)
                         for data in (bundle.val, bundle.holdout))
         info = {
-            "task": "classify", "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
-            **preprocess_fields(preprocess),
+            "task": t.task.name, "model": str(out.absolute() / "model.json"), "classes": list(t.bundle.classes),
+            **preprocess_fields(preprocess), **t.task.run_info(bundle.val),
             "val": val, "ema_val": None, "holdout": holdout, "weights": WEIGHTS_RAW,
             "global_step": trained.info.get("global_step"), "supernet": str(trained.run_dir.absolute()),
-            "macs": plan(spec).macs(), "params": sum(p.numel() for p in child.parameters()),
+            "macs": spec_cost(spec)["macs"], "params": sum(p.numel() for p in child.parameters()),
         }
         with atomic_dir(out) as tmp:
             save_weights(child.state_dict(), tmp / WEIGHTS_RAW)

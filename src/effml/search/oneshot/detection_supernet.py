@@ -21,7 +21,6 @@ import copy
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +28,13 @@ from torch.func import functional_call
 
 from effml.detection.ssdlite import SSDLite, SSDLiteSpec, init_backbone_he
 from effml.errors import SearchError
-from effml.search.oneshot.supernet import Supernet, block_kinds, mirror_modes, resize_to, slice_weight
+from effml.search.oneshot.supernet import (
+    Supernet,
+    block_kinds,
+    mirror_modes,
+    resize_to,
+    slice_weight,
+)
 from effml.search.spaces.search_space import SearchSpace
 from effml.search.study.detection_proxy import detector_spec
 from effml.spec import NetworkSpec
@@ -129,13 +134,15 @@ class SSDLiteSupernet(nn.Module):
                 all_ops: Mapping[tuple[int, int], Mapping[str, NetworkSpec]] | None = None,
                 keep_buffers: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The storage detector, or ``child`` on the shared weights; ``all_ops`` and
-        ``keep_buffers`` as ``Supernet.forward`` (``all_ops`` names backbone members)."""
+        ``keep_buffers`` as ``Supernet.forward`` (``all_ops``: backbone members or their SSDLites)."""
         spec = self.spec if child is None else self.child_spec(child) if not isinstance(child, SSDLiteSpec) else child
         x = resize_to(x, spec.resolution)
         module: nn.Module = self._module(spec)
         kinds = None
         if all_ops:
-            backbone, kinds = self.backbone.with_all_ops(spec.backbone, all_ops, base=module.backbone)
+            members = {at: {k: v.backbone if isinstance(v, SSDLiteSpec) else v for k, v in variants.items()}
+                       for at, variants in all_ops.items()}
+            backbone, kinds = self.backbone.with_all_ops(spec.backbone, members, base=module.backbone)
             module = copy.copy(module)  # the cached child keeps its own backbone
             module._modules = {**module._modules, "backbone": backbone}
         weights = self.child_weights(spec, module, kinds)

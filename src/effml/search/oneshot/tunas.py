@@ -29,6 +29,7 @@ likely architecture, a plain spec.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -41,13 +42,15 @@ import torch
 
 from effml.errors import SearchError
 from effml.files import atomic_write_text
+from effml.search.oneshot.detection_supernet import SSDLiteSupernet
+from effml.search.oneshot.signals import ClassificationSignal, DetectionSignal
 from effml.search.oneshot.supernet import Supernet, block_kinds, zero_init_last_bn
 from effml.search.spaces.search_space import SearchSpace, _magnitude, _suggestible
 from effml.search.study.config import SearchConfig, TunasConfig
 from effml.search.study.policy import Adam, FactorizedPolicy
 from effml.spec import NetworkSpec
 from effml.train.distributed import unwrap
-from effml.train.objective import Batch, StepOutput, classification_loss
+from effml.train.objective import Batch, StepOutput
 from effml.train.step import ReportingStep, StatefulStep, accumulate_step
 
 if TYPE_CHECKING:
@@ -96,18 +99,20 @@ class TunasStep(ReportingStep, StatefulStep):
     exactly; the sample of step n comes from a generator seeded by (seed, n)."""
 
     def __init__(self, space: SearchSpace, cfg: TunasConfig, cost: Callable[[NetworkSpec], float], target: float,
-                 *, seed: int = 0, label_smoothing: float = 0.0) -> None:
+                 *, seed: int = 0, label_smoothing: float = 0.0, signal: Any = None) -> None:
+        """``cost``: a member's cost (its backbone spec: the cost of what it stands for, e.g. its
+        detector); ``signal``: the task's loss and reward quality (``signals``; default classification)."""
         for name, value in (("op_warmup", cfg.op_warmup), ("filter_warmup", cfg.filter_warmup)):
             if value > cfg.delay:
                 raise SearchError(f"tunas.{name}={value} is longer than tunas.delay={cfg.delay}: a warm-up child "
                                   f"is not the controller's sample, so it must end before the controller learns "
                                   f"(as in TuNAS)")
         self.space, self.cfg, self.cost, self.target = space, cfg, cost, target
-        self.seed, self.label_smoothing = seed, label_smoothing
+        self.seed = seed
+        self.signal = signal or ClassificationSignal(label_smoothing)
         self.sizes = {c.name: len(c.options) for c in space.choices}
         self.policy = FactorizedPolicy(adam=Adam())
         self.history: list[dict[str, Any]] = []
-        self._holdout: tuple[torch.Tensor, torch.Tensor] | None = None
         # seconds spent by earlier sessions of a resumed search (up to their last checkpoint), and
         # the start of this one: the record's cost is the whole search's, not the last session's
         self.earlier = {"wall_s": 0.0, "cpu_s": 0.0}
@@ -171,8 +176,8 @@ class TunasStep(ReportingStep, StatefulStep):
     # -- one step --------------------------------------------------------------------------------
     def __call__(self, trainer: Trainer, batch: Batch) -> StepOutput:
         supernet = unwrap(trainer.model)
-        if not isinstance(supernet, Supernet):
-            raise TypeError(f"TunasStep trains a Supernet, got {type(supernet).__name__}")
+        if not isinstance(supernet, (Supernet, SSDLiteSupernet)):
+            raise TypeError(f"TunasStep trains a Supernet or an SSDLiteSupernet, got {type(supernet).__name__}")
         step, total = trainer.global_step, trainer.total_steps
         d = self.draw(step, total)
         child = supernet.child_spec(d.train_spec, regularize=True)
@@ -180,15 +185,14 @@ class TunasStep(ReportingStep, StatefulStep):
                    for at, variants in d.all_ops.items()}
 
         def shared() -> StepOutput:
-            logits = trainer.net(batch.images, child=child, all_ops=all_ops or None)
-            loss = classification_loss(logits, batch.targets, self.label_smoothing)
-            return StepOutput(loss, logits, {"ce": loss.detach()})
+            return self.signal.loss(trainer, trainer.net(batch.images, child=child, all_ops=all_ops or None), batch)
 
         out = accumulate_step(trainer, [shared])
         lr = self.learning_rate(step, total)
         if lr == 0.0:  # the controller does not learn yet: no reward is scored
             return out
-        accuracy = self._accuracy(trainer, supernet, supernet.child_spec(d.spec))
+        size = round(self.cfg.reward_batch * trainer.cfg.data.batch_size)
+        accuracy = self.signal.quality(trainer, supernet, supernet.child_spec(d.spec), size, len(self.history))
         cost = float(self.cost(d.spec))
         reward = tunas_reward(accuracy, cost, self.target, self.cfg.beta, self.cfg.reward)
         picked = {name: (i, self.sizes[name]) for name, i in d.picked.items()}
@@ -200,27 +204,6 @@ class TunasStep(ReportingStep, StatefulStep):
         parts = dict(out.parts)
         parts.update(reward=torch.tensor(reward), entropy=torch.tensor(entropy))
         return StepOutput(out.loss, out.logits, parts)
-
-    def _accuracy(self, trainer: Trainer, supernet: Supernet, spec: NetworkSpec) -> float:
-        """Top-1 (a fraction) of ``spec`` on the next window of held-out images, chosen by the number
-        of rewards so far (a resumed run reads the same ones); BatchNorm on the batch's statistics."""
-        x, y = self._held_out(trainer)
-        n = min(len(x), max(1, round(self.cfg.reward_batch * trainer.cfg.data.batch_size)))
-        start = len(self.history) * n % len(x)
-        index = torch.arange(start, start + n) % len(x)
-        with torch.no_grad():
-            logits = supernet(x[index].to(trainer.device), child=spec, keep_buffers=True)
-        return (logits.argmax(1).cpu() == y[index]).float().mean().item()
-
-    def _held_out(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        """The held-out training images (eval transform), read once."""
-        if self._holdout is None:
-            xs, ys = [], []
-            for images, targets, *_ in trainer.eval_batches("holdout"):
-                xs.append(images)
-                ys.append(targets)
-            self._holdout = torch.cat(xs), torch.cat(ys)
-        return self._holdout
 
     def progress(self) -> str:
         """For the training loop's progress line: the recent mean reward, accuracy and cost."""
@@ -250,9 +233,19 @@ class TunasStep(ReportingStep, StatefulStep):
                 "cpu_s": self.earlier["cpu_s"] + time.process_time() - cpu}
 
 
-def block_ops(spec: NetworkSpec) -> str:
-    """The blocks' ops in order, e.g. ``ir ir er ...`` (for a record)."""
-    return " ".join(k for _, k in sorted(block_kinds(spec).items()))
+def block_ops(spec: Any) -> str:
+    """The blocks' ops in order, e.g. ``ir ir er ...`` (a detector's: its backbone's; for a record)."""
+    return " ".join(k for _, k in sorted(block_kinds(getattr(spec, "backbone", spec)).items()))
+
+
+def member_cost(cfg: SearchConfig, latency: Callable[[Any], float]) -> Callable[[NetworkSpec], float]:
+    """A member's cost as a trial of ``cfg`` costs it: the classifier's, or the whole detector's
+    (``search.detector``; MACs counted once per member, as a forward pass on the meta device)."""
+    from effml.search.study.detection_proxy import search_network
+
+    if cfg.search.detector is None:
+        return latency
+    return functools.lru_cache(maxsize=4096)(lambda spec: latency(search_network(cfg, spec)))
 
 
 def write_result(out: Path, record: Mapping[str, Any], spec_json: str) -> None:
@@ -303,14 +296,18 @@ class TunasResult:
 def check_tunas(cfg: SearchConfig, space: Any) -> LatencyModel:
     """Everything a TuNAS search needs, checked before any training; the cost model."""
     from effml.search.study.cost import LatencyModel
+    from effml.search.study.detection_proxy import check_task, search_network
     from effml.search.study.runner import check_classes
 
     o = cfg.objective
     if not isinstance(space, SearchSpace):
         raise SearchError(f"search.strategy=tunas shares weights across a space of block choices; space "
                           f"{space.name!r} is not one (use a black-box strategy)")
-    if cfg.search.detector is not None:
-        raise SearchError("search.strategy=tunas searches classifiers; search.detector needs a black-box strategy")
+    if cfg.search.detector not in (None, "ssdlite"):
+        raise SearchError(f"search.strategy=tunas searches classifiers and SSDLite detectors (search.detector="
+                          f"ssdlite, as MobileDets did); search.detector={cfg.search.detector} needs a black-box "
+                          f"strategy")
+    check_task(cfg)
     if o.kind != "reward" or o.target is None:
         raise SearchError("search.strategy=tunas needs objective.kind=reward and objective.target (T0: ms with "
                           "objective.latency=table, millions of MACs with objective.latency=flops)")
@@ -324,7 +321,7 @@ def check_tunas(cfg: SearchConfig, space: Any) -> LatencyModel:
     check_classes(cfg, space)
     latency = LatencyModel(o)  # a table of another machine fails here
     latency.check_space(space)  # and one of another space here
-    smallest = latency(space.smallest().spec)
+    smallest = latency(search_network(cfg, space.smallest().spec))
     if o.target < smallest:
         raise SearchError(f"objective.target={o.target} {latency.unit} is below the smallest member's cost "
                           f"({smallest:.4g} {latency.unit}) in space {space.name!r}; no member can meet it")
@@ -343,6 +340,7 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     from effml.measure.latency import measure_latency
     from effml.search.oneshot.bignas import TrainedSupernet
     from effml.search.study.cost import spec_cost
+    from effml.search.study.detection_proxy import score, score_metric
     from effml.search.study.storage import open_study
     from effml.train.config import config_to_yaml
     from effml.train.engine import fit
@@ -355,9 +353,13 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, space, resume=resume)  # a finished study of this name is refused before training
     training = training_config(cfg, space)
-    supernet = build_supernet(training, space, cfg.tunas.kernels, zero_init=cfg.tunas.zero_init_last_bn)
-    step = TunasStep(space, cfg.tunas, latency, cfg.objective.target, seed=cfg.search.seed,
-                     label_smoothing=training.train.label_smoothing)
+    detector = cfg.search.detector
+    supernet = build_supernet(training, space, cfg.tunas.kernels, zero_init=cfg.tunas.zero_init_last_bn,
+                              detector=detector)
+    signal = (ClassificationSignal(training.train.label_smoothing) if detector is None
+              else DetectionSignal(cfg.tunas.detection_signal))
+    step = TunasStep(space, cfg.tunas, member_cost(cfg, latency), cfg.objective.target, seed=cfg.search.seed,
+                     signal=signal)
     run = fit(training, model=supernet, step=step, resume=resume, quiet=quiet)
     atomic_write_text(Path(run.run_dir) / SEARCH_YAML, config_to_yaml(cfg))
     params, spec = step.chosen()
@@ -365,9 +367,9 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
 
     trainer = Trainer(training, model=supernet)
     trained = TrainedSupernet(supernet, training, out, trainer, {}, CALIBRATION_BATCHES)  # type: ignore[arg-type]
-    spec = supernet.child_spec(spec)
+    spec = supernet.child_spec(spec)  # a detector's spec for a detection supernet
     child = trained.calibrated(spec)
-    accuracy = trained.evaluate(child, spec.resolution, "holdout")["top1"] / 100
+    accuracy = score(trained.evaluate(child, spec.resolution, "holdout"), score_metric(cfg))  # a fraction
     cost = latency(spec)
     metrics: dict[str, Any] = {**spec_cost(spec), "accuracy": accuracy, "reward": None}
     metrics["latency_ms" if latency.unit == "ms" else "latency_mmacs"] = cost
@@ -386,7 +388,9 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
                                 for c in space.choices},
               "history": step.history, **elapsed(start, cpu, step)}
     write_result(out, record, spec_to_json(spec))
-    echo(f"TuNAS: {run.global_step} steps; found {block_ops(spec)}: held-out top-1 {100 * accuracy:.1f}%, "
+    metric = score_metric(cfg)
+    shown = f"top-1 {100 * accuracy:.1f}%" if metric == "top1" else f"{metric} {100 * accuracy:.1f}"
+    echo(f"TuNAS: {run.global_step} steps; found {block_ops(spec)}: held-out {shown}, "
          f"{cost:.4g} {latency.unit} (target {cfg.objective.target}), reward {metrics['reward']:.4f}; "
          f"trial {number} of study {cfg.search.study!r}; {out / FOUND_SPEC}")
     return TunasResult(spec, params, metrics, step.history, out, number)
@@ -400,17 +404,20 @@ def training_config(cfg: SearchConfig, space: SearchSpace) -> Any:
     return config_from_dict({"data": {"image_size": resolution}}, cfg.proxy, source="search.strategy=tunas")
 
 
-def build_supernet(training: Any, space: SearchSpace, kernels: str = "shared", *, zero_init: bool = False) -> Supernet:
-    """The supernet of ``space`` (``kernels``: ``tunas.kernels``) with the training config's dropout,
-    drop path and BN settings, initialised from ``train.seed``; ``zero_init``: every residual block
-    starts as the identity (``tunas.zero_init_last_bn``; a resumed run's checkpoint then replaces it)."""
+def build_supernet(training: Any, space: SearchSpace, kernels: str = "shared", *, zero_init: bool = False,
+                   detector: str | None = None) -> Supernet | SSDLiteSupernet:
+    """The supernet of ``space`` (``kernels``: ``tunas.kernels``; ``detector``: ``search.detector``,
+    SSDLite over the space's backbones) with the training config's dropout, drop path and BN
+    settings, initialised from ``train.seed``; ``zero_init``: every residual block starts as the
+    identity (``tunas.zero_init_last_bn``; a resumed run's checkpoint then replaces it)."""
     from effml.train.trainer import preserved_global_state, seed_everything
 
     with preserved_global_state():
         seed_everything(training.train.seed)
         m = training.model
-        supernet = Supernet(space, kernels=kernels, dropout=m.dropout, drop_path=m.drop_path,
-                            bn_momentum=m.bn_momentum, bn_eps=m.bn_eps)
+        kind = Supernet if detector is None else SSDLiteSupernet
+        supernet = kind(space, kernels=kernels, dropout=m.dropout, drop_path=m.drop_path,
+                        bn_momentum=m.bn_momentum, bn_eps=m.bn_eps)
     if zero_init:
         zero_init_last_bn(supernet)
     return supernet
@@ -440,11 +447,19 @@ def load_tunas_supernet(run_dir: str | Path) -> Any:
     cfg = load_config(path, schema=SearchConfig, saved=True)
     space = build_space(cfg)
     training = training_config(cfg, space)
-    supernet = build_supernet(training, space, cfg.tunas.kernels)
+    supernet = build_supernet(training, space, cfg.tunas.kernels, detector=cfg.search.detector)
     load_weights(supernet, run_dir / WEIGHTS_RAW)
     trainer = Trainer(training, model=supernet)
     supernet.eval()
     return TrainedSupernet(supernet, training, run_dir, trainer, read_run_info(run_dir), CALIBRATION_BATCHES)
+
+
+def load_trained_supernet(run_dir: str | Path) -> Any:
+    """A trained supernet of either kind as a ``TrainedSupernet``: a finished TuNAS search's (its
+    ``proxy.run.dir``) or one ``effml supernet train`` wrote."""
+    from effml.search.oneshot.bignas import load_supernet
+
+    return load_tunas_supernet(run_dir) if is_tunas_run(run_dir) else load_supernet(run_dir)
 
 
 def _record_trial(study: Any, space: SearchSpace, params: dict[str, Any], spec: dict[str, Any],

@@ -168,6 +168,9 @@ class TunasConfig:
     """shared: a smaller kernel is the centre of the largest (BigNAS); separate: each kernel size of a
     layer has its own kxk weights, as TuNAS's code builds them (its op warm-up over kernel sizes is not
     implemented, and without it separate kernels trained slower here: benchmarks/supernet_trainability.py)"""
+    detection_signal: Literal["ap50", "loss"] = "ap50"
+    """with search.detector=ssdlite, the quality Q of a child's held-out batch: ap50 (COCO AP at IoU 0.5 of
+    those images, as MobileDets rewards with COCO mAP) or loss (exp(-detection loss), no post-processing)"""
 
 
 @dataclass(config=CONFIG_SCHEMA)

@@ -26,9 +26,9 @@ import torch
 
 from effml.errors import EffmlError, SearchError
 from effml.models.fuse import fuse_for_inference
-from effml.search.oneshot.bignas import TrainedSupernet, load_supernet
+from effml.search.oneshot.bignas import TrainedSupernet
 from effml.search.oneshot.supernet import resize_to
-from effml.search.oneshot.tunas import is_tunas_run, load_tunas_supernet
+from effml.search.oneshot.tunas import load_trained_supernet
 from effml.search.spaces.search_space import Sample, SearchSpace
 from effml.search.study.config import SearchConfig
 from effml.search.study.detection_proxy import score
@@ -159,11 +159,11 @@ def supernet_accuracy(cfg: SearchConfig) -> SupernetAccuracy:
     try:
         key = (str(run_dir), os.stat(run_dir / "run.json").st_mtime_ns, *scoring)
     except OSError:
-        key = (str(run_dir), 0, *scoring)  # load_supernet says what is missing
+        key = (str(run_dir), 0, *scoring)  # loading says what is missing
     if key not in _LOADED:
         try:
             with preserved_global_state():  # the run's Trainer sets its own thread count and seeds
-                trained = load_tunas_supernet(run_dir) if is_tunas_run(run_dir) else load_supernet(run_dir)
+                trained = load_trained_supernet(run_dir)
         except SearchError:
             raise
         except EffmlError as err:
