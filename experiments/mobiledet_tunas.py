@@ -1,0 +1,168 @@
+"""MobileDets' central ablation, searched as the paper searched it: TuNAS over an SSDLite supernet in
+each search space, at one cost target, on the embedded shapes set (Xiong et al., "MobileDets:
+Searching for Object Detection Architectures for Mobile Accelerators", arXiv 2004.14525, section 5
+and table 2; TuNAS: Bender et al., arXiv 2008.06120).
+
+The paper's claim: adding fused IBN (and Tucker convolutions) to the IBN layers of the search
+space finds better detectors at the same cost. Per space (``--searches``: ``full`` = IBN + fused +
+Tucker, ``ibn``, ``ibn_fused``) and search seed (``--search-seeds``), one TuNAS search of
+``configs/search_tunas_mobiledet_shapes.yaml`` (``--search-overrides`` change it): a detection
+supernet trained on 400 generated 128 px images, the controller rewarded by AP50 of held-out
+windows and the whole detector's MACs at T0 (250M MACs: every space can meet it).
+Each found detector, and the reference (SSDLite on the base: the noise floor, the spread of one
+network over training seeds), is trained alone with one recipe (the search's proxy recipe on all
+500 training images for ``--epochs`` epochs) and scored by AP50 on 128 generated val images.
+
+Writes ``results.json`` (per space: the found detectors' MACs against T0, their val AP50 per
+search seed, the mean and spread; the reference's) and ``mobiledet_tunas.png`` to ``--out``; a
+rerun continues unfinished searches (``--resume``) and reuses finished ones and trainings.
+
+Usage: python experiments/mobiledet_tunas.py [--searches full ibn] [--search-seeds 0 1 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from _common import ROOT, effml, fmt, publish, run, save_figure, spread
+from _search import detection_recipe, save_spec, search_config, train_detectors
+
+CONFIG = ROOT / "configs" / "search_tunas_mobiledet_shapes.yaml"
+SPACES = {"full": "mobiledet", "ibn": "mobiledet_ibn", "ibn_fused": "mobiledet_ibn_fused"}
+KINDS = {"ir": "IBN", "er": "fused IBN", "tucker": "Tucker"}
+QUICK = ["proxy.data.image_size=64", "proxy.detect.shapes_size=64", "proxy.detect.shapes_train=40",
+         "proxy.detect.shapes_val=8", "proxy.train.max_steps=8", "proxy.train.epochs=2", "proxy.train.eval_every=2",
+         "objective.target=62.5"]  # T0 at 64 px: 250M MACs at 128 px, over 4
+
+
+def search(name: str, seed: int, args: argparse.Namespace) -> Path:
+    """One TuNAS search (run directory ``OUT/NAME_sSEED``), continued when it was cut short."""
+    run_dir = args.out / f"{name}_s{seed}"
+    if not (run_dir / "tunas.json").is_file():
+        overrides = [f"search.space={SPACES[name]}", f"search.seed={seed}", f"proxy.train.seed={seed}",
+                     f"proxy.run.dir={run_dir}", f"search.storage={args.out / f'{name}_s{seed}.db'}",
+                     f"search.study={name}_s{seed}", "proxy.train.threads=1", *args.search_overrides]
+        resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+        run(effml("search", CONFIG, *overrides, *resume), args.out / f"{name}_s{seed}.log")
+    return run_dir
+
+
+def layer_kinds(spec: dict[str, Any]) -> dict[str, int]:
+    """How many searchable layers (every backbone row after the first stage) are IBN, fused IBN, Tucker."""
+    counts = dict.fromkeys(KINDS.values(), 0)
+    for stage in spec["backbone"]["stages"][1:]:
+        for row in stage:
+            counts[KINDS[row.split("_", 1)[0]]] += 1
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--searches", nargs="+", default=["full", "ibn"], choices=list(SPACES))
+    p.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of each found detector")
+    p.add_argument("--reference-seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds of the reference (the noise floor)")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of a standalone training")
+    p.add_argument("--search-overrides", nargs="*", default=[], help="KEY=VALUE changes to every search")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_mobiledet_tunas")
+    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
+    args = p.parse_args(argv)
+    final_overrides: list[str] = []
+    if args.quick:
+        args.search_seeds, args.seeds, args.reference_seeds, args.epochs = args.search_seeds[:1], [0], [0], 1
+        args.search_overrides = QUICK + args.search_overrides
+        final_overrides = ["train.max_steps=2"]
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    from effml.search.study.config import build_space
+    from effml.search.study.detection_proxy import search_network
+    from effml.zoo import spec_to_dict
+
+    jobs = [(name, seed) for name in args.searches for seed in args.search_seeds]
+    with ThreadPoolExecutor(args.workers) as pool:
+        runs = dict(zip(jobs, pool.map(lambda job: search(*job, args), jobs)))
+    cfg = search_config(dict(o.split("=", 1) for o in args.search_overrides), CONFIG)
+    target = cfg.objective.target
+    reference = spec_to_dict(search_network(cfg, build_space(cfg).base))
+    found = {}
+    for (name, seed), run_dir in runs.items():
+        record = json.loads((run_dir / "tunas.json").read_text())
+        found[f"{name}_s{seed}"] = {"space": name, "search_seed": seed, "run": str(run_dir),
+                                    "spec": json.loads((run_dir / "found_model.json").read_text()),
+                                    "search_metrics": record["found"]["metrics"], "search_cpu_s": record["cpu_s"],
+                                    "steps": record["steps"]}
+    specs = {"reference": reference, **{k: f["spec"] for k, f in found.items()}}
+    paths = {k: save_spec(d, args.out / f"{k}.json") for k, d in specs.items()}
+    recipe = detection_recipe(cfg, args.out, args.epochs)
+    trained = train_detectors({k: d for k, d in specs.items() if k != "reference"},
+                              {k: p for k, p in paths.items() if k != "reference"}, recipe,
+                              argparse.Namespace(seeds=args.seeds, workers=args.workers, out=args.out), final_overrides)
+    trained.update(train_detectors({"reference": reference}, {"reference": paths["reference"]}, recipe,
+                                   argparse.Namespace(seeds=args.reference_seeds, workers=args.workers, out=args.out),
+                                   final_overrides))
+    spaces = {}
+    for name in args.searches:
+        keys = [f"{name}_s{seed}" for seed in args.search_seeds]
+        ap50 = [trained[k]["AP50_summary"]["mean"] for k in keys]
+        spaces[name] = {"space": SPACES[name], "val_AP50": spread(ap50),
+                        "mmacs": [trained[k]["macs"] / 1e6 for k in keys],
+                        "off_target": [trained[k]["macs"] / 1e6 / target - 1 for k in keys],
+                        "layers": [layer_kinds(specs[k]) for k in keys]}
+    results = {"settings": {"searches": args.searches, "search_seeds": args.search_seeds, "seeds": args.seeds,
+                            "reference_seeds": args.reference_seeds, "epochs": args.epochs,
+                            "search_overrides": args.search_overrides, "config": str(CONFIG), "quick": args.quick},
+               "target_mmacs": target, "spaces": spaces, "found": found, "trained": trained,
+               "noise_floor": trained["reference"]["AP50_summary"],
+               "wall_minutes": (time.perf_counter() - started) / 60}
+    publish(args.out, results, "mobiledet_tunas.png", plot, print_tables, also="the detectors' specs")
+    return 0
+
+
+def print_tables(results: dict[str, Any]) -> None:
+    s, t = results["settings"], results["target_mmacs"]
+    print(f"\nTuNAS searches at T0 = {t} MMACs (the whole detector), search seeds {s['search_seeds']}; "
+          f"each found detector trained {s['epochs']} epochs, val AP50 (%)")
+    print(f"{'space':<10} {'val AP50 mean (min-max)':>24}  {'MMACs of the found detectors':<30} IBN / fused / Tucker")
+    for name, r in results["spaces"].items():
+        macs = ", ".join(f"{m:.0f}" for m in r["mmacs"])
+        layers = "; ".join(" / ".join(str(v) for v in ls.values()) for ls in r["layers"])
+        print(f"{name:<10} {fmt(r['val_AP50'], 1):>24}  {macs:<30} {layers}")
+    n, ref = results["noise_floor"], results["trained"]["reference"]
+    print(f"reference (SSDLite on the base, {ref['macs'] / 1e6:.0f} MMACs) over training seeds {s['reference_seeds']}: "
+          f"{fmt(n, 1)} (the noise floor)")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for i, (name, r) in enumerate(results["spaces"].items()):
+        keys = [f"{name}_s{seed}" for seed in results["settings"]["search_seeds"]]
+        ax.scatter([results["trained"][k]["macs"] / 1e6 for k in keys],
+                   [results["trained"][k]["AP50_summary"]["mean"] for k in keys], color=f"C{i}", label=name)
+    ref = results["trained"]["reference"]
+    n = ref["AP50_summary"]
+    ax.errorbar([ref["macs"] / 1e6], [n["mean"]], yerr=[[n["mean"] - n["min"]], [n["max"] - n["mean"]]], fmt="ks",
+                capsize=3, label="reference (training seeds)")
+    ax.axvline(results["target_mmacs"], color="k", ls="--", lw=0.8, label="T0")
+    ax.set(xlabel="detector MMACs", ylabel="val AP50 (%)", title="TuNAS-found SSDLite detectors per search space")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
