@@ -11,6 +11,7 @@ import random
 
 import pytest
 import torch
+from test_supernet_ops import _randomize
 
 from effml.detection.ssdlite import SSDLite, SSDLiteSpec
 from effml.errors import SearchError
@@ -22,17 +23,6 @@ from effml.search.study.detection_proxy import detector_spec
 from effml.zoo import create_model
 
 
-def _randomize_bn(net: torch.nn.Module) -> None:
-    """BN statistics and scales away from 0/1, so a wrong slice of them shows in the outputs."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-
-
 def _outputs(out: tuple[list[torch.Tensor], list[torch.Tensor]]) -> list[torch.Tensor]:
     return [*out[0], *out[1]]
 
@@ -42,7 +32,7 @@ def test_every_member_is_the_ordinary_ssdlite_of_its_spec_with_the_extracted_wei
     space = mobiledet_space(num_classes=3, resolution=64)
     torch.manual_seed(0)
     net = SSDLiteSupernet(space, kernels=kernels)
-    _randomize_bn(net)
+    _randomize(net)
     rng = random.Random(0)
     members = [space.random_member(rng).spec for _ in range(3)] + [space.smallest().spec]
     assert len({tuple(block_kinds(m).values()) for m in members}) > 1  # op choices differ among them

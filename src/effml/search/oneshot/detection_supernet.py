@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -29,6 +28,7 @@ from torch.func import functional_call
 from effml.detection.ssdlite import SSDLite, SSDLiteSpec, init_backbone_he
 from effml.errors import SearchError
 from effml.search.oneshot.supernet import (
+    MetaModules,
     Supernet,
     block_kinds,
     mirror_modes,
@@ -73,8 +73,7 @@ class SSDLiteSupernet(nn.Module):
         storage = SSDLite(self.spec)  # its extras and predictors (initialised as SSDLite's); its backbone is dropped
         self.extras, self.box_net, self.class_net = storage.extras, storage.box_net, storage.class_net
         self.box_coder = storage.box_coder
-        self._children: OrderedDict[SSDLiteSpec, SSDLite] = OrderedDict()
-        self._cache_size = cache_size
+        self._children = MetaModules(SSDLite, cache_size)
 
     @property
     def num_classes(self) -> int:
@@ -104,16 +103,7 @@ class SSDLiteSupernet(nn.Module):
 
     def _module(self, spec: SSDLiteSpec) -> SSDLite:
         """The child detector on the meta device (shapes and forward code, no storage), cached."""
-        module = self._children.get(spec)
-        if module is None:
-            with torch.device("meta"):
-                module = SSDLite(spec)
-            self._children[spec] = module
-            if len(self._children) > self._cache_size:
-                self._children.popitem(last=False)
-        else:
-            self._children.move_to_end(spec)
-        return module
+        return self._children(spec)
 
     def child_weights(self, spec: SSDLiteSpec, module: nn.Module | None = None,
                       kinds: Mapping[tuple[int, int], str] | None = None) -> dict[str, torch.Tensor]:

@@ -27,7 +27,8 @@ import copy
 import dataclasses
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -197,6 +198,27 @@ def op_positions(space: SearchSpace) -> dict[tuple[int, int], tuple[str, ...]]:
     return positions
 
 
+class MetaModules:
+    """Networks built from their specs on the meta device (shapes and forward code, no storage):
+    the children a supernet runs with ``functional_call``, the last ``size`` kept."""
+
+    def __init__(self, build: Callable[[Any], nn.Module], size: int) -> None:
+        self.build, self.size = build, size
+        self._kept: OrderedDict[Any, nn.Module] = OrderedDict()
+
+    def __call__(self, spec: Any) -> nn.Module:
+        module = self._kept.get(spec)
+        if module is None:
+            with torch.device("meta"):
+                module = self.build(spec)
+            self._kept[spec] = module
+            if len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        else:
+            self._kept.move_to_end(spec)
+        return module
+
+
 class Supernet(EfficientNet):
     """The shared weights of a search space, whose forward pass can run any member.
 
@@ -223,8 +245,7 @@ class Supernet(EfficientNet):
         changes = {k: v for k, v in largest.items() if v is not None}
         super().__init__(storage_spec(space).replace(**changes))
         self.space = space
-        self._children: OrderedDict[NetworkSpec, nn.Module] = OrderedDict()
-        self._cache_size = cache_size
+        self._children = MetaModules(EfficientNet, cache_size)
         self._primary = block_kinds(self.spec)
         self.op_positions = op_positions(space)
         self.op_weights = nn.ModuleDict()
@@ -246,16 +267,7 @@ class Supernet(EfficientNet):
 
     def _module(self, spec: NetworkSpec) -> nn.Module:
         """The child's network on the meta device (shapes and forward code, no storage), cached."""
-        module = self._children.get(spec)
-        if module is None:
-            with torch.device("meta"):
-                module = EfficientNet(spec)
-            self._children[spec] = module
-            if len(self._children) > self._cache_size:
-                self._children.popitem(last=False)
-        else:
-            self._children.move_to_end(spec)
-        return module
+        return self._children(spec)
 
     def shared_name(self, name: str, kinds: Mapping[tuple[int, int], str]) -> str:
         """The supernet tensor that holds child tensor ``name`` (a child whose blocks have the
