@@ -5,7 +5,8 @@ Q of a child on a window of held-out training images, which rewards the controll
 - detectors (MobileDets' search, arXiv 2004.14525: an SSDLite supernet): the detection objective's
   focal + Huber loss; Q is the window's AP50 (``ap50``: COCO AP at IoU 0.5 of the window's images
   alone, a fraction) or ``exp(-loss)`` of the window (``loss``: the same objective as training, no
-  post-processing). MobileDets rewards with COCO mAP of the held-out images.
+  post-processing). MobileDets' search rewards with the detector's COCO mAP on held-out images
+  [our reading; not verified against the paper's search section, which was not at hand here].
 
 BatchNorm runs on the window's own statistics and leaves the shared running averages as they are
 (``keep_buffers``, as ``TunasStep`` explains). A window is chosen by the number of rewards so far,
