@@ -50,11 +50,14 @@ LONGEST_FIRST = (
     "test_experiment_tunas_search.py",  # 47
     "test_experiment_supernet_strategies.py",  # ~45 (new; 92 s with the other core busy)
     "test_experiment_spinenet_search.py",  # 47
+    "test_experiment_mobiledet_tunas.py",  # ~45 (new; 76-86 s with both cores busy)
     "test_tunas.py",  # 43
     "test_experiment_bignas.py",  # 35
     "test_full_disk.py",  # ~40 (new)
     "test_cli_faults.py",  # ~35 (new)
     "test_search_supernet.py",  # 32
+    "test_tunas_detection.py",  # ~17 (new)
+    "test_detection_supernet.py",  # ~17 (new)
     "test_autohas.py",  # 31
     "test_search_detection.py",  # 29
     "test_data_faults.py",  # 27
