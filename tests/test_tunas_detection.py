@@ -70,11 +70,11 @@ def searched(tmp_path_factory) -> Path:
     return tmp_path
 
 
-def test_the_search_records_the_found_detector_rewarded_by_ap50_and_macs(searched):
+def test_the_search_records_the_found_detector_rewarded_by_a_held_out_signal_and_macs(searched):
     record = json.loads((searched / "run" / "tunas.json").read_text())
-    assert record["unit"] == "MMACs" and len(record["history"]) == STEPS - int(0.25 * STEPS)
+    assert record["signal"] == "exp(-loss)" and record["unit"] == "MMACs" and len(record["history"]) == STEPS - int(0.25 * STEPS)
     for h in record["history"]:
-        assert 0 <= h["accuracy"] <= 1 and h["cost"] > 0  # AP50 of a held-out window, as a fraction
+        assert 0 < h["accuracy"] <= 1 and h["cost"] > 0  # exp(-loss) of a held-out window (the default)
     spec = load_spec(searched / "run" / "found_model.json")
     assert isinstance(spec, SSDLiteSpec) and spec.num_classes == 3 and spec.resolution == 64
     [trial] = load_study(str(searched / "search.db"), "det").trials

@@ -266,7 +266,8 @@ def plot_tunas(record: Mapping[str, Any], path: Path) -> None:
     steps = [h["step"] for h in history]
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.0))
     for ax, key, title in zip(axes, ("reward", "accuracy", "cost", "entropy"),
-                              ("reward", "held-out top-1 (batch)", f"cost ({record['unit']})", "entropy / uniform")):
+                              ("reward", f"held-out {record.get('signal', 'top-1')} (batch)", f"cost ({record['unit']})",
+                               "entropy / uniform")):
         values = np.array([h[key] for h in history])
         if len(values):
             window = max(1, len(values) // 20)
@@ -382,6 +383,7 @@ def run_tunas(cfg: SearchConfig, space: SearchSpace, *, resume: bool = False, qu
     number = _record_trial(study, space, params, spec_to_dict(spec), metrics, out, run.global_step)
     probs = step.probabilities()
     record = {"space": space.name, "steps": run.global_step, "target": cfg.objective.target, "unit": latency.unit,
+              "signal": step.signal.name,
               "reward": cfg.tunas.reward, "beta": cfg.tunas.beta,
               "found": {"params": params, "blocks": block_ops(spec), "metrics": metrics},
               "distributions": {c.name: {str(_suggestible(o)): float(p) for o, p in zip(c.options, probs[c.name])}
