@@ -20,6 +20,11 @@ kernel sizes as centres of the largest (``tunas.kernels: shared``); ``separate``
 size its own weights as TuNAS's code does (``Supernet``), without TuNAS's op warm-up over kernels.
 Its residual blocks start as the identity (``tunas.zero_init_last_bn``, as BigNAS's supernet).
 
+With ``search.detector: ssdlite`` the search is MobileDets' (arXiv 2004.14525): the supernet is an
+SSDLite over the space's backbones (``detection_supernet``), the step's loss and Q are the detection
+ones (``signals``: exp(-loss) of the held-out window by default) and the cost is the whole
+detector's MACs; the found architecture is a detector spec.
+
 The held-out batch runs BatchNorm on its own batch statistics, leaving the shared running averages
 as they are: those mix every child's statistics (TuNAS's code evaluates with the moving averages;
 at our scale of a few thousand steps they lag the weights). The result is the controller's most
