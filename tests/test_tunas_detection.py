@@ -147,3 +147,10 @@ def test_a_detection_search_is_refused_before_training_where_it_cannot_run(tmp_p
     with pytest.raises(SearchError, match="search.detector=retinanet needs a black-box"):
         check_tunas(c, build_space(c))
     assert not (tmp_path / "run").exists()
+
+
+def test_selection_on_a_tunas_run_says_what_to_do_instead(searched):
+    run = searched / "run"
+    out = effml("supernet", "select", str(run), "--flops", "40M", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "is a TuNAS search" in out.stderr and f"--child {run / 'found_model.json'}" in out.stderr

@@ -188,6 +188,12 @@ def load_supernet(run_dir: str | Path, weights: str = "best") -> TrainedSupernet
     if not path.is_file():
         raise EffmlError(f"{path} is missing: {run_dir} is not a finished supernet run")
     if config_kind(path, [SupernetConfig]) is not SupernetConfig:
+        from effml.search.oneshot.tunas import FOUND_SPEC, is_tunas_run
+
+        if is_tunas_run(run_dir):
+            raise EffmlError(f"{run_dir} is a TuNAS search, not a BigNAS supernet run: selection takes BigNAS "
+                             f"runs; `effml supernet export {run_dir} --child {run_dir / FOUND_SPEC} -o DIR` "
+                             f"exports the child it found")
         raise EffmlError(f"{run_dir} is an ordinary training run (its {CONFIG_YAML} has no supernet section); "
                          f"give a run written by `effml supernet train`")
     cfg = load_supernet_config(path, saved=True)
