@@ -125,7 +125,12 @@ class SSDLiteSupernet(nn.Module):
                 keep_buffers: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The storage detector, or ``child`` on the shared weights; ``all_ops`` and
         ``keep_buffers`` as ``Supernet.forward`` (``all_ops``: backbone members or their SSDLites)."""
-        spec = self.spec if child is None else self.child_spec(child) if not isinstance(child, SSDLiteSpec) else child
+        if child is None:
+            spec = self.spec
+        elif isinstance(child, SSDLiteSpec):
+            spec = child  # a child_spec already (as a TuNAS step passes it): not checked again each step
+        else:
+            spec = self.child_spec(child)
         x = resize_to(x, spec.resolution)
         module: nn.Module = self._module(spec)
         kinds = None
