@@ -36,10 +36,9 @@ from typing import Any
 
 from _common import ROOT, effml, fmt, publish, run, save_figure, spread
 from _search import detection_recipe, save_spec, search_config, train_detectors
+from mobiledet_search import SPACES, layer_kinds
 
 CONFIG = ROOT / "configs" / "search_tunas_mobiledet_shapes.yaml"
-SPACES = {"full": "mobiledet", "ibn": "mobiledet_ibn", "ibn_fused": "mobiledet_ibn_fused"}
-KINDS = {"ir": "IBN", "er": "fused IBN", "tucker": "Tucker"}
 QUICK = ["proxy.data.image_size=32", "proxy.detect.shapes_size=32", "proxy.detect.shapes_train=40",
          "proxy.detect.shapes_val=8", "proxy.train.max_steps=8", "proxy.train.epochs=2", "proxy.train.eval_every=2",
          "objective.target=15.6"]  # T0 at 32 px: 250M MACs at 128 px, over 16
@@ -55,15 +54,6 @@ def search(name: str, seed: int, args: argparse.Namespace) -> Path:
         resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
         run(effml("search", CONFIG, *overrides, *resume), args.out / f"{name}_s{seed}.log")
     return run_dir
-
-
-def layer_kinds(spec: dict[str, Any]) -> dict[str, int]:
-    """How many searchable layers (every backbone row after the first stage) are IBN, fused IBN, Tucker."""
-    counts = dict.fromkeys(KINDS.values(), 0)
-    for stage in spec["backbone"]["stages"][1:]:
-        for row in stage:
-            counts[KINDS[row.split("_", 1)[0]]] += 1
-    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
