@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 import effml
-from effml.models.fuse import FUSE_PAIRS, fuse_for_inference
 from effml.detection.mobiledet import MOBILEDET_TABLES, mobiledet_spec
 from effml.errors import SpecError
 from effml.layers import BatchNormAct2d, MixConv2d
 from effml.models import EfficientNetFeatures
 from effml.models.builder import BLOCK_MODULES, build_block
 from effml.models.counting import count_macs
+from effml.models.fuse import FUSE_PAIRS, fuse_for_inference
 from effml.spec import BLOCK_KINDS, BlockSpec, NetworkSpec
 from effml.spec.plan import RESOLVE, ConvPlan, FeatureInfo, LayerPlan, NetworkPlan, plan
 

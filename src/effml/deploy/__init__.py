@@ -1,12 +1,17 @@
 """Deployment: ONNX export and ONNX Runtime sessions, int8 quantization, BN folding, latency benchmarks."""
 
 from effml.deploy.benchmark import RUNTIMES, BenchResult, benchmark
-from effml.models.fuse import fold_conv_bn, fuse_for_inference
 from effml.deploy.image_detector import ImageDetector, PictureDetections
 from effml.deploy.onnx_export import ExportReport, export_onnx
-from effml.deploy.quantize import Int8RefusedError, Int8Report, export_int8, quantize_onnx
+from effml.deploy.quantize import (
+    Int8RefusedError,
+    Int8Report,
+    export_int8,
+    quantize_onnx,
+)
 from effml.deploy.runtime import OnnxRunner, onnx_runner
 from effml.measure.onnx import onnx_session
+from effml.models.fuse import fold_conv_bn, fuse_for_inference
 
 __all__ = [
     "RUNTIMES", "BenchResult", "ExportReport", "ImageDetector", "Int8RefusedError", "Int8Report", "OnnxRunner",

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from effml.models.fuse import fuse_for_inference
 from effml.deploy.onnx_export import export_onnx
 from effml.errors import EffmlError, InputError
 from effml.measure.latency import require_cpu, time_interleaved, torch_threads
 from effml.measure.onnx import INPUT_NAME, model_in_channels, onnx_session
+from effml.models.fuse import fuse_for_inference
 
 RUNTIMES = ("eager", "channels_last", "fused", "fused_channels_last", "compiled", "fused_compiled",
             "onnxruntime", "int8")
