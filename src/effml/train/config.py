@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import functools
 import os
 import re
 import textwrap
@@ -28,11 +26,25 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 from pydantic.dataclasses import dataclass
 
 from effml.errors import EffmlError
 from effml.models.weights import PACKAGE_SCHEME
+from effml.train.config_schema import (
+    adapter,
+    allowed_text,
+    deref,
+    json_schema,
+    type_text,
+    validation_message,
+)
 
 
 class ConfigError(EffmlError, ValueError):
@@ -423,7 +435,7 @@ def config_from_dict(data: Any, base: Any = None, source: str = "", *, relative_
         raise ConfigError(f"{where}expected a mapping of sections ({sections}), got {data!r}")
     config, errors = _merge(config, data, (), relative_to, saved)
     if errors:
-        raise ConfigError(where + validation_message(errors, type(config)))
+        raise ConfigError(where + validation_message(errors, type(config), REMOVED_KEYS))
     return config
 
 
@@ -492,145 +504,7 @@ def config_kind(path: str | Path, kinds: Iterable[type]) -> type:
     return Config
 
 
-# ---------------------------------------------------------------- describing fields and errors
-
-
-@functools.cache
-def _adapter(schema: type) -> TypeAdapter:
-    return TypeAdapter(schema)
-
-
-@functools.cache
-def json_schema(schema: type = Config) -> dict[str, Any]:
-    """The JSON schema pydantic derives from ``schema``: types, defaults, ranges, descriptions."""
-    return _adapter(schema).json_schema()
-
-
-def _deref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    if "$ref" not in node:
-        return node
-    return {**root["$defs"][node["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in node.items() if k != "$ref"}}
-
-
-def _branch(node: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """(the non-null alternative, whether null is allowed) of a field's schema."""
-    options = node.get("anyOf", [node])
-    rest = [o for o in options if o.get("type") != "null"]
-    return (rest[0] if len(rest) == 1 else node), len(rest) < len(options)
-
-
-def _locate(root: dict[str, Any], loc: tuple) -> tuple[str, dict[str, Any]]:
-    """The key (``proxy.optim.betas[0]``) and the schema of the value at ``loc``, an error's
-    location: properties, tuple items, list items, mapping values."""
-    key, node = "", root
-    for part in loc:
-        node = _deref(root, _branch(_deref(root, node))[0])
-        if part == "[key]":  # a mapping's key
-            key, node = f"{key} (a key)", {"type": "string"}
-        elif isinstance(part, int):
-            items = node.get("prefixItems")
-            key, node = f"{key}[{part}]", items[part] if items and part < len(items) else node.get("items", {})
-        elif "anyOf" not in node or part in node.get("properties", {}):  # else: pydantic names a union's member
-            extra = node.get("additionalProperties")
-            key, node = f"{key}.{part}", node.get("properties", {}).get(part, extra if isinstance(extra, dict) else {})
-    return key.lstrip("."), _deref(root, node)
-
-
-_TYPES = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null",
-          "object": "mapping", "array": "list"}
-
-
-def type_text(node: dict[str, Any]) -> str:
-    """A field's type in the words of a YAML file: ``int``, ``float | null``, ``[float, float]``."""
-    if "anyOf" in node:
-        return " | ".join(type_text(o) for o in node["anyOf"])
-    if "enum" in node:
-        return " | ".join(str(v) for v in node["enum"])
-    if "const" in node:
-        return str(node["const"])
-    if "prefixItems" in node:
-        return "[" + ", ".join(type_text(i) for i in node["prefixItems"]) + "]"
-    return _TYPES.get(node.get("type", ""), "any")
-
-
-def _num(x: Any) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def allowed_text(node: dict[str, Any]) -> str:
-    """A field's allowed values in words (``>= 1``, ``in [0, 1)``, ``in (0, 1), or null``); ''
-    when its type says it all."""
-    value, nullable = _branch(node)
-    lo = (("[", value["minimum"]) if "minimum" in value else
-          ("(", value["exclusiveMinimum"]) if "exclusiveMinimum" in value else None)
-    hi = (("]", value["maximum"]) if "maximum" in value else
-          (")", value["exclusiveMaximum"]) if "exclusiveMaximum" in value else None)
-    if lo and hi:
-        text = f"in {lo[0]}{_num(lo[1])}, {_num(hi[1])}{hi[0]}"
-    elif lo:
-        text = f"{'>=' if lo[0] == '[' else '>'} {_num(lo[1])}"
-    elif hi:
-        text = f"{'<=' if hi[0] == ']' else '<'} {_num(hi[1])}"
-    else:
-        text = "not empty" if value.get("minLength") else ""
-    if "prefixItems" in value:
-        items = {allowed_text(i) for i in value["prefixItems"]}
-        each = f", each {items.pop()}" if len(items) == 1 and "" not in items else ""
-        text = f"a list of {len(value['prefixItems'])}{each}"
-    text = ", ".join(t for t in (text, node.get("rule", "")) if t)
-    return f"{text}, or null" if text and nullable else text
-
-
-def _unknown(key: str, known: list[str], what: str, reason: str | None = None) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" ({reason})." if reason else f". Did you mean {close[0]!r}?" if close else "."
-    return f"unknown key {key!r}{hint} Known {what}: {', '.join(known)}"
-
-
-_UNKNOWN_KEY = ("unexpected_keyword_argument", "extra_forbidden")  # pydantic dataclasses, models
-
-
-def _explain(err: dict[str, Any], schema: type) -> str:
-    """One pydantic error as ``key: what was wrong; what is allowed``, in YAML's words."""
-    root = json_schema(schema)
-    loc, kind, value = tuple(err["loc"]), err["type"], err.get("input")
-    value = list(value) if isinstance(value, tuple) else value  # as YAML writes it
-    if kind in _UNKNOWN_KEY:
-        where, parent = _locate(root, loc[:-1])
-        known = parent.get("properties", {})
-        what = "sections" if all("properties" in _deref(root, p) for p in known.values()) else "keys"
-        return (f"{where}: " if where else "") + _unknown(str(loc[-1]), list(known), what, REMOVED_KEYS.get(loc))
-    key, node = _locate(root, loc)
-    value_node = _branch(node)[0]
-    if kind == "missing":
-        return f"{key}: missing; give a value"
-    if "properties" in value_node:  # a record given something else; the whole document: its keys too
-        return (f"{key}: expected a mapping of keys" if key else
-                f"expected a mapping of keys ({', '.join(value_node['properties'])})") + f", got {value!r}"
-    if kind == "string_too_short":
-        return f"{key}: {value!r} is empty; give a value"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"{key}: {value!r} is out of range; it must be {allowed_text(node)}"
-    if kind == "literal_error" and "enum" in value_node:
-        return f"{key}: {value!r} is not one of {value_node['enum']}"
-    if kind == "finite_number":
-        return f"{key}: {value!r} is not a finite number; it must be {allowed_text(node) or 'finite'}"
-    if kind == "value_error":
-        return f"{key}: {value!r}: {err.get('ctx', {}).get('error', err['msg'])}"
-    if "prefixItems" in value_node:
-        return f"{key}: expected a list of {len(value_node['prefixItems'])} numbers, got {value!r}"
-    if kind.endswith(("_type", "_parsing", "_from_float")):
-        return f"{key}: expected {type_text(node)}, got {value!r} ({type(value).__name__})"
-    return f"{key}: {value!r}: {err['msg']}"
-
-
-def validation_message(errors: ValidationError | list[dict[str, Any]], schema: type) -> str:
-    """pydantic's errors for ``schema`` (any pydantic dataclass or model) as one line, each problem
-    as ``key: what was wrong; what is allowed``, a misspelt key first."""
-    errors = errors.errors() if isinstance(errors, ValidationError) else errors
-    errors = sorted(errors, key=lambda err: err["type"] not in _UNKNOWN_KEY)
-    return "; ".join(dict.fromkeys(_explain(err, schema) for err in errors))  # a union's members: once
-
+# ---------------------------------------------------------------- describing fields
 
 def describe_config(schema: type = Config) -> str:
     """Every field with its type, default, allowed range and description, from the JSON schema."""
@@ -644,7 +518,7 @@ def describe_config(schema: type = Config) -> str:
              "#   key: type = default  [allowed values]", *textwrap.wrap(note, 98, initial_indent="# ",
                                                                          subsequent_indent="# ")]
     for name, ref in root["properties"].items():
-        section = _deref(root, ref)
+        section = deref(root, ref)
         lines.append(f"{name}:  # {' '.join(section.get('description', '').split())}")
         for key, node in section["properties"].items():
             lines += [f"  # {line}" for line in node.get("description", "").splitlines()]
@@ -660,7 +534,7 @@ def _yaml_value(v: Any) -> str:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The config as plain data (tuples become lists) for YAML/JSON."""
-    return _adapter(type(config)).dump_python(config, mode="json")
+    return adapter(type(config)).dump_python(config, mode="json")
 
 
 def config_to_yaml(config: Any) -> str:

@@ -505,7 +505,7 @@ class SpaceFile(BaseModel):
 
 def space_from_dict(data: Any, source: str = "space") -> SearchSpace:
     """Rebuild a space from ``SearchSpace.to_dict`` output (a parsed JSON/YAML document)."""
-    from effml.train.config import validation_message
+    from effml.train.config_schema import validation_message
     from effml.zoo.factory import resolve_spec
     from effml.zoo.kinds import spec_from_dict
 
