@@ -18,7 +18,7 @@ search seed, the mean and spread; the reference's) and ``mobiledet_tunas.png`` t
 rerun continues unfinished searches (``--resume``) and reuses finished ones and trainings.
 
 Cost: the config's 1,000 steps with the controller never learning (no rewards scored) took 18.7
-CPU minutes (AMD EPYC, 1 thread), about half of it in the filter warm-up's widest detectors. Once
+CPU minutes (AMD EPYC with AVX-512 and VNNI, 1 thread), about half of it in the filter warm-up's widest detectors. Once
 the controller learns, each step also scores its detector on 32 held-out images: a real search ran
 at 3.5-4 images a second after the warm-up against 10 without rewards, about 35 CPU minutes a
 search (estimated from its rate). So the defaults (2 spaces x 3 search seeds, 7 trainings) take
