@@ -7,8 +7,9 @@ Q of a child on a window of held-out training images, which rewards the controll
   objective, no post-processing) or the window's AP50 (``ap50``: COCO AP at IoU 0.5 of the window's
   images alone, a fraction). On a shapes supernet one window's exp(-loss) ranked children as their
   full held-out AP50 does at Kendall tau 0.50 against AP50's 0.40, at 14% less CPU
-  (``benchmarks/detection_reward_signal.py``). MobileDets' search rewards with the detector's COCO mAP on held-out images
-  [our reading; not verified against the paper's search section, which was not at hand here].
+  (``benchmarks/detection_reward_signal.py``). MobileDets' search rewards with the detector's COCO
+  mAP on held-out images [our reading; not verified against the paper's search section, which was
+  not at hand here].
 
 BatchNorm runs on the window's own statistics and leaves the shared running averages as they are
 (``keep_buffers``, as ``TunasStep`` explains). A window is chosen by the number of rewards so far,
@@ -29,6 +30,16 @@ if TYPE_CHECKING:
     from effml.train.trainer import Trainer
 
 DETECTION_SIGNALS = ("ap50", "loss")
+
+
+def read_held_out(trainer: Trainer) -> tuple[torch.Tensor, list[Any]]:
+    """The held-out training images (eval transform) and their targets, batch by batch (a signal
+    reads them once and keeps them)."""
+    images, targets = [], []
+    for x, t, *_ in trainer.eval_batches("holdout"):
+        images.append(x)
+        targets.append(t)
+    return torch.cat(images), targets
 
 
 def window(count: int, size: int, position: int) -> torch.Tensor:
@@ -60,13 +71,9 @@ class ClassificationSignal:
         return (logits.argmax(1).cpu() == y[index]).float().mean().item()
 
     def _held_out(self, trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor]:
-        """The held-out training images (eval transform), read once."""
         if self._holdout is None:
-            xs, ys = [], []
-            for images, targets, *_ in trainer.eval_batches("holdout"):
-                xs.append(images)
-                ys.append(targets)
-            self._holdout = torch.cat(xs), torch.cat(ys)
+            images, labels = read_held_out(trainer)
+            self._holdout = images, torch.cat(labels)
         return self._holdout
 
 
@@ -106,11 +113,7 @@ class DetectionSignal:
         return 0.0 if math.isnan(ap50) else ap50
 
     def _held_out(self, trainer: Trainer) -> tuple[torch.Tensor, list[dict]]:
-        """The held-out training images (eval transform) and their targets, read once."""
         if self._holdout is None:
-            xs, ts = [], []
-            for images, targets, *_ in trainer.eval_batches("holdout"):
-                xs.append(images)
-                ts += targets
-            self._holdout = torch.cat(xs), ts
+            images, targets = read_held_out(trainer)
+            self._holdout = images, [t for batch in targets for t in batch]
         return self._holdout
