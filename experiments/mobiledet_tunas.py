@@ -7,22 +7,30 @@ The paper's claim: adding fused IBN (and Tucker convolutions) to the IBN layers 
 space finds better detectors at the same cost. Per space (``--searches``: ``full`` = IBN + fused +
 Tucker, ``ibn``, ``ibn_fused``) and search seed (``--search-seeds``), one TuNAS search of
 ``configs/search_tunas_mobiledet_shapes.yaml`` (``--search-overrides`` change it): a detection
-supernet trained on 400 generated 128 px images, the controller rewarded by AP50 of held-out
-windows and the whole detector's MACs at T0 (250M MACs: every space can meet it).
-Each found detector, and the reference (SSDLite on the base: the noise floor, the spread of one
-network over training seeds), is trained alone with one recipe (the search's proxy recipe on all
-500 training images for ``--epochs`` epochs) and scored by AP50 on 128 generated val images.
+supernet trained for 1,000 steps on 400 generated images, the controller rewarded by exp(-detection
+loss) of held-out windows (``tunas.detection_signal``) and the whole detector's MACs at T0.
+
+To fit the 45 minutes asked of an experiment on 2 cores, every search here is smaller (``SMALL``):
+the generated shapes drawn at 96 px, T0 = 140.6M MACs (250M at 128 px scaled with the pixels:
+still between the IBN space's smallest and largest detector), 750 steps (15 epochs), and each
+reward scored on one held-out batch of 8 images (``tunas.reward_batch=1``; the config's 4 cost
+about 40% more per step). Each found detector, and the reference (SSDLite on the base: the noise
+floor, the spread of one network over training seeds), is trained alone with one recipe (the
+search's proxy recipe at 96 px on all 500 training images for ``--epochs`` epochs) and scored by
+AP50 on 128 generated val images. At 64 px nothing learned: the reference and a found detector
+reached AP50 1.5 and 1.4 after 10 epochs (at 96 px 10.2 and 13.7, at 128 px about 30).
 
 Writes ``results.json`` (per space: the found detectors' MACs against T0, their val AP50 per
 search seed, the mean and spread; the reference's) and ``mobiledet_tunas.png`` to ``--out``; a
 rerun continues unfinished searches (``--resume``) and reuses finished ones and trainings.
 
-Cost: the config's 1,000 steps with the controller never learning (no rewards scored) took 18.7
-CPU minutes (AMD EPYC with AVX-512 and VNNI, 1 thread), about half of it in the filter warm-up's widest detectors. Once
-the controller learns, each step also scores its detector on 32 held-out images: a real search ran
-at 3.5-4 images a second after the warm-up against 10 without rewards, about 35 CPU minutes a
-search (estimated from its rate). So the defaults (2 spaces x 3 search seeds, 7 trainings) take
-about 2 hours on 2 cores, far over the 45 minutes asked of an experiment.
+Cost (AMD EPYC with AVX-512 and VNNI, 2 runs side by side, 1 thread each): a search of 1,000
+steps took 10.7 wall minutes at 64 px and 12.8 at 96 px; a 96 px training of 10 epochs 1.5-2.
+The controller: at the TuNAS default learning rate of this config's first version (0.005) the
+found detector (the most likely choice per layer) was mostly Tucker at half of T0 (33M MACs
+against 62.5M at 64 px, 71M against 140.6M at 96 px), because after 750 learning steps the policy
+was still near uniform (entropy 0.84 of its maximum); at 64 px, 0.02 found 57M and 0.05 62M (one
+search each). The config now uses 0.05.
 
 Usage: python experiments/mobiledet_tunas.py [--searches full ibn] [--search-seeds 0 1 2] [--quick]
 """
@@ -41,6 +49,8 @@ from _search import detection_recipe, save_spec, search_config, train_detectors
 from mobiledet_search import SPACES, layer_kinds
 
 CONFIG = ROOT / "configs" / "search_tunas_mobiledet_shapes.yaml"
+SMALL = ["proxy.data.image_size=96", "proxy.detect.shapes_size=96", "objective.target=140.6",
+         "proxy.train.epochs=15", "tunas.reward_batch=1"]  # the budget (above); T0: 250M MACs x (96 / 128)^2
 QUICK = ["proxy.data.image_size=32", "proxy.detect.shapes_size=32", "proxy.detect.shapes_train=40",
          "proxy.detect.shapes_val=8", "proxy.train.max_steps=8", "proxy.train.epochs=2", "proxy.train.eval_every=2",
          "objective.target=15.6"]  # T0 at 32 px: 250M MACs at 128 px, over 16
@@ -65,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of each found detector")
     p.add_argument("--reference-seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="training seeds of the reference (the noise floor)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of a standalone training")
-    p.add_argument("--search-overrides", nargs="*", default=[], help="KEY=VALUE changes to every search")
+    p.add_argument("--epochs", type=int, default=15, help="epochs of a standalone training")
+    p.add_argument("--search-overrides", nargs="*", default=[],
+                   help="KEY=VALUE changes to every search (after the experiment's own, SMALL)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "experiment_mobiledet_tunas")
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
@@ -75,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.search_seeds, args.seeds, args.reference_seeds, args.epochs = args.search_seeds[:1], [0], [0], 1
         args.search_overrides = QUICK + args.search_overrides
+    else:
+        args.search_overrides = SMALL + args.search_overrides
         final_overrides = ["train.max_steps=2"]
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
