@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.search_seeds, args.seeds, args.reference_seeds, args.epochs = args.search_seeds[:1], [0], [0], 1
         args.search_overrides = QUICK + args.search_overrides
+        final_overrides = ["train.max_steps=2"]
     else:
         args.search_overrides = SMALL + args.search_overrides
-        final_overrides = ["train.max_steps=2"]
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
