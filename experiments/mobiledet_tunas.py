@@ -97,12 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     from effml.search.study.detection_proxy import search_network
     from effml.zoo import spec_to_dict
 
-    jobs = [(name, seed) for name in args.searches for seed in args.search_seeds]
-    with ThreadPoolExecutor(args.workers) as pool:
-        runs = dict(zip(jobs, pool.map(lambda job: search(*job, args), jobs)))
     cfg = search_config(dict(o.split("=", 1) for o in args.search_overrides), CONFIG)
     target = cfg.objective.target
     reference = spec_to_dict(search_network(cfg, build_space(cfg).base))
+    recipe = detection_recipe(cfg, args.out, args.epochs)
+    jobs = [(name, seed) for name in args.searches for seed in args.search_seeds]
+    with ThreadPoolExecutor(args.workers) as pool:
+        # The reference needs no search: its trainings take one worker, one at a time, while the
+        # searches run (6 searches and then 3 more trainings left a worker idle for minutes); its
+        # latency is measured while a search runs.
+        noise_floor = pool.submit(train_detectors, {"reference": reference},
+                                  {"reference": save_spec(reference, args.out / "reference.json")}, recipe,
+                                  argparse.Namespace(seeds=args.reference_seeds, workers=1, out=args.out),
+                                  final_overrides)
+        runs = dict(zip(jobs, pool.map(lambda job: search(*job, args), jobs)))
+        trained = noise_floor.result()
     found = {}
     for (name, seed), run_dir in runs.items():
         record = json.loads((run_dir / "tunas.json").read_text())
@@ -110,14 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                                     "spec": json.loads((run_dir / "found_model.json").read_text()),
                                     "search_metrics": record["found"]["metrics"], "search_cpu_s": record["cpu_s"],
                                     "steps": record["steps"]}
-    specs = {"reference": reference, **{k: f["spec"] for k, f in found.items()}}
-    paths = {k: save_spec(d, args.out / f"{k}.json") for k, d in specs.items()}
-    recipe = detection_recipe(cfg, args.out, args.epochs)
-    trained = train_detectors({k: d for k, d in specs.items() if k != "reference"},
-                              {k: p for k, p in paths.items() if k != "reference"}, recipe,
-                              argparse.Namespace(seeds=args.seeds, workers=args.workers, out=args.out), final_overrides)
-    trained.update(train_detectors({"reference": reference}, {"reference": paths["reference"]}, recipe,
-                                   argparse.Namespace(seeds=args.reference_seeds, workers=args.workers, out=args.out),
+    trained.update(train_detectors({k: f["spec"] for k, f in found.items()},
+                                   {k: save_spec(f["spec"], args.out / f"{k}.json") for k, f in found.items()},
+                                   recipe, argparse.Namespace(seeds=args.seeds, workers=args.workers, out=args.out),
                                    final_overrides))
     spaces = {}
     for name in args.searches:
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         spaces[name] = {"space": SPACES[name], "val_AP50": spread(ap50),
                         "mmacs": [trained[k]["macs"] / 1e6 for k in keys],
                         "off_target": [trained[k]["macs"] / 1e6 / target - 1 for k in keys],
-                        "layers": [layer_kinds(specs[k]) for k in keys]}
+                        "layers": [layer_kinds(found[k]["spec"]) for k in keys]}
     results = {"settings": {"searches": args.searches, "search_seeds": args.search_seeds, "seeds": args.seeds,
                             "reference_seeds": args.reference_seeds, "epochs": args.epochs,
                             "search_overrides": args.search_overrides, "config": str(CONFIG), "quick": args.quick},
