@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes (CI)")
     args = p.parse_args(argv)
     final_overrides: list[str] = []
+    given = list(args.search_overrides)  # the user's, recorded (the experiment's own follow from --quick)
     if args.quick:
         args.search_seeds, args.seeds, args.reference_seeds, args.epochs = args.search_seeds[:1], [0], [0], 1
         args.search_overrides = QUICK + args.search_overrides
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                         "layers": [layer_kinds(found[k]["spec"]) for k in keys]}
     results = {"settings": {"searches": args.searches, "search_seeds": args.search_seeds, "seeds": args.seeds,
                             "reference_seeds": args.reference_seeds, "epochs": args.epochs,
-                            "search_overrides": args.search_overrides, "config": str(CONFIG), "quick": args.quick},
+                            "search_overrides": given, "config": str(CONFIG), "quick": args.quick},
                "target_mmacs": target, "spaces": spaces, "found": found, "trained": trained,
                "noise_floor": trained["reference"]["AP50_summary"],
                "wall_minutes": (time.perf_counter() - started) / 60}
