@@ -26,6 +26,10 @@ rerun continues unfinished searches (``--resume``) and reuses finished ones and 
 
 Cost (AMD EPYC with AVX-512 and VNNI, 2 runs side by side, 1 thread each): a search of 1,000
 steps took 10.7 wall minutes at 64 px and 12.8 at 96 px; a 96 px training of 10 epochs 1.5-2.
+With the defaults: 46 minutes with the searches first and the 9 trainings after them, 49.7 with
+the reference beside the searches (the last search ran alone while the found detectors waited);
+with each search training its detector as it ends and the reference last, about 44 minutes by
+those runs' job durations (a search 8.3-10.6 minutes, a training 2.6-4.6) [estimate, not rerun].
 The controller: at the TuNAS default learning rate of this config's first version (0.005) the
 found detector (the most likely choice per layer) was mostly Tucker at half of T0 (33M MACs
 against 62.5M at 64 px, 71M against 140.6M at 96 px), because after 750 learning steps the policy
@@ -68,6 +72,32 @@ def search(name: str, seed: int, args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def search_and_train(name: str, seed: int, args: argparse.Namespace, recipe: Path,
+                     final_overrides: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One search, then its found detector trained alone at once (``args.seeds``, one at a time):
+    the search's record and the training's."""
+    run_dir, key = search(name, seed, args), f"{name}_s{seed}"
+    record, spec = (json.loads((run_dir / f).read_text()) for f in ("tunas.json", "found_model.json"))
+    found = {"space": name, "search_seed": seed, "run": str(run_dir), "spec": spec,
+             "search_metrics": record["found"]["metrics"], "search_cpu_s": record["cpu_s"], "steps": record["steps"]}
+    trained = train_detectors({key: spec}, {key: save_spec(spec, args.out / f"{key}.json")}, recipe,
+                              argparse.Namespace(seeds=args.seeds, workers=1, out=args.out), final_overrides)
+    return found, trained[key]
+
+
+def train_reference(reference: dict[str, Any], path: Path, seed: int, args: argparse.Namespace, recipe: Path,
+                    final_overrides: list[str]) -> dict[str, Any]:
+    """The reference trained with one seed."""
+    return train_detectors({"reference": reference}, {"reference": path}, recipe,
+                           argparse.Namespace(seeds=[seed], workers=1, out=args.out), final_overrides)["reference"]
+
+
+def merge_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One network's trainings with one seed each, as one record over the seeds (the first's cost and latency)."""
+    ap50 = [a for r in runs for a in r["AP50"]]
+    return {**runs[0], "AP50": ap50, "AP50_summary": spread(ap50), "minutes": [m for r in runs for m in r["minutes"]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--searches", nargs="+", default=["full", "ibn"], choices=list(SPACES))
@@ -103,27 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     reference = spec_to_dict(search_network(cfg, build_space(cfg).base))
     recipe = detection_recipe(cfg, args.out, args.epochs)
     jobs = [(name, seed) for name in args.searches for seed in args.search_seeds]
+    reference_path = save_spec(reference, args.out / "reference.json")
     with ThreadPoolExecutor(args.workers) as pool:
-        # The reference needs no search: its trainings take one worker, one at a time, while the
-        # searches run (6 searches and then 3 more trainings left a worker idle for minutes); its
-        # latency is measured while a search runs.
-        noise_floor = pool.submit(train_detectors, {"reference": reference},
-                                  {"reference": save_spec(reference, args.out / "reference.json")}, recipe,
-                                  argparse.Namespace(seeds=args.reference_seeds, workers=1, out=args.out),
-                                  final_overrides)
-        runs = dict(zip(jobs, pool.map(lambda job: search(*job, args), jobs)))
-        trained = noise_floor.result()
-    found = {}
-    for (name, seed), run_dir in runs.items():
-        record = json.loads((run_dir / "tunas.json").read_text())
-        found[f"{name}_s{seed}"] = {"space": name, "search_seed": seed, "run": str(run_dir),
-                                    "spec": json.loads((run_dir / "found_model.json").read_text()),
-                                    "search_metrics": record["found"]["metrics"], "search_cpu_s": record["cpu_s"],
-                                    "steps": record["steps"]}
-    trained.update(train_detectors({k: f["spec"] for k, f in found.items()},
-                                   {k: save_spec(f["spec"], args.out / f"{k}.json") for k, f in found.items()},
-                                   recipe, argparse.Namespace(seeds=args.seeds, workers=args.workers, out=args.out),
-                                   final_overrides))
+        # Every search trains its found detector as soon as it ends, and the reference's trainings
+        # (which need no search) come last, one job per seed: 6 searches and then 9 trainings left
+        # a worker idle for minutes while the last search ran. Latencies are measured while
+        # another job runs.
+        searched = [pool.submit(search_and_train, *job, args, recipe, final_overrides) for job in jobs]
+        references = [pool.submit(train_reference, reference, reference_path, seed, args, recipe, final_overrides)
+                      for seed in args.reference_seeds]
+        done = [f.result() for f in searched]
+        trained = {"reference": merge_seeds([f.result() for f in references])}
+    found = {f"{name}_s{seed}": record for (name, seed), (record, _) in zip(jobs, done)}
+    trained.update({f"{name}_s{seed}": result for (name, seed), (_, result) in zip(jobs, done)})
     spaces = {}
     for name in args.searches:
         keys = [f"{name}_s{seed}" for seed in args.search_seeds]

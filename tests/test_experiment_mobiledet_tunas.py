@@ -4,6 +4,8 @@ shapes set, each found detector and the reference trained alone, and the per-spa
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from _experiment import run_quick
@@ -30,3 +32,15 @@ def test_quick_run_searches_each_space_and_trains_what_it_found(tmp_path):
     assert res["noise_floor"] == res["trained"]["reference"]["AP50_summary"]
     assert (tmp_path / "mobiledet_tunas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "the noise floor" in stdout
+
+
+def test_the_reference_trained_one_seed_a_job_is_one_record_over_its_seeds():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from mobiledet_tunas import merge_seeds
+
+    runs = [{"macs": 1e8, "latency_ms": 8.0, "AP50": [a], "AP50_summary": {"mean": a}, "minutes": [m]}
+            for a, m in ((23.0, 2.7), (21.0, 2.6), (22.0, 2.8))]
+    merged = merge_seeds(runs)
+    assert merged["AP50"] == [23.0, 21.0, 22.0] and merged["minutes"] == [2.7, 2.6, 2.8]
+    assert merged["AP50_summary"]["min"] == 21.0 and merged["AP50_summary"]["max"] == 23.0
+    assert merged["AP50_summary"]["mean"] == pytest.approx(22.0) and merged["macs"] == 1e8
