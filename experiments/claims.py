@@ -145,16 +145,20 @@ def compound_scaling(r: dict[str, Any]) -> list[Row]:
 
 @extractor("mnasnet_search", "MnasNet search (arXiv 1807.11626)",
            "a searched network beats the hand-made MobileNetV2 at similar latency",
-           ("trials", "seed", "seeds", "epochs", "train_images", "searches"))
+           ("trials", "seed", "seeds", "epochs", "train_images", "searches", "long_epochs"))
 def mnasnet_search(r: dict[str, Any]) -> list[Row]:
     """Effects: per training seed, the REINFORCE soft-reward winner's val top-1 minus the reference
     MobileNetV2's; and minus random search's winner (one search seed: training seeds only)."""
     s, f = r["settings"], r["final"]
     main = "reinforce_soft" if "reinforce_soft" in f else s["searches"][0]
     seed_text = f"1 search seed ({s['seed']}); {seeds('training', s['seeds'])}"
-    rows = [Row(seeds=seed_text, **paired(f[main]["top1"], f["reference"]["top1"]),
-                note=f"{main}'s winner at {f[main]['latency_ms'] / f['reference']['latency_ms']:.2f}x the "
-                     f"reference's latency; MACs-latency Spearman {r['correlation']['spearman_macs_latency']:.2f}")]
+    note = (f"{main}'s winner at {f[main]['latency_ms'] / f['reference']['latency_ms']:.2f}x the reference's "
+            f"latency; MACs-latency Spearman {r['correlation']['spearman_macs_latency']:.2f}")
+    long = r.get("long", {})
+    if {main, "reference"} <= set(long):  # --long-epochs: both trained longer once
+        note += (f"; at {long[main]['epochs']} epochs (seed 0) the winner {long[main]['top1']:.1f}%, "
+                 f"the reference {long['reference']['top1']:.1f}%")
+    rows = [Row(seeds=seed_text, note=note, **paired(f[main]["top1"], f["reference"]["top1"]))]
     if {"reinforce_soft", "random_soft"} <= set(f):
         rows.append(Row("REINFORCE finds better networks than random search", seed_text,
                         **paired(f["reinforce_soft"]["top1"], f["random_soft"]["top1"])))

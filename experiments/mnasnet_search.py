@@ -14,15 +14,20 @@ latency of the space's own reference network, MobileNetV2 at 32 px (batch 1, 1 t
 Then each search's best trial and the reference network (the zoo-like baseline of the same
 latency) are trained with a full schedule (the proxy's AdamW and cosine schedule, on
 ``--train-images`` images for ``--epochs`` epochs, ``--seeds`` seeds) and scored on the 10,000 val
-images (a winner two searches share is trained once), and every distinct sampled network's latency is measured again, one after another on a quiet machine, for the rank
-correlation of MACs and latency (the paper's point that FLOPs is a poor proxy for latency).
+images (a winner two searches share is trained once), and every distinct sampled network's latency
+is measured again, one after another on a quiet machine, for the rank correlation of MACs and
+latency (the paper's point that FLOPs is a poor proxy for latency).
+
+``--long-epochs N``: the reference and the first search's winner are also trained once (seed 0)
+for N epochs with the same recipe, scored on val every ``LONG_EVAL_EVERY`` epochs: does the
+comparison hold when MobileNetV2, whose 17 expansion-6 blocks train slowest, is not under-trained?
 
 Writes ``results.json``, ``mnasnet_search.png``, the search databases (``effml search report
 OUT/reinforce_soft.db``) and each search's winner as a spec (``best_reinforce_soft.json``, ...;
 ``effml train|bench|export`` take them by path) to ``--out``; a rerun continues unfinished searches
 and reuses finished trainings.
 
-Usage: python experiments/mnasnet_search.py [--trials 16] [--seeds 0 1] [--out DIR] [--quick]
+Usage: python experiments/mnasnet_search.py [--trials 16] [--seeds 0 1 2] [--long-epochs 15] [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ SEARCHES = {
     "reinforce_hard": {"search.strategy": "reinforce", "objective.constraint": "hard", "objective.latency": "measured"},
     "reinforce_flops": {"search.strategy": "reinforce", "objective.constraint": "soft", "objective.latency": "flops"},
 }
+LONG_EVAL_EVERY = 3  # the long runs' val curve: one score every 3 epochs
 
 
 def config_of(name: str, target: float, args: argparse.Namespace) -> Any:
@@ -79,16 +85,35 @@ def summarize_search(rows: list[dict[str, Any]], target_ms: float, measured: dic
             "latency_ms": spread(lat)}
 
 
-def final_trainings(specs: dict[str, Path], args: argparse.Namespace) -> dict[tuple[str, int], Path]:
+def final_trainings(specs: dict[str, Path], long: dict[str, Path],
+                    args: argparse.Namespace) -> dict[tuple[str, int | str], Path]:
+    """Every spec trained for ``--epochs`` with each of ``--seeds`` (key: name, seed), and the ``long``
+    ones once for ``--long-epochs`` (key: name, "long"), in one pool, the long ones first."""
     recipe = full_recipe(args.train_images, args.epochs) + args.final_set
-    return train_all({(name, seed): ([f"model.name={path}", f"train.seed={seed}", *recipe],
-                                     args.out / f"final_{name}_seed{seed}")
-                      for name, path in specs.items() for seed in args.seeds}, args.workers)
+    long_recipe = [*full_recipe(args.train_images, args.long_epochs), *args.final_set,
+                   f"train.eval_every={min(LONG_EVAL_EVERY, args.long_epochs)}"]
+    jobs: dict[tuple[str, int | str], tuple[list[str], Path]] = {
+        (name, "long"): ([f"model.name={path}", "train.seed=0", *long_recipe],
+                         args.out / f"long_{name}_{args.long_epochs}ep") for name, path in long.items()}
+    jobs.update({(name, seed): ([f"model.name={path}", f"train.seed={seed}", *recipe],
+                                args.out / f"final_{name}_seed{seed}")
+                 for name, path in specs.items() for seed in args.seeds})
+    return train_all(jobs, args.workers)
+
+
+def val_curve(run_dir: Path) -> list[dict[str, float]]:
+    """A run's val top-1 after each evaluation: epoch, raw and EMA weights, in percent."""
+    from effml.train.run_dir import read_metrics
+
+    return [{"epoch": r["epoch"], "top1": r["val"]["top1"], "ema_top1": r["ema_val"]["top1"] if r.get("ema_val") else None}
+            for _, r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = experiment_parser(__doc__, "experiment_mnasnet_search")
+    p = experiment_parser(__doc__, "experiment_mnasnet_search", seeds=(0, 1, 2))
     p.add_argument("--searches", nargs="+", default=list(SEARCHES), choices=list(SEARCHES))
+    p.add_argument("--long-epochs", type=int, default=0,
+                   help="also train the reference and the first search's winner this long, once (0: no)")
     args = p.parse_args(argv)
     args.proxy, args.final_set = {"search.workers": args.workers}, []
     if args.quick:
@@ -125,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, rows in trials.items():
         paths[name] = save_spec(best_row(rows)["spec"], args.out / f"best_{name}.json")
     same = first_of_same({name: json.loads(path.read_text()) for name, path in paths.items()})
-    runs = final_trainings({name: paths[name] for name in set(same.values())}, args)  # a shared winner once
+    long = {name: paths[name] for name in ("reference", args.searches[0])} if args.long_epochs else {}
+    runs = final_trainings({name: paths[name] for name in set(same.values())}, long, args)  # a shared winner once
     final = {}
     for name, path in paths.items():
         d = json.loads(path.read_text())
@@ -134,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         final[name] = {"spec": str(path), "macs": cost["macs"], "params": cost["params"],
                        "latency_ms": measured[key_of(d)], "top1": top1, "top1_summary": spread(top1),
                        "minutes": [minutes(runs[(same[name], s)]) for s in args.seeds]}
+    long_runs = {name: {"epochs": args.long_epochs, "seed": 0, "top1": shipped_top1(runs[(name, "long")]),
+                        "curve": val_curve(runs[(name, "long")]), "minutes": minutes(runs[(name, "long")])}
+                 for name in long}
 
     from scipy.stats import kendalltau, spearmanr
 
@@ -149,10 +178,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {"settings": {"trials": args.trials, "seed": args.seed, "seeds": args.seeds, "epochs": args.epochs,
                             "train_images": args.train_images, "searches": args.searches, "config": str(SEARCH_CONFIG),
-                            "recipe": str(RECIPE), "quick": args.quick},
+                            "recipe": str(RECIPE), "long_epochs": args.long_epochs or None, "quick": args.quick},
                "target": {"latency_ms": target_ms, "mmacs": target_mmacs},
                "searches": {name: {"summary": summaries[name], "trials": trials[name]} for name in trials},
-               "final": final, "same_winner_as": same, "correlation": correlation,
+               "final": final, "long": long_runs, "same_winner_as": same, "correlation": correlation,
                "models": [{"macs": m, "latency_ms": x} for m, x in zip(macs, lat)],
                "wall_minutes": (time.perf_counter() - started) / 60}
     publish(args.out, results, "mnasnet_search.png", plot, print_tables,
@@ -176,6 +205,11 @@ def print_tables(results: dict[str, Any]) -> None:
     print(f"{'network':<16} {'MMACs':>6} {'ms':>6} {'params':>9} {'val top-1 %':>22}")
     for name, f in sorted(results["final"].items(), key=lambda kv: kv[1]["latency_ms"]):
         print(f"{name:<16} {f['macs'] / 1e6:6.2f} {f['latency_ms']:6.2f} {f['params']:9,d} {fmt(f['top1_summary']):>22}")
+    for name, r in results.get("long", {}).items():
+        curve = ", ".join(f"{x['epoch']}: {x['ema_top1'] if x['ema_top1'] is not None else x['top1']:.2f}"
+                          for x in r["curve"])
+        print(f"{name} trained {r['epochs']} epochs (seed {r['seed']}): {r['top1']:.2f}% (val after epoch {curve}; "
+              f"{r['minutes']:.1f} min)")
     c = results["correlation"]
     print(f"\nMACs vs measured latency over {c['models']} distinct sampled networks: Spearman "
           f"{c['spearman_macs_latency']:.3f}, Kendall {c['kendall_macs_latency']:.3f}")

@@ -212,6 +212,15 @@ def test_the_table_from_a_runs_folder(tmp_path):
     assert len(rows) == 2 + 2 + 3 + 3 + 2 + 1 + 7
 
 
+def test_the_mnasnet_row_names_the_longer_runs_when_there_are_some():
+    results = mnasnet_quick()
+    assert "epochs" not in claims.mnasnet_search(results)[0].note
+    results["long"] = {name: {"epochs": 15, "seed": 0, "top1": top1, "curve": [], "minutes": 9.0}
+                       for name, top1 in (("reference", 70.0), ("reinforce_soft", 75.5))}
+    assert claims.mnasnet_search(results)[0].note.endswith(
+        "at 15 epochs (seed 0) the winner 75.5%, the reference 70.0%")
+
+
 def other_experiments() -> dict[str, dict]:
     """The results of the experiments the test above leaves out, as their scripts write them."""
     def scaled(method: str, ratio: float, top1: list[float]) -> dict:

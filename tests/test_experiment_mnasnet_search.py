@@ -13,7 +13,7 @@ from effml.zoo import load_spec
 
 
 def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
-    stdout, res = run_quick("mnasnet_search", tmp_path, "--workers", "1")  # _experiment.py: one worker
+    stdout, res = run_quick("mnasnet_search", tmp_path, "--workers", "1", "--long-epochs", "2")  # one worker
     target = res["target"]
     assert target["latency_ms"] > 0 and target["mmacs"] > 0
     assert set(res["searches"]) == {"reinforce_soft", "random_soft", "reinforce_hard", "reinforce_flops"}
@@ -42,6 +42,12 @@ def test_quick_run_writes_sane_results_plot_and_usable_specs(tmp_path):
     for name, first in same.items():
         assert final[name]["top1"] == final[first]["top1"]
         assert (tmp_path / f"final_{name}_seed0").is_dir() == (name == first)
+    # the longer runs: the reference and the first search's winner, once, with their val curve
+    # (--quick stops every training after 3 steps, so the curve is one point)
+    assert set(res["long"]) == {"reference", "reinforce_soft"}
+    for r in res["long"].values():
+        assert r["epochs"] == 2 and len(r["curve"]) == 1 and (tmp_path / "long_reference_2ep").is_dir()
+        assert r["top1"] == pytest.approx(r["curve"][-1]["ema_top1"])
     c = res["correlation"]
     assert c["models"] == len(res["models"]) >= 4 and -1 <= c["spearman_macs_latency"] <= 1
     assert (tmp_path / "mnasnet_search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
