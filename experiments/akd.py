@@ -20,12 +20,19 @@ target; (2) different teachers prefer different students.
    distillation; ``--seeds`` seeds) and scored on the 10,000 val images: a 3 x 2 table of
    students and teachers.
 
+The defaults (12 trials per search, teachers trained 3 epochs, each student distilled for 2
+epochs on 10,000 images with seeds 0-2) are cut to fit the 45 minutes asked of an experiment on 2
+cores. The first run (16 trials, teachers 5 epochs, students 3 epochs, seeds 0-1) took about 100
+minutes on a machine shared with two other experiments; by its parts on a quiet machine (a
+proxy trial about 0.6 CPU minutes, a distillation about 3 at 3 epochs) the defaults come to about
+40 minutes: teachers 7, searches 12, 18 distillations 20 [estimate, not rerun].
+
 Writes ``results.json``, ``akd.png``, the search databases (``effml search report
 OUT/nas.db``) and the winners as specs (``best_nas.json``, ``best_akd_mbconv.json``, ...;
 ``effml train|bench|export`` take them by path) to ``--out``; a rerun continues unfinished searches
 and reuses finished trainings.
 
-Usage: python experiments/akd.py [--trials 16] [--seeds 0 1] [--out DIR] [--quick]
+Usage: python experiments/akd.py [--trials 12] [--seeds 0 1 2] [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -112,8 +119,8 @@ def differing_layers(a: dict[str, Any], b: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = experiment_parser(__doc__, "experiment_akd")
-    p.add_argument("--teacher-epochs", type=int, default=5)
+    p = experiment_parser(__doc__, "experiment_akd", trials=12, epochs=2, seeds=(0, 1, 2))
+    p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--teacher-images", type=int, default=10000)
     args = p.parse_args(argv)
     args.proxy, final_set, teacher_set = {"search.workers": args.workers}, [], []

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--train-images", type=int, default=10000)
     p.add_argument("--k", type=int, default=3, help="ensemble members")
-    p.add_argument("--ensemble-seeds", type=int, nargs="+", default=[0, 10],
+    p.add_argument("--ensemble-seeds", type=int, nargs="+", default=[0, 10, 20],
                    help="one ensembles.py run each (members seed .. seed + k - 1)")
     p.add_argument("--advprop-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epsilon", type=float, default=1.0, help="AdvProp's PGD radius, 0-255 pixel units")

@@ -98,6 +98,65 @@ def test_export_int8_keeps_an_existing_file_when_it_refuses(tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
+class _OutlierNet(nn.Module):
+    """A classifier that per-tensor int8 breaks in one place: a 1x1 conv scales channel 0 by 1000, so
+    quantizing its output at one scale rounds the other seven channels to nothing, and the next conv
+    (which scales channel 0 back down) reads only channel 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1, bias=False)
+        self.c3, self.fc = nn.Conv2d(8, 8, 1), nn.Linear(8, 10)
+        with torch.no_grad():
+            self.c2.weight.copy_(torch.diag(torch.tensor([1000.0] + [1.0] * 7)).view(8, 8, 1, 1))
+            w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+            w[:, 0] = 0.001
+            self.c3.weight.copy_(w.view(8, 8, 1, 1))
+            self.c3.bias.zero_()
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.c3(self.c2(torch.relu(self.c1(x)))).mean((2, 3)))
+
+
+def test_int8_fallback_keeps_the_layer_that_breaks_in_fp32_and_says_so(tmp_path):
+    torch.manual_seed(0)
+    model = _OutlierNet().eval()
+    kwargs = dict(input_size=16, calibration=_images(32, 1, 16), holdout=_images(64, 2, 16))
+    plain = export_int8(model, tmp_path / "plain.onnx", min_agreement=0.0, fallback=False, **kwargs)
+    assert plain.agreement < 0.5 and plain.tries == ((0, plain.agreement),) and not plain.fp32_layers
+    report = export_int8(model, tmp_path / "m.onnx", min_agreement=0.95, **kwargs)
+    assert report.written and report.agreement >= 0.95
+    # one layer was enough: the conv that reads the 1000x channel with the seven others
+    assert [k for k, _ in report.tries] == [0, 1] and len(report.fp32_layers) == 1
+    worst = report.fp32_layers[0]
+    assert worst.op_type == "Conv" and worst.added > 0.5  # it loses most of its signal
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    node = next(n for n in graph.node if n.name == worst.node)
+    assert not any(i.endswith("_DequantizeLinear_Output") for i in node.input)  # it reads fp32
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}  # the rest is int8
+    assert worst.node in report.fallback_text() and "1 layer," in report.fallback_text()
+    # what was written is what was measured
+    with torch.inference_mode():
+        ref = model(kwargs["holdout"]).argmax(1)
+    got = OnnxRunner(tmp_path / "m.onnx")(kwargs["holdout"]).argmax(1)
+    assert float((got == ref).float().mean()) == pytest.approx(report.agreement)
+
+
+def test_layer_errors_rank_every_quantized_layer_with_its_share(tmp_path):
+    from effml.deploy.int8_fallback import layer_errors
+
+    export_onnx(_classifier(), tmp_path / "fp32.onnx", input_size=32, dynamic_batch=True)
+    quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", _images(8, 1), reduce_range=True,
+                  preprocessed=tmp_path / "pre.onnx")
+    errors = layer_errors(tmp_path / "pre.onnx", tmp_path / "int8.onnx", _images(8, 1))
+    pre_nodes = {n.name for n in onnx.load(str(tmp_path / "pre.onnx")).graph.node}
+    assert errors and {e.node for e in errors} <= pre_nodes  # names ORT's nodes_to_exclude takes
+    assert "Conv" in {e.op_type for e in errors}
+    assert all(e.nsr >= 0 for e in errors) and [e.added for e in errors] == sorted((e.added for e in errors),
+                                                                                   reverse=True)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(min_agreement=1.5), "min_agreement"), (dict(holdout=torch.zeros(0, 3, 32, 32)), "held-out"),
     (dict(calibration=torch.zeros(3, 32, 32)), "calibration images"),
@@ -258,6 +317,27 @@ def test_cli_export_int8_from_a_folder_then_predict_with_it(tmp_path):
     proc = _run("export", *model, "--onnx", tmp_path / "x.onnx", "--int8", "--calibration", tmp_path / "missing")
     assert proc.returncode != 0 and "calibration folder" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_int8_says_so_when_int8_runs_slower_than_fp32(tmp_path, monkeypatch):
+    """B0 (SE, swish) at batch 1 is such a model on the CPUs we measured: the command must not leave
+    the user thinking int8 is the faster file. Timings are noise here, so the report is made slow."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from effml.cli.main import app
+
+    def slow(*args, **kwargs):
+        return dataclasses.replace(export_int8(*args, **kwargs), fp32_ms=1.0, int8_ms=2.0, speedup=0.5)
+
+    monkeypatch.setattr(quantize_mod, "export_int8", slow)
+    out = CliRunner().invoke(app, ["export", "tf_efficientnet_lite0", "--input-size", "32", "--onnx",
+                                   str(tmp_path / "m.int8.onnx"), "--int8", "--calibration", "embedded",
+                                   "--calibration-images", "8", "--holdout-images", "4", "--min-agreement", "0"])
+    assert out.exit_code == 0, out.output
+    assert "int8 ran slower than fp32 on this CPU (0.50x at batch 1): ship the fp32 model" in out.output
+    assert (tmp_path / "m.int8.onnx").is_file()  # still written: the user asked for it
 
 
 # ---------------------------------------------------------------- a real ImageNet checkpoint

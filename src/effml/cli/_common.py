@@ -157,8 +157,9 @@ WeightsOpt = Annotated[Path | None, typer.Option(
 InputSizeOpt = Annotated[int | None, typer.Option(
     min=8, help="Image size (default: the size the model's weights are evaluated at).")]
 OnnxRunOpt = Annotated[Path | None, typer.Option(
-    "--onnx", help="Run this ONNX file (from `effml export`, fp32 or --int8) in ONNX Runtime "
-                   "instead of the PyTorch network; MODEL still gives the preprocessing and labels.")]
+    "--onnx", help="Run this ONNX file (from `effml export`, fp32 or --int8) in ONNX Runtime, or this "
+                   "OpenVINO IR (.xml from `effml export --openvino`) in OpenVINO, instead of the "
+                   "PyTorch network; MODEL still gives the preprocessing and labels.")]
 FastOpt = Annotated[bool, typer.Option(
     "--fast", help="Export the network to ONNX first and run it in ONNX Runtime, the fastest CPU "
                    "path measured (README, Benchmarks). The export takes 10-30 s, so this pays off "
@@ -217,16 +218,18 @@ def _check_task(model: str, kind: str, wanted: str | None) -> None:
 
 
 def fast_network(net: nn.Module, input_size: int, onnx: Path | None, fast: bool):
-    """What runs the network: an ONNX Runtime runner for ``--onnx FILE`` or ``--fast``, else None
-    (the PyTorch network itself). Its threads do not spin between calls: PyTorch pre- and
-    post-processing run in between (measured on SSDLite, benchmarks/deploy_speed.py)."""
+    """What runs the network: for ``--onnx FILE`` an OpenVINO runner (an IR, ``.xml``) or an ONNX
+    Runtime one, for ``--fast`` an ONNX Runtime one, else None (the PyTorch network itself). ONNX
+    Runtime's threads do not spin between calls: PyTorch pre- and post-processing run in between
+    (measured on SSDLite, benchmarks/deploy_speed.py)."""
+    from effml.deploy.openvino_runtime import IR_SUFFIX, OpenVinoRunner
     from effml.deploy.runtime import OnnxRunner, onnx_runner
     from effml.measure.onnx import model_in_channels
 
     if onnx is not None:
         if fast:
             raise EffmlError("give --onnx FILE or --fast, not both (--fast exports the model itself)")
-        runner = OnnxRunner(onnx, spin=False)
+        runner = OpenVinoRunner(onnx) if onnx.suffix == IR_SUFFIX else OnnxRunner(onnx, spin=False)
         runner.check_input(model_in_channels(net), input_size, input_size)
         if isinstance(getattr(net, "num_classes", None), int):
             runner.check_classes(net.num_classes)

@@ -19,10 +19,12 @@ def bench(
     iters: Annotated[int, typer.Option(min=1, help="Timed rounds.")] = 20,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls first.")] = 5,
     input_size: InputSizeOpt = None,
-    runtimes: Annotated[str, typer.Option(
+    runtimes: Annotated[str | None, typer.Option(
         help="Comma-separated: eager, channels_last, fused, fused_channels_last, compiled "
-             "(torch.compile: about a minute to compile), fused_compiled, onnxruntime, int8.")
-    ] = "eager,fused_channels_last,compiled,onnxruntime,int8",
+             "(torch.compile: about a minute to compile), fused_compiled, onnxruntime, int8, openvino "
+             "(the extra effml[openvino]). Default: eager, fused_channels_last, compiled, onnxruntime, "
+             "int8, and openvino where it is installed.")
+    ] = None,
     compare: Annotated[str | None, typer.Option(
         help="Time the same model of a peer library in the same rounds: timm, torchvision or effdet.")
     ] = None,
@@ -43,7 +45,7 @@ def bench(
                          f"is a {'run directory' if resolved.source == 'run' else 'spec file'}")
     target, size, task = resolved.net, resolved.preprocess.input_size, resolved.task
     peer = peer_model(model, compare) if compare else None
-    names = parse_names(runtimes)
+    names = parse_names(runtimes) if runtimes else None
     results = benchmark(target, batch_sizes=sizes, input_size=size, runtimes=names, warmup=warmup,
                         iters=iters, threads=threads, peer=peer, peer_name=compare or "peer",
                         progress=lambda line: typer.echo(line, err=True))
@@ -70,7 +72,7 @@ def bench(
         if ours and theirs:
             typer.echo(f"batch {b}: fastest effml ({ours.runtime}) vs fastest {compare} ({theirs.runtime}): "
                        f"{theirs.p50_ms / ours.p50_ms:.2f}x")
-    for name in names:
+    for name in dict.fromkeys(r.runtime for r in results):
         if name in RUNTIME_NOTES:
             typer.echo(f"{name}: {RUNTIME_NOTES[name]}")
     if compare:

@@ -1,4 +1,5 @@
-"""``effml export``: ONNX export, verified against PyTorch with ONNX Runtime before it is kept."""
+"""``effml export``: ONNX export, verified against PyTorch with ONNX Runtime before it is kept (and,
+with --openvino, the OpenVINO IR beside it, verified with OpenVINO)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated
 import typer
 
 from effml.cli._common import InputSizeOpt, NumClassesOpt, WeightsOpt, echo
+from effml.errors import EffmlError
 
 
 def export(
@@ -44,6 +46,14 @@ def export(
                                             "where 8-bit weights overflow ORT's int16 sums).",
         show_default=False)] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="--int8: ONNX Runtime threads for the check.")] = None,
+    fallback: Annotated[bool, typer.Option(
+        "--fallback/--no-fallback", help="--int8: when int8 agrees too little, keep the layers whose "
+                                         "quantization adds the most error in fp32 (1, 2, 4, ... 16 of them) "
+                                         "until it agrees.")] = True,
+    openvino: Annotated[bool, typer.Option(
+        "--openvino", help="Also write the OpenVINO IR (fp32 weights) beside the ONNX file: model.xml + "
+                           "model.bin, verified against PyTorch like the ONNX model. Needs the openvino "
+                           "extra: pip install \"effml[openvino]\".")] = False,
 ) -> None:
     """Export a model to ONNX; the file is written only if ONNX Runtime matches PyTorch (within atol +
     rtol x the largest output).
@@ -57,11 +67,18 @@ def export(
     from effml.cli._common import load_model
     from effml.deploy import export_onnx
 
+    if openvino:  # before anything is built or written: a missing install leaves every file as it was
+        from effml.deploy.openvino_runtime import ir_paths, load_openvino
+
+        if int8:
+            raise EffmlError("--openvino writes the fp32 model as an OpenVINO IR; give it without --int8")
+        load_openvino()
+        ir_paths(onnx)
     resolved = load_model(model, weights=weights, num_classes=num_classes, input_size=input_size)
     net, size = resolved.net, resolved.preprocess.input_size
     if int8:
         _export_int8(resolved, onnx, calibration, calibration_images, holdout_images, min_agreement,
-                     calibration_method, reduce_range, threads)
+                     calibration_method, reduce_range, threads, fallback)
         return
     report = export_onnx(net, onnx, input_size=size, batch_size=batch_size,
                          dynamic_batch=dynamic_batch, opset=opset, atol=atol, rtol=rtol)
@@ -72,11 +89,17 @@ def export(
     if resolved.task == "detect":
         echo(f"outputs (pre-NMS, lowest level first): {', '.join(report.output_names)}; "
              f"anchors, box decoding and NMS are not in the graph")
+    if openvino:
+        from effml.deploy.openvino_runtime import export_openvino
+
+        ir = export_openvino(net, report.path, batch_size=batch_size, atol=atol, rtol=rtol)
+        echo(f"verified with OpenVINO: max abs diff {ir.max_abs_diff:.3g} (atol {atol:g}, rtol {rtol:g})")
+        echo(f"wrote {ir.path} and {ir.weights.name} ({ir.size_bytes / 1e6:.1f} MB, OpenVINO IR, fp32 weights)")
 
 
 def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_images: int,
                  holdout_images: int, min_agreement: float, method: str, reduce_range: bool | None,
-                 threads: int | None) -> None:
+                 threads: int | None, fallback: bool) -> None:
     from effml.cli._common import warn
     from effml.deploy import calibration as cal
     from effml.deploy.quantize import check_calibration_method, export_int8
@@ -97,8 +120,13 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
          f"from {images.source}")
     report = export_int8(resolved.net, onnx, input_size=pre.input_size, calibration=images.calibration,
                          holdout=images.holdout, min_agreement=min_agreement, method=method,
-                         reduce_range=reduce_range, threads=threads)
+                         reduce_range=reduce_range, threads=threads, fallback=fallback)
     echo(f"int8 {report.metric}: {report.agreement_text()} (required {min_agreement:.1%})")
+    if report.fp32_layers:
+        echo(report.fallback_text())
     echo(f"ONNX Runtime batch 1: fp32 {report.fp32_ms:.2f} ms, int8 {report.int8_ms:.2f} ms "
          f"({report.speedup:.2f}x); {'7-bit' if report.reduce_range else '8-bit'} weights")
     echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, fp32 {report.fp32_size_bytes / 1e6:.1f} MB)")
+    if report.speedup < 1:  # e.g. EfficientNet-B0 (SE, swish) at batch 1 (README, Benchmarks)
+        warn(f"int8 ran slower than fp32 on this CPU ({report.speedup:.2f}x at batch 1): ship the fp32 model "
+             f"(effml export without --int8) unless its size matters more than its speed")

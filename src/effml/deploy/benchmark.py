@@ -16,14 +16,18 @@ import torch
 from torch import nn
 
 from effml.deploy.onnx_export import export_onnx
+from effml.deploy.openvino_runtime import OpenVinoRunner, load_openvino, openvino_available
 from effml.errors import EffmlError, InputError
 from effml.measure.latency import require_cpu, time_interleaved, torch_threads
 from effml.measure.onnx import INPUT_NAME, model_in_channels, onnx_session
 from effml.models.fuse import fuse_for_inference
 
 RUNTIMES = ("eager", "channels_last", "fused", "fused_channels_last", "compiled", "fused_compiled",
-            "onnxruntime", "int8")
+            "onnxruntime", "int8", "openvino")
+# openvino joins these where it is installed (``default_runtimes``)
 DEFAULT_RUNTIMES = ("eager", "fused_channels_last", "compiled", "onnxruntime", "int8")
+# Runtimes that time the model exported to ONNX (and verified) rather than the PyTorch module.
+EXPORTED = ("onnxruntime", "int8", "openvino")
 # Runtimes that rely on effml's own module tables (BN folding): a peer has no equivalent.
 EFFML_ONLY = ("fused", "fused_channels_last", "fused_compiled")
 RUNTIME_NOTES = {
@@ -32,6 +36,7 @@ RUNTIME_NOTES = {
     "fused_compiled": "BN folded, then torch.compile",
     "onnxruntime": "ONNX Runtime fp32, all graph optimizations",
     "int8": "ONNX Runtime int8 (QDQ); calibrated on random input: speed only",
+    "openvino": "OpenVINO CPU plugin fp32 (latency hint), on the same ONNX graph as onnxruntime",
 }
 
 
@@ -74,7 +79,7 @@ def benchmark(
     *,
     batch_sizes: Sequence[int] = (1, 16),
     input_size: int | None = None,
-    runtimes: Sequence[str] = DEFAULT_RUNTIMES,
+    runtimes: Sequence[str] | None = None,
     warmup: int = 5,
     iters: int = 20,
     threads: int | None = None,
@@ -82,19 +87,23 @@ def benchmark(
     peer_name: str = "peer",
     progress: Callable[[str], None] | None = None,
 ) -> list[BenchResult]:
-    """Time ``model(x)`` per (runtime, batch size) on random input; runtimes are in ``RUNTIMES``.
+    """Time ``model(x)`` per (runtime, batch size) on random input; runtimes are in ``RUNTIMES``
+    (default: ``default_runtimes()``).
 
     ``model_or_name`` is a model argument (a zoo name, a spec JSON file, a run directory, a spec, a
     module built from a spec) or any PyTorch module on the CPU.
 
     ``eager``/``channels_last`` run under ``torch.inference_mode``; ``fused*`` first fold BN into
-    the convs; ``compiled`` is ``torch.compile``; ``onnxruntime``/``int8`` run the model exported
-    (and verified) to a temporary directory. With ``peer``, the peer's model is timed in the same
-    rounds (calls interleaved in random order) under every runtime it supports.
+    the convs; ``compiled`` is ``torch.compile``; ``onnxruntime``/``int8``/``openvino`` run the model
+    exported (and verified) to a temporary directory. With ``peer``, the peer's model is timed in the
+    same rounds (calls interleaved in random order) under every runtime it supports.
     """
+    runtimes = default_runtimes() if runtimes is None else tuple(runtimes)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown:
         raise EffmlError(f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    if "openvino" in runtimes:
+        load_openvino()  # a missing install is one clear error before any timing
     bad = [b for b in batch_sizes if b < 1]
     if bad or not batch_sizes or iters < 1 or warmup < 0:
         raise InputError(f"need batch sizes >= 1, iters >= 1 and warmup >= 0 "
@@ -107,13 +116,13 @@ def benchmark(
     gen = torch.Generator().manual_seed(0)
     inputs = {b: torch.randn(b, channels, size, size, generator=gen) for b in batch_sizes}
     results: list[BenchResult] = []
-    # the ONNX runtimes first: their export checks the model against ONNX Runtime, which should fail
+    # the exported runtimes first: their export checks the model against ONNX Runtime, which should fail
     # (if it does) before minutes of timing; the results keep the order asked for
-    order = sorted(runtimes, key=lambda r: r not in ("onnxruntime", "int8"))
+    order = sorted(runtimes, key=lambda r: r not in EXPORTED)
     with torch_threads(threads) as n_threads:
         for step, runtime in enumerate(order, 1):
             if progress is not None:
-                what = "export, check and time" if runtime in ("onnxruntime", "int8") else "time"
+                what = "export, check and time" if runtime in EXPORTED else "time"
                 progress(f"[{step}/{len(order)}] {runtime}: {what} at batch {', '.join(map(str, batch_sizes))}")
             contenders = [("effml", model)]
             if peer is not None and runtime not in EFFML_ONLY:
@@ -125,6 +134,12 @@ def benchmark(
                     for (library, _), times in zip(contenders, per):
                         results.append(_result(library, runtime, b, size, n_threads, times))
     return sorted(results, key=lambda r: list(runtimes).index(r.runtime))
+
+
+def default_runtimes() -> tuple[str, ...]:
+    """The runtimes ``benchmark`` times unless told: ``DEFAULT_RUNTIMES``, and ``openvino`` where
+    OpenVINO is installed."""
+    return DEFAULT_RUNTIMES + (("openvino",) if openvino_available() else ())
 
 
 def _result(library: str, runtime: str, batch: int, size: int, threads: int, times: list[float]) -> BenchResult:
@@ -152,7 +167,7 @@ def fastest(results: Sequence[BenchResult], library: str, batch: int) -> BenchRe
 def _runner(runtime: str, model: nn.Module, inputs: dict[int, torch.Tensor], size: int,
             threads: int | None) -> Iterator[dict[int, Callable[[], object]]]:
     """Per batch size, a zero-argument call running ``model`` under ``runtime`` (set up once)."""
-    if runtime in ("onnxruntime", "int8"):
+    if runtime in EXPORTED:
         with tempfile.TemporaryDirectory(prefix="effml-bench-") as tmp:
             path = Path(tmp) / "model.onnx"
             export_onnx(model, path, input_size=size, batch_size=min(inputs), dynamic_batch=True)
@@ -162,6 +177,10 @@ def _runner(runtime: str, model: nn.Module, inputs: dict[int, torch.Tensor], siz
                 calibration = torch.randn(8, *inputs[min(inputs)].shape[1:], generator=torch.Generator().manual_seed(1))
                 quantize_onnx(path, Path(tmp) / "int8.onnx", calibration)
                 path = Path(tmp) / "int8.onnx"
+            if runtime == "openvino":
+                runner = OpenVinoRunner(path, threads=threads)
+                yield {b: (lambda x=x.numpy(): runner.run_arrays(x)) for b, x in inputs.items()}
+                return
             session = onnx_session(path, threads=threads)
             yield {b: (lambda feed={INPUT_NAME: x.numpy()}: session.run(None, feed)) for b, x in inputs.items()}
         return

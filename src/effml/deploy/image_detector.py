@@ -37,7 +37,8 @@ class ImageDetector:
                  score_threshold: float | None = None, iou_threshold: float = 0.5, max_detections: int = 100,
                  network: Callable | None = None) -> None:
         self.transform = detection_eval_transform(preprocess.input_size, preprocess.mean, preprocess.std, fill)
-        # ``network``: what computes the raw outputs instead of ``model`` (an ONNX Runtime session).
+        # ``network``: what computes the raw outputs instead of ``model`` (an ``OnnxRunner`` or
+        # ``OpenVinoRunner`` on the exported network).
         self.predictor = DetectionPredictor(model, iou_threshold=iou_threshold, max_detections=max_detections,
                                             score_threshold=score_threshold, network=network).eval()
 

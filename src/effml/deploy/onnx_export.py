@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,25 +171,37 @@ def prepare_output(final: Path) -> list[Path]:
 
 def _max_abs_diff(model: nn.Module, onnx_path: Path, channels: int, hw: tuple[int, int],
                   batches: Sequence[int], atol: float, rtol: float) -> tuple[float, float, float]:
-    """The largest |ONNX Runtime - PyTorch| over the outputs and batches; how far the worst output
-    is past its allowance ``atol + rtol * max|output|`` (<= 0: within), and that allowance."""
+    """``output_difference`` of ONNX Runtime running ``onnx_path``."""
     try:
         session = onnx_session(onnx_path)
     except InputError as e:
         raise ExportError(f"the exported model does not load in ONNX Runtime: {e}") from None
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        try:
+            return session.run(None, {INPUT_NAME: x})
+        except Exception as e:
+            raise ExportError(f"ONNX Runtime failed to run the exported model at batch {len(x)}: {e}") from None
+
+    return output_difference(model, run, (channels, *hw), batches, atol, rtol, "ONNX")
+
+
+def output_difference(model: nn.Module, run: Callable[[np.ndarray], Sequence[np.ndarray]],
+                      chw: tuple[int, int, int], batches: Sequence[int], atol: float, rtol: float,
+                      runtime: str) -> tuple[float, float, float]:
+    """Over random batches of shape (b, *chw), the largest |run(x) - PyTorch| over the outputs; how far
+    the worst output is past its allowance ``atol + rtol * max|output|`` (<= 0: within), and that
+    allowance. ``runtime`` names the exported graph's runtime in a shape mismatch's error."""
     gen = torch.Generator().manual_seed(1)
     worst, excess, allowed = 0.0, -math.inf, atol
     for b in batches:
-        x = torch.randn(b, channels, *hw, generator=gen)
+        x = torch.randn(b, *chw, generator=gen)
         with torch.inference_mode():
             expected = [t.float().cpu().numpy() for t in flat_outputs(model(x.to(model_device(model))))]
-        try:
-            got = session.run(None, {INPUT_NAME: x.numpy()})
-        except Exception as e:
-            raise ExportError(f"ONNX Runtime failed to run the exported model at batch {b}: {e}") from None
+        got = run(x.numpy())
         for e_out, g_out in zip(expected, got, strict=True):
             if e_out.shape != g_out.shape:
-                raise ExportError(f"ONNX output shape {g_out.shape} != PyTorch {e_out.shape} at batch {b}")
+                raise ExportError(f"{runtime} output shape {g_out.shape} != PyTorch {e_out.shape} at batch {b}")
             if e_out.size:
                 diff = float(np.max(np.abs(e_out - g_out)))
                 limit = atol + rtol * float(np.max(np.abs(e_out)))

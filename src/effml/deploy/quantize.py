@@ -26,7 +26,7 @@ import os
 import shutil
 import statistics
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from effml.deploy.int8_fallback import FALLBACK_STEPS, LayerError, keep_in_fp32, layer_errors
 from effml.deploy.onnx_export import export_onnx, prepare_output
 from effml.deploy.runtime import OnnxRunner
 from effml.errors import ExportError, InputError
@@ -67,12 +68,25 @@ class Int8Report:
     method: str
     size_bytes: int
     fp32_size_bytes: int
+    # the per-layer fallback (int8_fallback): the layers kept in fp32, worst first, and every try
+    fp32_layers: tuple[LayerError, ...] = ()
+    tries: tuple[tuple[int, float], ...] = ()  # (layers kept in fp32, agreement); the first try keeps none
 
     def agreement_text(self) -> str:
         """The agreement, with the unambiguous images' figure where there is one."""
         confident = (f" ({self.confident_agreement:.1%} on the {self.confident_images} images fp32 is "
                      f">= {CONFIDENT:.0%} sure of)" if self.confident_agreement is not None else "")
         return f"{self.agreement:.1%}{confident}"
+
+    def fallback_text(self) -> str:
+        """Which layers stayed in fp32 and why (empty when none did)."""
+        if not self.fp32_layers:
+            return ""
+        tried = ", ".join(f"{k} layer{'s' * (k != 1)} {a:.1%}" for k, a in self.tries)
+        layers = "; ".join(f"{e.node} ({e.op_type}, adds noise-to-signal {e.added:.2g})" for e in self.fp32_layers)
+        n = len(self.fp32_layers)
+        return (f"kept in fp32 ({n} layer{'s' * (n != 1)}, those whose quantization adds the most error on the "
+                f"calibration images): {layers}. Agreement by layers kept in fp32: {tried}")
 
     def as_dict(self) -> dict[str, object]:
         """The report as a JSON-ready dict."""
@@ -108,9 +122,15 @@ def _quiet() -> Iterator[None]:
 
 
 def quantize_onnx(fp32: str | Path, out: str | Path, calibration: torch.Tensor, *,
-                  method: str = "minmax", reduce_range: bool | None = None) -> None:
+                  method: str = "minmax", reduce_range: bool | None = None, exclude: Sequence[str] = (),
+                  ranges: str | Path | None = None, preprocessed: str | Path | None = None) -> None:
     """Write the int8 (QDQ) version of the fp32 ONNX model ``fp32`` to ``out``, calibrated on the
-    images ``calibration`` ([N, C, H, W], preprocessed as the model expects)."""
+    images ``calibration`` ([N, C, H, W], preprocessed as the model expects).
+
+    ``exclude``: nodes of the pre-processed graph left in fp32 (``int8_fallback``). ``ranges``: a
+    JSON file of the calibrated activation ranges, written by the first call and read by the next
+    ones (ORT's calibration cache), so that a retry with other nodes excluded skips calibration.
+    ``preprocessed``: where to keep the pre-processed fp32 graph the quantizer read."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -137,13 +157,18 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: torch.Tensor, 
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    extra = {"CalibPercentile": 99.99} if method == "percentile" else {}
+    extra: dict[str, object] = {"CalibPercentile": 99.99} if method == "percentile" else {}
+    if exclude:  # excluded nodes read float activations (keep_in_fp32), so their Relu/Clip must stay nodes
+        extra["QDQKeepRemovableActivations"] = True
     with tempfile.TemporaryDirectory(prefix="effml-quant-") as tmp, _quiet():
-        pre = Path(tmp) / "pre.onnx"
+        pre = Path(preprocessed) if preprocessed is not None else Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre))
         quantize_static(str(pre), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
                         reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra)
+                        weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra,
+                        nodes_to_exclude=list(exclude), calibration_cache_path=ranges)
+    if exclude:
+        keep_in_fp32(out, exclude)
 
 
 def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float | None, int]:
@@ -200,11 +225,15 @@ def export_int8(
     method: str = "minmax",
     reduce_range: bool | None = None,
     threads: int | None = None,
+    fallback: bool = True,
 ) -> Int8Report:
     """Export ``model`` as an int8 ONNX model at ``path`` if it agrees with fp32 on ``holdout``.
 
-    Raises ``ExportError`` (nothing written) when the agreement is below ``min_agreement``; the
-    message gives the measured figures. Speed is ORT fp32 vs int8 at batch 1 on this machine.
+    ``fallback``: when the fully quantized model agrees too little, keep the layers whose
+    quantization adds the most error in fp32, 1, 2, 4, ... of them (``int8_fallback``), until it
+    agrees. Raises ``ExportError`` (nothing written) when the agreement stays below
+    ``min_agreement``; the message gives the measured figures. Speed is ORT fp32 vs int8 at batch 1
+    on this machine.
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"min_agreement must be in [0, 1], got {min_agreement}")
@@ -221,16 +250,30 @@ def export_int8(
     try:
         fp32_path, int8_path = tmpdir / "fp32.onnx", tmpdir / final.name
         export_onnx(model, fp32_path, input_size=input_size, dynamic_batch=True)
-        quantize_onnx(fp32_path, int8_path, calibration, method=method, reduce_range=reduce_range)
-        fp32, int8 = OnnxRunner(fp32_path, threads=threads), OnnxRunner(int8_path, threads=threads)
-        ref, got = _outputs(model, fp32, holdout), _outputs(model, int8, holdout)
-        if fp32.is_detector:
-            metric = "AP50 vs fp32 detections"
-            agreement = ap50_against(ref, got, model.num_classes, *holdout.shape[-2:])  # type: ignore[arg-type]
-            confident, n_confident = None, 0
-        else:
-            metric = "top-1 agreement"
-            agreement, confident, n_confident = top1_agreement(ref, got)  # type: ignore[arg-type]
+        fp32 = OnnxRunner(fp32_path, threads=threads)
+        ref = _outputs(model, fp32, holdout)
+        metric = "AP50 vs fp32 detections" if fp32.is_detector else "top-1 agreement"
+
+        def quantize_and_compare(kept: Sequence[LayerError] = ()) -> tuple[OnnxRunner, float, float | None, int]:
+            quantize_onnx(fp32_path, int8_path, calibration, method=method, reduce_range=reduce_range,
+                          exclude=[e.node for e in kept], ranges=tmpdir / "ranges.json",
+                          preprocessed=tmpdir / "pre.onnx")
+            runner = OnnxRunner(int8_path, threads=threads)
+            got = _outputs(model, runner, holdout)
+            if fp32.is_detector:
+                return runner, ap50_against(ref, got, model.num_classes, *holdout.shape[-2:]), None, 0  # type: ignore[arg-type]
+            return runner, *top1_agreement(ref, got)  # type: ignore[arg-type]
+
+        int8, agreement, confident, n_confident = quantize_and_compare()
+        tries, kept = [(0, agreement)], ()
+        if fallback and agreement < min_agreement:
+            ranked = layer_errors(tmpdir / "pre.onnx", int8_path, calibration, threads=threads)
+            for k in (k for k in FALLBACK_STEPS if k < len(ranked)):
+                kept = tuple(ranked[:k])
+                int8, agreement, confident, n_confident = quantize_and_compare(kept)
+                tries.append((k, agreement))
+                if agreement >= min_agreement:
+                    break
         x1 = holdout[:1]
         fp32_ms, int8_ms = (statistics.median(t) for t in time_interleaved(
             [lambda: fp32(x1), lambda: int8(x1)], warmup=3, rounds=20))
@@ -241,6 +284,7 @@ def export_int8(
             confident_agreement=confident, confident_images=n_confident, fp32_ms=fp32_ms, int8_ms=int8_ms,
             speedup=fp32_ms / int8_ms, reduce_range=reduce_range, method=method,
             size_bytes=int8_path.stat().st_size, fp32_size_bytes=fp32_path.stat().st_size,
+            fp32_layers=kept, tries=tuple(tries),
         )
         if not ok:
             raise Int8RefusedError(report)
@@ -267,7 +311,11 @@ class Int8RefusedError(ExportError):
         self.report = report
         r = report
         super().__init__(
-            f"int8 {r.metric} with fp32 on {r.holdout_images} held-out images is {r.agreement_text()}, below the required {r.min_agreement:.1%}; nothing was written to {r.path}. "
-            f"int8 ran {r.speedup:.2f}x ONNX Runtime fp32 at batch 1. Calibrate on more images like "
+            f"int8 {r.metric} with fp32 on {r.holdout_images} held-out images is {r.agreement_text()}, below the "
+            f"required {r.min_agreement:.1%}; nothing was written to {r.path}. "
+            + (f"With up to {r.tries[-1][0]} layers kept in fp32 it reached "
+               f"{', '.join(f'{a:.1%} ({k})' for k, a in r.tries)} (the number of layers in brackets). "
+               if len(r.tries) > 1 else "")
+            + f"int8 ran {r.speedup:.2f}x ONNX Runtime fp32 at batch 1. Calibrate on more images like "
             f"the deployment data, try --calibration-method percentile, or accept this with "
             f"--min-agreement {max(r.agreement - 0.005, 0.0):.3f}")
