@@ -43,11 +43,6 @@ class LayerError:
     nsr: float  # of its dequantized output against fp32
     added: float  # ``nsr`` minus the largest ``nsr`` among its quantized inputs
 
-    def as_dict(self) -> dict[str, object]:
-        """A JSON-ready dict."""
-        return {"node": self.node, "op_type": self.op_type, "output": self.output, "nsr": self.nsr,
-                "added": self.added}
-
 
 @contextlib.contextmanager
 def _session_with_outputs(model_path: Path, names: list[str], threads: int | None) -> Iterator[object]:
