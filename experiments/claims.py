@@ -269,17 +269,33 @@ def spinenet_search(r: dict[str, Any]) -> list[Row]:
 
 @extractor("bignas", "BigNAS (arXiv 2003.11142)",
            "supernet children match or beat the same networks trained alone, with no retraining",
-           ("seeds", "targets", "ablation_target", "variants"),
+           ("data", "seeds", "targets", "ablation_target", "variants"),
            settings=lambda r: {**r["settings"], "targets": ",".join(f"{t / 1e6:g}M" for t in r["settings"]["targets"]),
                                "ablation_target": f"{r['settings']['ablation_target'] / 1e6:g}M"})
 def bignas(r: dict[str, Any]) -> list[Row]:
-    """Effect: per seed, the supernet child's val top-1 minus the same spec trained alone, averaged
-    over the MACs targets."""
+    """Effects: per seed, the supernet child's val top-1 minus the same spec trained alone, averaged
+    over the MACs targets; and per ablation, the full rule's child at the ablation target minus the
+    ablated supernet's child of the same spec."""
     children = [run["children"] for run in r["seeds"].values()]
     gaps = ", ".join(f"{t['target'] / 1e6:g}M {t['gap']['mean']:+.2f}" for t in r["summary"]["per_target"])
-    return [Row(seeds=seeds("training", list(r["seeds"])), note=f"by target: {gaps}",
+    nf = r.get("noise_floor")  # results written before the noise-floor trainings have none
+    floor = {} if not nf or len(nf["val_top1"]) < 2 else {
+        "noise_floor": nf["max"] - nf["min"], "threshold_source": f"one child trained alone with {len(nf['val_top1'])} seeds"}
+    data = r["settings"].get("data", "digits")
+    seed_text = seeds("training", list(r["seeds"]))
+    rows = [Row(f"{EXTRACTORS['bignas'].claim} ({data})", seed_text, note=f"by target: {gaps}", **floor,
                 **paired([fmean([c["supernet_val_top1"] for c in cs]) for cs in children],
                          [fmean([c["standalone_val_top1"] for c in cs]) for cs in children]))]
+    target = f"{r['settings']['ablation_target'] / 1e6:g}M"
+    ablated = {"no_sandwich": "the sandwich rule (section 3.1)", "no_inplace_distillation":
+               "inplace distillation (section 3.1)", "no_zero_init": "zero-initialised residual BNs (section 3.1)"}
+    runs = list(r["seeds"].values())
+    for variant, what in ablated.items():
+        if variant in r["settings"]["variants"]:
+            rows.append(Row(f"{what} improves the children ({data}, child at {target})", seed_text, **floor,
+                            **paired([s["ablations"]["full"]["target_child_val_top1"] for s in runs],
+                                     [s["ablations"][variant]["target_child_val_top1"] for s in runs])))
+    return rows
 
 
 @extractor("autohas", "AutoHAS (arXiv 2006.03656)",

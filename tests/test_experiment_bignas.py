@@ -26,5 +26,8 @@ def test_quick_run_writes_sane_results_tables_and_plot(tmp_path):
     assert set(ab) == {"full", "no_sandwich"} and all(a["minutes"] > 0 for a in ab.values())
     gap = res["summary"]["per_target"][0]["gap"]["mean"]
     assert gap == rows[0]["supernet_val_top1"] - rows[0]["standalone_val_top1"]
+    # the noise floor: the child at the ablation target (1.5M) trained alone with each seed (one here)
+    assert res["settings"]["data"] == "fashion_mnist"
+    assert res["noise_floor"]["val_top1"] == [rows[0]["standalone_val_top1"]]
     assert (tmp_path / "bignas.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "trained alone" in stdout and "ablations" in stdout

@@ -275,12 +275,18 @@ def other_experiments() -> dict[str, dict]:
                         for s, ap in enumerate(aps)} | {"reference": detector([34, 35, 36])},
             "noise_floor": summary([34, 35, 36])},
         "experiment_bignas": {
-            "settings": {"seeds": [0, 1], "targets": [1e6, 2e6], "ablation_target": 2e6,
+            "settings": {"data": "fashion_mnist", "seeds": [0, 1], "targets": [1e6, 2e6], "ablation_target": 2e6,
                          "variants": ["full", "no_sandwich"], "quick": False},
             "seeds": {"0": {"children": [{"target": 1e6, "supernet_val_top1": 95.54, "standalone_val_top1": 97.77},
-                                         {"target": 2e6, "supernet_val_top1": 96.38, "standalone_val_top1": 95.82}]},
+                                         {"target": 2e6, "supernet_val_top1": 96.38, "standalone_val_top1": 95.82}],
+                            "ablations": {"full": {"target_child_val_top1": 96.38},
+                                          "no_sandwich": {"target_child_val_top1": 74.0}}},
                       "1": {"children": [{"target": 1e6, "supernet_val_top1": 96.10, "standalone_val_top1": 98.33},
-                                         {"target": 2e6, "supernet_val_top1": 95.54, "standalone_val_top1": 95.82}]}},
+                                         {"target": 2e6, "supernet_val_top1": 95.54, "standalone_val_top1": 95.82}],
+                            "ablations": {"full": {"target_child_val_top1": 95.54},
+                                          "no_sandwich": {"target_child_val_top1": 75.0}}}},
+            "noise_floor": {"spec": "child_seed0_2M.json", "train_seeds": [0, 1], "val_top1": [95.82, 97.32],
+                            **summary([95.82, 97.32])},
             "summary": {"per_target": [{"target": 1e6, "gap": summary([-2.23, -2.23])},
                                        {"target": 2e6, "gap": summary([0.56, -0.28])}]}},
         "experiment_autohas": {
@@ -307,10 +313,12 @@ def test_every_other_extractor_reads_its_scripts_results(tmp_path, capsys):
         ("AKD", "different teachers prefer different students"): "not reproduced",
         ("MobileDet search", claims.EXTRACTORS["mobiledet_search"].claim): "not reproduced",
         ("MobileDets searched by TuNAS", "the full space beats the ibn space at the same cost"): "reproduced",
-        ("BigNAS", claims.EXTRACTORS["bignas"].claim): "not reproduced",
+        ("BigNAS", claims.EXTRACTORS["bignas"].claim + " (fashion_mnist)"): "not reproduced",
+        ("BigNAS", "the sandwich rule (section 3.1) improves the children (fashion_mnist, child at 2M)"): "reproduced",
         ("AutoHAS", claims.EXTRACTORS["autohas"].claim + " (fashion_mnist)"): "not reproduced",
     }
-    effects = {key[0] + ("/2" if "teachers" in key[1] else ""): r.effects for key, r in rows.items()}
+    effects = {key[0] + ("/2" if "teachers" in key[1] or "sandwich" in key[1] else ""): r.effects
+               for key, r in rows.items()}
     # compound: at 2x the compound point is width only (0), at 4x resolution is best: half of each gap
     assert effects["EfficientNet compound scaling"] == pytest.approx((-0.31, -0.08))
     assert rows[("EfficientNet compound scaling", claims.EXTRACTORS["compound_scaling"].claim)].note == (
@@ -320,14 +328,16 @@ def test_every_other_extractor_reads_its_scripts_results(tmp_path, capsys):
     assert effects["AKD/2"] == pytest.approx((-0.5, -0.3))  # (own pairings) - (crossed), as akd.py's interaction
     assert effects["MobileDets searched by TuNAS"] == pytest.approx((5, 5, 2))
     assert effects["BigNAS"] == pytest.approx((-0.835, -1.255))
+    assert effects["BigNAS/2"] == pytest.approx((22.38, 20.54))
     assert effects["AutoHAS"] == pytest.approx((-2.18, -0.22))
-    bignas = rows[("BigNAS", claims.EXTRACTORS["bignas"].claim)]
-    assert bignas.command == "python experiments/bignas.py --seeds 0 1 --targets 1M,2M --ablation-target 2M " \
-                             "--variants full no_sandwich"
+    bignas = rows[("BigNAS", claims.EXTRACTORS["bignas"].claim + " (fashion_mnist)")]
+    assert bignas.command == "python experiments/bignas.py --data fashion_mnist --seeds 0 1 --targets 1M,2M " \
+                             "--ablation-target 2M --variants full no_sandwich"
+    assert bignas.noise_floor == pytest.approx(1.5) and "2 seeds" in bignas.threshold_source
     assert bignas.note == "by target: 1M -2.23, 2M +0.14"
     claims.main(["--runs", str(tmp_path)])  # the plain-text table
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["experiment", "the", "paper's", "claim", "seeds", "effect", "per", "seed",
                                            "(mean;", "min", "to", "max)", "noise", "floor", "verdict"]
-    assert "  $ python experiments/bignas.py --seeds 0 1" in out
+    assert "  $ python experiments/bignas.py --data fashion_mnist --seeds 0 1" in out
     assert "no results: run `python experiments/tunas_search.py`" in out
