@@ -18,6 +18,7 @@ from torch import nn
 import effml
 from effml.deploy import OnnxRunner, export_int8, onnx_runner, quantize_onnx
 from effml.deploy import quantize as quantize_mod
+from effml.measure import int8 as int8_recipe
 from effml.deploy.calibration import embedded_images, folder_images, split
 from effml.deploy.onnx_export import export_onnx
 from effml.detection.predictor import DetectionPredictor
@@ -174,8 +175,20 @@ def test_quantize_onnx_rejects_an_unknown_calibration_method(tmp_path):
         quantize_onnx(tmp_path / "a.onnx", tmp_path / "b.onnx", _images(2, 0), method="kl")
 
 
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_a_calibration_set_too_small_for_the_method_says_how_many_images_it_needs(tmp_path, method):
+    need = int8_recipe.MIN_CALIBRATION_IMAGES[method]
+    with pytest.raises(InputError, match=rf"{method} needs at least {need} calibration images.*got 4 from the "
+                                         rf"calibration set.*--calibration-method minmax"):
+        export_int8(_classifier(), tmp_path / "m.onnx", input_size=32, calibration=_images(4, 1),
+                    holdout=_images(4, 2), method=method)
+    with pytest.raises(InputError, match=f"needs at least {need}"):
+        quantize_onnx(tmp_path / "a.onnx", tmp_path / "b.onnx", _images(need - 1, 0), method=method)
+    assert not list(tmp_path.iterdir())
+
+
 def test_reduce_range_defaults_to_the_cpu_s_int8_instructions(monkeypatch):
-    assert isinstance(quantize_mod.has_vnni(), bool)
+    assert isinstance(int8_recipe.has_vnni(), bool)
     seen = {}
 
     def fake_quantize_static(*args, **kwargs):
@@ -184,11 +197,11 @@ def test_reduce_range_defaults_to_the_cpu_s_int8_instructions(monkeypatch):
 
     import onnxruntime.quantization as q
     monkeypatch.setattr(q, "quantize_static", fake_quantize_static)
-    monkeypatch.setattr(quantize_mod, "has_vnni", lambda: False)
+    monkeypatch.setattr(int8_recipe, "has_vnni", lambda: False)
     with pytest.raises(RuntimeError, match="stop here"):
         _quantize_tiny(monkeypatch)
     assert seen["reduce_range"] is True
-    monkeypatch.setattr(quantize_mod, "has_vnni", lambda: True)
+    monkeypatch.setattr(int8_recipe, "has_vnni", lambda: True)
     with pytest.raises(RuntimeError, match="stop here"):
         _quantize_tiny(monkeypatch)
     assert seen["reduce_range"] is False
@@ -316,6 +329,11 @@ def test_cli_export_int8_from_a_folder_then_predict_with_it(tmp_path):
     assert proc.returncode != 0 and "not both" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run("export", *model, "--onnx", tmp_path / "x.onnx", "--int8", "--calibration", tmp_path / "missing")
     assert proc.returncode != 0 and "calibration folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    proc = _run("export", *model, "--onnx", tmp_path / "x.onnx", "--int8", "--calibration", photos,
+                "--holdout-images", 4, "--calibration-method", "entropy")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "entropy needs at least 32 calibration images" in proc.stderr and f"got 8 from {photos}" in proc.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -20,7 +20,8 @@ import effml
 from effml.deploy.benchmark import benchmark, default_runtimes
 from effml.deploy.image_detector import ImageDetector
 from effml.deploy.onnx_export import export_onnx
-from effml.deploy.openvino_runtime import OpenVinoRunner, export_openvino, openvino_available
+from effml.deploy.openvino_runtime import OpenVinoRunner, export_openvino
+from effml.measure.openvino import openvino_available
 from effml.errors import InputError
 from effml.spec.entry import Preprocess
 from effml.zoo import load_spec
@@ -28,7 +29,7 @@ from effml.zoo import load_spec
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXTRA = r'pip install "effml\[openvino\]"'
 # ``pytest.importorskip("openvino")`` would import OpenVINO with its telemetry on; effml's loader
-# imports it without (effml.deploy.openvino_runtime.load_openvino), so the skip asks that loader.
+# imports it without (effml.measure.openvino.load_openvino), so the skip asks that loader.
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason='OpenVINO is not installed: '
                                                                       'pip install "effml[openvino]"')
 
@@ -97,7 +98,7 @@ def test_openvino_loads_only_when_used_and_without_its_telemetry():
     # effml makes no network access at run time: OpenVINO's usage reports (openvino_telemetry) stay unloaded
     code = ("import sys, effml.deploy, effml.cli.main\n"
             "assert 'openvino' not in sys.modules\n"
-            "from effml.deploy.openvino_runtime import load_openvino\n"
+            "from effml.measure.openvino import load_openvino\n"
             "load_openvino().convert_model\n"
             "assert 'openvino' in sys.modules and 'openvino_telemetry' not in sys.modules, sorted(sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -68,7 +68,8 @@ def export(
     from effml.deploy import export_onnx
 
     if openvino:  # before anything is built or written: a missing install leaves every file as it was
-        from effml.deploy.openvino_runtime import ir_paths, load_openvino
+        from effml.deploy.openvino_runtime import ir_paths
+        from effml.measure.openvino import load_openvino
 
         if int8:
             raise EffmlError("--openvino writes the fp32 model as an OpenVINO IR; give it without --int8")
@@ -102,9 +103,9 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
                  threads: int | None, fallback: bool) -> None:
     from effml.cli._common import warn
     from effml.deploy import calibration as cal
-    from effml.deploy.quantize import check_calibration_method, export_int8
+    from effml.deploy.quantize import check_calibration_count, export_int8
 
-    check_calibration_method(method)  # before reading any image
+    check_calibration_count(method, calibration_images, "--calibration-images")  # before reading any image
     counts = {"calibration": calibration_images, "holdout": holdout_images}
     pre, task = resolved.preprocess, resolved.task
     if calibration not in (None, cal.EMBEDDED):
@@ -116,6 +117,7 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
             warn("calibrating on the embedded data set: int8 of a model trained on other images will "
                  "disagree with fp32 on it; give --calibration FOLDER of images like your own")
         images = cal.embedded_images(pre, task, **counts)
+    check_calibration_count(method, len(images.calibration), images.source)
     echo(f"calibrating on {len(images.calibration)} and checking on {len(images.holdout)} images "
          f"from {images.source}")
     report = export_int8(resolved.net, onnx, input_size=pre.input_size, calibration=images.calibration,

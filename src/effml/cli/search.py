@@ -118,7 +118,8 @@ def latency_table(
     out: Annotated[Path, typer.Option("--out", "-o", help="The table JSON to write.")] = Path("latency_table.json"),
     resolution: Annotated[int, typer.Option(min=8, help="Input size of the networks.")] = 224,
     num_classes: Annotated[int, typer.Option(min=1, help="Classifier width.")] = 1000,
-    runtime: Annotated[str, typer.Option(help="eager or onnxruntime.")] = "eager",
+    runtime: Annotated[str, typer.Option(
+        help="eager, onnxruntime, int8 (ONNX Runtime int8, as `effml export --int8` writes it) or openvino.")] = "eager",
     threads: Annotated[int, typer.Option(min=1, help="Threads the networks run on.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 1,
     calibrate: Annotated[int, typer.Option(min=0, help="Random members that fit the per-network overhead.")] = 10,

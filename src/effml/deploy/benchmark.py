@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from effml.deploy.onnx_export import export_onnx
-from effml.deploy.openvino_runtime import OpenVinoRunner, load_openvino, openvino_available
+from effml.deploy.openvino_runtime import OpenVinoRunner
+from effml.measure.openvino import load_openvino, openvino_available
 from effml.errors import EffmlError, InputError
 from effml.measure.latency import require_cpu, time_interleaved, torch_threads
 from effml.measure.onnx import INPUT_NAME, model_in_channels, onnx_session
@@ -172,10 +173,9 @@ def _runner(runtime: str, model: nn.Module, inputs: dict[int, torch.Tensor], siz
             path = Path(tmp) / "model.onnx"
             export_onnx(model, path, input_size=size, batch_size=min(inputs), dynamic_batch=True)
             if runtime == "int8":
-                from effml.deploy.quantize import quantize_onnx
+                from effml.measure.int8 import quantize_onnx, random_calibration
 
-                calibration = torch.randn(8, *inputs[min(inputs)].shape[1:], generator=torch.Generator().manual_seed(1))
-                quantize_onnx(path, Path(tmp) / "int8.onnx", calibration)
+                quantize_onnx(path, Path(tmp) / "int8.onnx", random_calibration(inputs[min(inputs)].shape[1:]))
                 path = Path(tmp) / "int8.onnx"
             if runtime == "openvino":
                 runner = OpenVinoRunner(path, threads=threads)

@@ -3,7 +3,7 @@ keep them in fp32.
 
 The error is measured on the calibration images, without labels. Both graphs run with every
 quantized activation exposed as an output: the pre-processed fp32 graph that ORT's quantizer reads
-(``quantize_onnx(keep_preprocessed=...)``), and its int8 QDQ model. An activation's error is its
+(``quantize_onnx(preprocessed=...)``), and its int8 QDQ model. An activation's error is its
 noise-to-signal ratio, ||int8 - fp32||^2 / ||fp32||^2, summed over the images. The int8 value is
 taken after its QuantizeLinear/DequantizeLinear pair, because ORT folds a Relu/Clip that follows a
 conv into that pair's range. A layer's own share is the error of its output minus the largest error
@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from effml.measure.int8 import DQ_SUFFIX
 from effml.measure.onnx import INPUT_NAME, onnx_session
-
-DQ_SUFFIX = "_DequantizeLinear_Output"  # ORT's name for a dequantized activation (qdq_quantizer)
 FALLBACK_STEPS = (1, 2, 4, 8, 16)  # how many of the worst layers to keep in fp32, tried in turn
 
 
@@ -98,37 +97,3 @@ def layer_errors(preprocessed: str | Path, int8: str | Path, images: torch.Tenso
         inputs = [nsr[source[i]] for i in node.input if i in source]
         errors.append(LayerError(node.name, node.op_type, out, nsr[out], nsr[out] - max(inputs, default=0.0)))
     return sorted(errors, key=lambda e: e.added, reverse=True)
-
-
-def keep_in_fp32(path: str | Path, nodes: Sequence[str]) -> None:
-    """Rewrite the int8 QDQ model at ``path`` so that ``nodes``, which the quantizer excluded, read
-    their activations in fp32. ORT leaves an excluded node's input quantized when the node that
-    produces it is quantized (its output gets a QuantizeLinear/DequantizeLinear pair for its other
-    consumers), so the node would still see the int8 error. Each such input is wired to the float
-    tensor again, and pairs that no node reads any more are removed. The model must have been
-    quantized with its Relu/Clip nodes kept (ORT's ``QDQKeepRemovableActivations``): otherwise the
-    float tensor is the convolution's output before its activation."""
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    weights = {t.name for t in graph.initializer}
-    floats = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
-    wanted = set(nodes)
-    for node in graph.node:
-        if node.name not in wanted:
-            continue
-        for i, name in enumerate(node.input):
-            base = name[: -len(DQ_SUFFIX)] if name.endswith(DQ_SUFFIX) else None
-            if base is not None and base in floats and base not in weights:
-                node.input[i] = base
-    outputs = {o.name for o in graph.output}
-    while True:  # drop DequantizeLinear, then QuantizeLinear nodes whose outputs nothing reads
-        read = {i for n in graph.node for i in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in read for o in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            graph.node.remove(n)
-    onnx.save(model, str(path))

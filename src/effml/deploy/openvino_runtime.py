@@ -4,18 +4,17 @@ OpenVINO's CPU plugin as ``OnnxRunner`` runs one in ONNX Runtime (torch in, the 
 structure out).
 
 OpenVINO is an extra (``pip install "effml[openvino]"``); without it every entry point here
-raises ``InputError`` saying so. It is imported only when one of them is called.
+raises ``InputError`` saying so. Loading and compiling are in ``effml.measure.openvino``, shared with
+latency measurement.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 from torch import nn
@@ -24,53 +23,14 @@ from effml.deploy.onnx_export import output_difference
 from effml.deploy.runtime import Dim, GraphRunner
 from effml.errors import ExportError, InputError
 from effml.files import fsync_dir, fsync_file, os_error, remove_files
+from effml.measure.openvino import compile_openvino, load_openvino, read_openvino_model
 
-EXTRA = 'pip install "effml[openvino]"'
 IR_SUFFIX = ".xml"  # the IR's graph; its weights are the ``.bin`` of the same name
-
-
-def load_openvino() -> ModuleType:
-    """The ``openvino`` module, or ``InputError`` naming the extra to install."""
-    # OpenVINO sends anonymous usage data to Google Analytics unless the user opted out
-    # (docs.openvino.ai/2025/about-openvino/additional-resources/telemetry.html); its conversion
-    # code falls back to a silent stub when ``openvino_telemetry`` cannot be imported. effml makes
-    # no network access at run time (DESIGN.md), so the package is hidden while OpenVINO loads.
-    hide = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
-    if hide:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
-    try:
-        import openvino
-    except ImportError as e:
-        raise InputError(f"OpenVINO is not installed ({e}); it is an optional runtime: {EXTRA}") from None
-    finally:
-        if hide:
-            sys.modules.pop("openvino_telemetry", None)
-    return openvino
-
-
-def openvino_available() -> bool:
-    """Whether OpenVINO can be loaded here."""
-    try:
-        load_openvino()
-    except InputError:
-        return False
-    return True
 
 
 def _dims(shape: object) -> tuple[Dim, ...]:
     """An OpenVINO partial shape as sizes, with None where a dimension is dynamic."""
     return tuple(d.get_length() if d.is_static else None for d in shape)  # type: ignore[attr-defined]
-
-
-def _read_model(ov: ModuleType, path: Path) -> object:
-    """The ``ov.Model`` in an IR, or converted from an ONNX file as ``export_openvino`` converts it
-    (so the graph timed from an ONNX file is the one the IR would hold)."""
-    if not path.is_file():
-        raise InputError(f"OpenVINO model {path} does not exist")
-    try:
-        return ov.convert_model(str(path)) if path.suffix == ".onnx" else ov.Core().read_model(str(path))
-    except Exception as e:  # OpenVINO raises its own RuntimeError / OpConversionFailure types
-        raise InputError(f"OpenVINO cannot load {path}: {e}") from None
 
 
 class OpenVinoRunner(GraphRunner):
@@ -80,25 +40,8 @@ class OpenVinoRunner(GraphRunner):
     kind = "OpenVINO"
 
     def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        ov = load_openvino()
-        import openvino.properties as props
-        import openvino.properties.hint as hints
-
         path = Path(path)
-        model = _read_model(ov, path)
-        # The latency hint runs one request on all threads; inference_num_threads caps them
-        # (docs.openvino.ai/2025/openvino-workflow/running-inference/inference-devices-and-modes/
-        # cpu-device/performance-hint-and-thread-scheduling.html). On CPUs with AVX512_BF16 or AMX the
-        # plugin computes in bf16 unless told otherwise (.../inference-devices-and-modes/cpu-device.html,
-        # floating-point precision): f32 keeps the outputs within the export's tolerance.
-        config: dict[object, object] = {props.hint.performance_mode: hints.PerformanceMode.LATENCY,
-                                        props.hint.inference_precision: ov.Type.f32}
-        if threads:
-            config[props.inference_num_threads] = threads
-        try:
-            self.compiled = ov.Core().compile_model(model, "CPU", config)
-        except Exception as e:
-            raise InputError(f"OpenVINO cannot compile {path} for the CPU: {e}") from None
+        self.compiled = compile_openvino(path, threads)
         self._describe(path, [_dims(i.get_partial_shape()) for i in self.compiled.inputs],
                        [(o.get_any_name(), _dims(o.get_partial_shape())) for o in self.compiled.outputs])
         self.request = self.compiled.create_infer_request()
@@ -152,7 +95,7 @@ def export_openvino(model: nn.Module, onnx_path: str | Path, *, batch_size: int 
         tmp = tmpdir / xml.name
         # fp32 weights: save_model compresses them to fp16 by default
         # (docs.openvino.ai/2025/openvino-workflow/model-preparation/conversion-parameters.html)
-        ov.save_model(_read_model(ov, Path(onnx_path)), str(tmp), compress_to_fp16=False)
+        ov.save_model(read_openvino_model(ov, Path(onnx_path)), str(tmp), compress_to_fp16=False)
         runner = OpenVinoRunner(tmp, threads=threads)
         dynamic = not isinstance(runner.input_shape[0], int)
         batches = [batch_size] + ([2] if dynamic and batch_size != 2 else [])

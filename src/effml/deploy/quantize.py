@@ -1,16 +1,7 @@
 """int8 ONNX models by ONNX Runtime static quantization, kept only if they agree with fp32.
 
-The recipe (``quantize_onnx``): ORT's pre-processing (shape inference, BN folding), then QDQ
-static quantization with per-channel symmetric int8 weights and uint8 activations, calibrated
-by min/max (or percentile / entropy) on the user's images. ORT's own int32-bias check widens a
-weight scale where the folded bias would overflow.
-
-``reduce_range`` (7-bit weights) is on by default on CPUs without VNNI. There, ORT's u8 x s8
-kernels (vpmaddubsw) add pairs of products in saturating int16, and full-range weights overflow
-it. Measured on this repository's AVX2 machine, EfficientNet-Lite1 on held-out photo crops:
-top-1 agreement with fp32 68% at 8 bits, 88% with reduce_range. The same 8-bit model simulated
-without the fused kernels reached 92%. With VNNI (or AMX), int8 dot products accumulate in int32
-and full 8-bit weights are safe.
+The recipe (``quantize_onnx``, ``reduce_range`` on CPUs without VNNI) is in ``effml.measure.int8``,
+shared with latency measurement.
 
 ``export_int8`` exports fp32, quantizes, and compares int8 against fp32 on held-out images.
 Classifiers are compared by top-1 agreement. Detectors are compared by AP50 of the int8
@@ -20,29 +11,29 @@ nothing, a model below ``min_agreement``, a fraction 0..1 for both kinds.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
 import statistics
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from effml.deploy.int8_fallback import FALLBACK_STEPS, LayerError, keep_in_fp32, layer_errors
+from effml.deploy.int8_fallback import FALLBACK_STEPS, LayerError, layer_errors
 from effml.deploy.onnx_export import export_onnx, prepare_output
 from effml.deploy.runtime import OnnxRunner
 from effml.errors import ExportError, InputError
 from effml.files import fsync_dir, fsync_file, os_error, remove_empty_dirs
+from effml.measure.int8 import (  # noqa: F401  (has_vnni and quantize_onnx: re-exported)
+    check_calibration_count,
+    has_vnni,
+    quantize_onnx,
+)
 from effml.measure.latency import time_interleaved
-from effml.measure.onnx import INPUT_NAME
 
-CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_MIN_AGREEMENT = 0.99
 CONFIDENT = 0.5  # fp32 top-1 probability above which an image counts as unambiguous
 DETECTION_GT_SCORE = 0.3  # fp32 detections at or above this score are the reference boxes
@@ -91,84 +82,6 @@ class Int8Report:
     def as_dict(self) -> dict[str, object]:
         """The report as a JSON-ready dict."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-def check_calibration_method(method: str) -> None:
-    """Refuse a calibration method ORT's quantizer does not have."""
-    if method not in CALIBRATION_METHODS:
-        raise InputError(f"calibration method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
-
-
-def has_vnni() -> bool:
-    """True when this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """ORT's quantizer logs every weight-scale adjustment on the root logger; keep errors only."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
-def quantize_onnx(fp32: str | Path, out: str | Path, calibration: torch.Tensor, *,
-                  method: str = "minmax", reduce_range: bool | None = None, exclude: Sequence[str] = (),
-                  ranges: str | Path | None = None, preprocessed: str | Path | None = None) -> None:
-    """Write the int8 (QDQ) version of the fp32 ONNX model ``fp32`` to ``out``, calibrated on the
-    images ``calibration`` ([N, C, H, W], preprocessed as the model expects).
-
-    ``exclude``: nodes of the pre-processed graph left in fp32 (``int8_fallback``). ``ranges``: a
-    JSON file of the calibrated activation ranges, written by the first call and read by the next
-    ones (ORT's calibration cache), so that a retry with other nodes excluded skips calibration.
-    ``preprocessed``: where to keep the pre-processed fp32 graph the quantizer read."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    check_calibration_method(method)
-    if calibration.ndim != 4 or not len(calibration):
-        raise InputError(f"calibration images must be a non-empty [N, C, H, W] batch, got {tuple(calibration.shape)}")
-    if reduce_range is None:
-        reduce_range = not has_vnni()
-
-    class Batches(CalibrationDataReader):
-        # One image per call: the percentile and entropy collectors need equal shapes.
-        def __init__(self) -> None:
-            self.items = iter(calibration.split(1))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.items, None)
-            return None if x is None else {INPUT_NAME: x.float().numpy()}
-
-    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-               "entropy": CalibrationMethod.Entropy}
-    extra: dict[str, object] = {"CalibPercentile": 99.99} if method == "percentile" else {}
-    if exclude:  # excluded nodes read float activations (keep_in_fp32), so their Relu/Clip must stay nodes
-        extra["QDQKeepRemovableActivations"] = True
-    with tempfile.TemporaryDirectory(prefix="effml-quant-") as tmp, _quiet():
-        pre = Path(preprocessed) if preprocessed is not None else Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
-        quantize_static(str(pre), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=methods[method], extra_options=extra,
-                        nodes_to_exclude=list(exclude), calibration_cache_path=ranges)
-    if exclude:
-        keep_in_fp32(out, exclude)
 
 
 def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float | None, int]:
@@ -240,7 +153,7 @@ def export_int8(
     for what, images in (("calibration", calibration), ("held-out", holdout)):
         if images.ndim != 4 or not len(images):
             raise InputError(f"{what} images must be a non-empty [N, C, H, W] batch, got {tuple(images.shape)}")
-    check_calibration_method(method)
+    check_calibration_count(method, len(calibration))
     if reduce_range is None:
         reduce_range = not has_vnni()
     final = Path(path)

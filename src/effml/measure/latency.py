@@ -1,8 +1,10 @@
 """Latency measured on this machine: the timing primitives, the thread setting, one model's latency.
 
 MnasNet (arXiv 1807.11626, Sec. 3 and 5) optimises the latency measured on the target device
-rather than a proxy such as FLOPs; this module is that measurement for the user's CPU, under eager
-PyTorch or ONNX Runtime. ``effml.deploy.benchmark`` times with the same primitives, and the latency
+rather than a proxy such as FLOPs; this module is that measurement for the user's CPU, of the model
+that will ship: eager PyTorch, ONNX Runtime fp32 (``onnxruntime``), ONNX Runtime int8 (``int8``:
+the QDQ graph ``effml export --int8`` writes, ``effml.measure.int8``, calibrated on random input,
+which changes its values but not its kernels) or OpenVINO fp32 (``openvino``, an optional extra). ``effml.deploy.benchmark`` times with the same primitives, and the latency
 tables (``effml.measure.latency_table``) time each layer with them, so all three agree on what "ms" means.
 
 With one thread the default clock is the calling thread's CPU time, not the wall clock: all the work
@@ -30,8 +32,10 @@ from torch import nn
 from effml.errors import InputError
 from effml.measure.onnx import INPUT_NAME, onnx_program, onnx_session
 
-Runtime = Literal["eager", "onnxruntime"]
-RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime")
+Runtime = Literal["eager", "onnxruntime", "int8", "openvino"]
+RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime", "int8", "openvino")
+# the library whose version a runtime's latency depends on (a key of ``machine_fingerprint``)
+LIBRARY = {"eager": "torch", "onnxruntime": "onnxruntime", "int8": "onnxruntime", "openvino": "openvino"}
 
 # Adaptive repeats: a timing is the median of at least MIN_REPEATS calls lasting MIN_TIME_MS in all,
 # so a 50 us layer gets thousands of calls and a 20 ms network a few dozen.
@@ -46,16 +50,21 @@ def machine_fingerprint() -> dict[str, Any]:
     with contextlib.suppress(OSError, StopIteration):
         with open("/proc/cpuinfo") as f:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    try:
-        import onnxruntime
-
-        ort_version: str | None = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
     return {
         "cpu": cpu, "cores": os.cpu_count() or 1, "os": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": ort_version,
+        "python": platform.python_version(), "torch": torch.__version__,
+        "onnxruntime": _installed("onnxruntime"), "openvino": _installed("openvino"),
     }
+
+
+def _installed(distribution: str) -> str | None:
+    """The installed version of a package (without importing it), None when absent."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 @contextlib.contextmanager
@@ -183,7 +192,8 @@ def _as_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
 def prepared_call(model: nn.Module, x: torch.Tensor, *, runtime: str = "eager",
                   threads: int = 1) -> Iterator[Callable[[], object]]:
     """A zero-argument call running ``model`` (in eval mode) on ``x`` under ``runtime``, for timing
-    inside the block (eager: under ``torch.inference_mode``; onnxruntime: a fresh session)."""
+    inside the block (eager: under ``torch.inference_mode``; the others: a fresh session of the
+    model exported to ONNX, quantized for int8, compiled by OpenVINO for openvino)."""
     check_runtime(runtime)
     require_cpu(model)
     was_training = model.training
@@ -198,8 +208,20 @@ def prepared_call(model: nn.Module, x: torch.Tensor, *, runtime: str = "eager",
             # Traced at batch >= 2 with a dynamic batch, as effml.deploy.export_onnx traces it.
             example = x if x.shape[0] >= 2 else x.expand(2, *x.shape[1:]).contiguous()
             onnx_program(model, example, ["output"]).save(path, external_data=False)
+            if runtime == "int8":
+                from effml.measure.int8 import quantize_onnx, random_calibration
+
+                quantize_onnx(path, Path(tmp) / "int8.onnx", random_calibration(x.shape[1:]))
+                path = Path(tmp) / "int8.onnx"
+            array = x.numpy()
+            if runtime == "openvino":
+                from effml.measure.openvino import compile_openvino
+
+                request = compile_openvino(path, threads).create_infer_request()  # type: ignore[attr-defined]
+                yield lambda: request.infer({0: array}, share_inputs=True)
+                return
             session = onnx_session(path, threads)
-            feed = {INPUT_NAME: x.numpy()}
+            feed = {INPUT_NAME: array}
             yield lambda: session.run(None, feed)
     finally:
         model.train(was_training)

@@ -34,6 +34,7 @@ from effml.errors import EffmlError
 from effml.files import atomic_write_text
 from effml.layers import BatchNormAct2d
 from effml.measure.latency import (
+    LIBRARY,
     check_runtime,
     clock_fn,
     machine_fingerprint,
@@ -398,7 +399,7 @@ class _TableFile(BaseModel):
     format: Literal["effml.latency_table"]
     version: Literal[1]
     fingerprint: dict[str, Any]
-    runtime: Literal["eager", "onnxruntime"]
+    runtime: Literal["eager", "onnxruntime", "int8", "openvino"]
     threads: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     overhead_ms: float
@@ -442,7 +443,7 @@ def load_latency_table(path: str | Path, *, runtime: str | None = None, threads:
         raise _bad(path, f"field {where}: {err['msg']}") from None
     table = LatencyTable(**{f.name: getattr(data, f.name) for f in fields(LatencyTable)})
     _check_machine(table, f"latency table {path}")
-    library = "torch" if table.runtime == "eager" else "onnxruntime"
+    library = LIBRARY[table.runtime]
     if table.fingerprint.get(library) != machine_fingerprint()[library]:
         warnings.warn(f"latency table {path} was measured with {library} {table.fingerprint.get(library)} "
                       f"and this is {machine_fingerprint()[library]}; its figures may be off, rebuild it "

@@ -106,8 +106,10 @@ class ObjectiveConfig:
     """the exponent at LAT > T (default: by constraint)"""
     latency: Literal["measured", "table", "flops"] = "measured"
     """measured on this machine, predicted from a latency table, or MACs"""
-    runtime: Literal["eager", "onnxruntime"] = "eager"
-    """how latency is measured"""
+    runtime: Literal["eager", "onnxruntime", "int8", "openvino"] = "eager"
+    """what latency is measured on: eager PyTorch, ONNX Runtime fp32, ONNX Runtime int8 (the graph
+    `effml export --int8` writes) or OpenVINO fp32 (the `effml[openvino]` extra); a latency table
+    must have been built with the same runtime"""
     table: Annotated[str | None, InputPath(".json")] = None
     """latency: table: the file `effml search latency-table` wrote"""
     batch_size: Annotated[int, Field(ge=1)] = 1
