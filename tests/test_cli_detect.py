@@ -187,6 +187,22 @@ def test_detection_run_eval_and_detect(tmp_path):
     for key in ("AP", "AP50", "AP75", "AR100"):  # the numbers training reported for these weights
         assert coco[key] == pytest.approx(info["ema_val"][key], abs=1e-9)
 
+    # the exported model on the same val set: fp32 ONNX gives training's figures, int8 its own
+    onnx, int8 = tmp_path / "det.onnx", tmp_path / "det.int8.onnx"
+    proc = run("export", run_dir, "--onnx", onnx, "--atol", "0.01")  # outputs up to ~75 after training
+    assert proc.returncode == 0, proc.stderr
+    proc = run("export", run_dir, "--onnx", int8, "--int8", "--min-agreement", "0", "--no-fallback", "--atol", "0.01")
+    assert proc.returncode == 0, proc.stderr
+    for path in (onnx, int8):
+        proc = run("eval", run_dir, "--onnx", path, "--json")
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert got["weights"] == str(path) and got["coco"]["count"] == 8
+        if path == onnx:
+            assert got["coco"]["AP50"] == pytest.approx(coco["AP50"], abs=0.05)
+    proc = run("eval", run_dir, "--onnx", onnx, "--pgd-epsilon", "2")
+    assert proc.returncode == 2 and "without --onnx" in proc.stderr
+
     proc = run("eval", run_dir, "--pgd-epsilon", "2")
     assert proc.returncode == 2 and "detection run" in proc.stderr
     _no_traceback(proc)

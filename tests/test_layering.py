@@ -3,8 +3,9 @@
 Layers, lowest first (DESIGN.md): spec -> layers -> models -> detection -> zoo -> data -> train ->
 measure -> search -> deploy -> cli. ``effml.errors`` and ``effml.files`` (OS errors in words, atomic
 writes) sit under all of them; the top-level ``effml`` package and ``effml.__main__`` are facades
-over everything. ``measure`` (timing, latency, latency tables, the ONNX Runtime session) is below
-both search and deploy, so neither imports the other's measuring code.
+over everything. ``measure`` (timing, latency, latency tables, the ONNX Runtime session, the int8
+recipe, OpenVINO's loading) is below both search and deploy, so neither imports the other's
+measuring code.
 """
 
 from __future__ import annotations

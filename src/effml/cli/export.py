@@ -79,7 +79,7 @@ def export(
     net, size = resolved.net, resolved.preprocess.input_size
     if int8:
         _export_int8(resolved, onnx, calibration, calibration_images, holdout_images, min_agreement,
-                     calibration_method, reduce_range, threads, fallback)
+                     calibration_method, reduce_range, threads, fallback, atol, rtol)
         return
     report = export_onnx(net, onnx, input_size=size, batch_size=batch_size,
                          dynamic_batch=dynamic_batch, opset=opset, atol=atol, rtol=rtol)
@@ -100,7 +100,7 @@ def export(
 
 def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_images: int,
                  holdout_images: int, min_agreement: float, method: str, reduce_range: bool | None,
-                 threads: int | None, fallback: bool) -> None:
+                 threads: int | None, fallback: bool, atol: float, rtol: float) -> None:
     from effml.cli._common import warn
     from effml.deploy import calibration as cal
     from effml.deploy.quantize import check_calibration_count, export_int8
@@ -122,7 +122,7 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
          f"from {images.source}")
     report = export_int8(resolved.net, onnx, input_size=pre.input_size, calibration=images.calibration,
                          holdout=images.holdout, min_agreement=min_agreement, method=method,
-                         reduce_range=reduce_range, threads=threads, fallback=fallback)
+                         reduce_range=reduce_range, threads=threads, fallback=fallback, atol=atol, rtol=rtol)
     echo(f"int8 {report.metric}: {report.agreement_text()} (required {min_agreement:.1%})")
     if report.fp32_layers:
         echo(report.fallback_text())

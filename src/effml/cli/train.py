@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
-
-if TYPE_CHECKING:
-    from effml.train.run_dir import TrainedModel
 
 
 def train(
@@ -48,6 +45,10 @@ def evaluate_run(
              "(0-255 pixel units).")] = None,
     pgd_steps: Annotated[int | None, typer.Option(help="PGD iterations (default: epsilon + 1).")] = None,
     pgd_step_size: Annotated[float, typer.Option(help="PGD step in pixel units.")] = 1.0,
+    onnx: Annotated[Path | None, typer.Option(
+        help="Evaluate this exported model of the run instead (ONNX, fp32 or int8 from `effml export "
+             "--int8`, or an OpenVINO .xml): its accuracy against the val labels, not only its agreement "
+             "with fp32.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Evaluate a trained run on its validation set: top-1/top-5 (optionally under PGD) for a
@@ -65,6 +66,9 @@ def evaluate_run(
     if pgd_steps is not None and pgd_steps < 1:  # 0 steps: no attack, a 'pgd' accuracy equal to the clean one
         raise typer.BadParameter(f"--pgd-steps must be 1 or more (PGD iterations), got {pgd_steps}")
     trained = load_run(run_dir, weights)
+    if onnx is not None and pgd_epsilon is not None:
+        raise typer.BadParameter("--pgd-epsilon attacks the PyTorch model through its gradients; give it "
+                                 "without --onnx")
     if trained.task == "detect" and pgd_epsilon is not None:
         from effml.errors import EffmlError
 
@@ -73,11 +77,18 @@ def evaluate_run(
     cfg = read_run_config(run_dir)
     bundle = build_datasets(cfg, trained.preprocess)
     loader = run_eval_loader(cfg, bundle.val)
-    metrics = task_for(trained.spec).evaluate(cfg, trained.model, loader, torch.device("cpu"), bundle.val)
+    network = None
+    if onnx is not None:
+        from effml.cli._common import fast_network
+
+        network = fast_network(trained.model, trained.preprocess.input_size, onnx, False)
+    metrics = task_for(trained.spec).evaluate(cfg, trained.model, loader, torch.device("cpu"), bundle.val,
+                                              network=network)
+    source = str(onnx if onnx is not None else trained.weights_path)
     if trained.task == "detect":
-        _print_detection_metrics(run_dir, trained, metrics, as_json)
+        _print_detection_metrics(run_dir, source, metrics, as_json)
         return
-    result: dict[str, object] = {"weights": str(trained.weights_path), "clean": metrics}
+    result: dict[str, object] = {"weights": source, "clean": metrics}
     if pgd_epsilon is not None:
         from effml.train.advprop import PGDAttacker, evaluate_under_attack
 
@@ -99,9 +110,9 @@ def evaluate_run(
 _DETECTION_ROWS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
-def _print_detection_metrics(run_dir: Path, trained: TrainedModel, metrics: dict[str, Any], as_json: bool) -> None:
+def _print_detection_metrics(run_dir: Path, source: str, metrics: dict[str, Any], as_json: bool) -> None:
     """A detection run's COCO AP/AR (percent) on its val set (evaluated with the NMS settings it was
-    trained with)."""
+    trained with); ``source``: the weights or exported model evaluated."""
     import math
     import sys
 
@@ -111,10 +122,9 @@ def _print_detection_metrics(run_dir: Path, trained: TrainedModel, metrics: dict
     # NaN where COCO has no ground truth in an area range: JSON gets null, the table "n/a".
     clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
     if as_json:
-        typer.echo(json.dumps({"weights": str(trained.weights_path), "task": "detect", "coco": clean},
-                              indent=2))
+        typer.echo(json.dumps({"weights": source, "task": "detect", "coco": clean}, indent=2))
         return
-    typer.echo(f"{run_dir} ({trained.weights_path.name}): COCO box metrics on "
+    typer.echo(f"{run_dir} ({Path(source).name}): COCO box metrics on "
                f"{int(metrics.get('count', 0))} val images")
     table = Table(header_style="bold")
     table.add_column("metric", no_wrap=True)

@@ -4,13 +4,15 @@ Three sources, one rule: the images are read with the model's evaluation transfo
 resize + centre crop, a detector's letterbox), shuffled by a fixed seed and split into two disjoint
 sets: calibration images and held-out images for the agreement check.
 - a folder of images (searched recursively): the user's own data, the right choice;
-- a run directory: its validation images, read as in its evaluation;
+- a run directory: its training images calibrate and its validation images check, both read as in
+  its evaluation;
 - ``embedded``: the embedded digits (classifiers) or shapes (detectors) at the model's size.
   ImageNet models calibrated on them will disagree with fp32: a smoke test, not a deployment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,12 +65,20 @@ def split(images: Sequence[torch.Tensor], holdout: int, source: str, calibration
     calibration = n - holdout if calibration is None else calibration
     held = holdout if n >= holdout + calibration else min(holdout, max(n - calibration, n // 2))
     held = min(max(held, 1), n - 1)
-    if n - held < MIN_CALIBRATION:
-        warnings.warn(f"{source}: only {n - held} image(s) calibrate the int8 ranges and {held} check them; "
-                      f"ranges from fewer than {MIN_CALIBRATION} images may miss what the model will see, "
-                      f"so give a folder of {MIN_CALIBRATION * 4} or more", stacklevel=2)
-    stacked = torch.stack(list(images))
-    return CalibrationSet(stacked[held:], stacked[:held], source)
+    return pair(images[held:], images[:held], source)
+
+
+def pair(calibration: Sequence[torch.Tensor], holdout: Sequence[torch.Tensor], source: str) -> CalibrationSet:
+    """Calibration and held-out images as one set; fewer than ``MIN_CALIBRATION`` calibration
+    images warn."""
+    if not len(calibration) or not len(holdout):
+        raise InputError(f"{source} gave {len(calibration)} calibration and {len(holdout)} held-out image(s); "
+                         f"int8 needs both (some 100 or more of each to be meaningful)")
+    if len(calibration) < MIN_CALIBRATION:
+        warnings.warn(f"{source}: only {len(calibration)} image(s) calibrate the int8 ranges and {len(holdout)} "
+                      f"check them; ranges from fewer than {MIN_CALIBRATION} images may miss what the model will "
+                      f"see, so give a folder of {MIN_CALIBRATION * 4} or more", stacklevel=3)
+    return CalibrationSet(torch.stack(list(calibration)), torch.stack(list(holdout)), source)
 
 
 def _order(n: int, seed: int) -> list[int]:
@@ -91,28 +101,40 @@ def folder_images(folder: str | Path, preprocess: Preprocess, task: str, *, cali
     return split([transform(load_image(p)) for p in chosen], holdout, f"{root} ({len(files)} images)", calibration)
 
 
-def dataset_images(dataset: Dataset, *, calibration: int, holdout: int, source: str,
-                   seed: int = 0) -> CalibrationSet:
-    """Images of an effml data set (samples ``(image, target, index)``; None = unreadable, skipped)."""
-    images = []
+def _take(dataset: Dataset, count: int, seed: int) -> list[torch.Tensor]:
+    """Up to ``count`` images of an effml data set (samples ``(image, target, index)``; None =
+    unreadable, skipped), in an order shuffled by ``seed``."""
+    images: list[torch.Tensor] = []
     for i in _order(len(dataset), seed):  # type: ignore[arg-type]
+        if len(images) == count:
+            break
         sample = dataset[i]
         if sample is not None:
             images.append(sample[0])
-        if len(images) == calibration + holdout:
-            break
-    return split(images, holdout, source, calibration)
+    return images
+
+
+def dataset_images(dataset: Dataset, *, calibration: int, holdout: int, source: str,
+                   seed: int = 0) -> CalibrationSet:
+    """Images of an effml data set, split into calibration and held-out images."""
+    return split(_take(dataset, calibration + holdout, seed), holdout, source, calibration)
 
 
 def run_images(run_dir: str | Path, preprocess: Preprocess, *, calibration: int, holdout: int,
                seed: int = 0) -> CalibrationSet:
-    """The validation images of a run (as its evaluation reads them)."""
+    """A run's own images, as its evaluation reads them: training images calibrate (the data the
+    model was fitted to, never the images it is scored on), validation images check, so that
+    ``effml eval RUN --onnx`` then scores the int8 model on images its calibration never saw."""
     from effml.train.data import build_datasets
     from effml.train.run_dir import read_run_config
 
-    bundle = build_datasets(read_run_config(run_dir), preprocess)
-    return dataset_images(bundle.val, calibration=calibration, holdout=holdout,
-                          source=f"validation images of run {run_dir}", seed=seed)
+    cfg = read_run_config(run_dir)
+    # data.holdout gives training images under the evaluation transform (no augmentation)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.5))
+    bundle = build_datasets(cfg, preprocess)
+    assert bundle.holdout is not None
+    return pair(_take(bundle.holdout, calibration, seed), _take(bundle.val, holdout, seed),
+                f"run {run_dir} (training images calibrate, validation images check)")
 
 
 def embedded_images(preprocess: Preprocess, task: str, *, calibration: int, holdout: int,

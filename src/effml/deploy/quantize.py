@@ -139,6 +139,8 @@ def export_int8(
     reduce_range: bool | None = None,
     threads: int | None = None,
     fallback: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-5,
 ) -> Int8Report:
     """Export ``model`` as an int8 ONNX model at ``path`` if it agrees with fp32 on ``holdout``.
 
@@ -146,7 +148,7 @@ def export_int8(
     quantization adds the most error in fp32, 1, 2, 4, ... of them (``int8_fallback``), until it
     agrees. Raises ``ExportError`` (nothing written) when the agreement stays below
     ``min_agreement``; the message gives the measured figures. Speed is ORT fp32 vs int8 at batch 1
-    on this machine.
+    on this machine. ``atol``, ``rtol``: the fp32 export's check against PyTorch (``export_onnx``).
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"min_agreement must be in [0, 1], got {min_agreement}")
@@ -162,7 +164,7 @@ def export_int8(
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         fp32_path, int8_path = tmpdir / "fp32.onnx", tmpdir / final.name
-        export_onnx(model, fp32_path, input_size=input_size, dynamic_batch=True)
+        export_onnx(model, fp32_path, input_size=input_size, dynamic_batch=True, atol=atol, rtol=rtol)
         fp32 = OnnxRunner(fp32_path, threads=threads)
         ref = _outputs(model, fp32, holdout)
         metric = "AP50 vs fp32 detections" if fp32.is_detector else "top-1 agreement"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -12,9 +12,11 @@ from torch import nn
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, device: torch.device,
-             channels_last: bool = False) -> dict[str, float]:
+             channels_last: bool = False, network: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> dict[str, float]:
     """{'top1', 'top5', 'loss', 'count'} over ``batches`` of (images, labels, ...); summed over
-    processes when ``torch.distributed`` is initialised (each process sees its own shard)."""
+    processes when ``torch.distributed`` is initialised (each process sees its own shard).
+    ``network``: what computes the logits instead of ``model`` (an exported model's runner)."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # top1, top5, loss, count
@@ -24,7 +26,7 @@ def evaluate(model: nn.Module, batches: Iterable, device: torch.device,
         images, labels = images.to(device), labels.to(device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images).float()
+        logits = (network or model)(images).float()
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == labels[:, None]

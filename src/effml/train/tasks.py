@@ -71,9 +71,10 @@ class ClassificationTask:
         return CrossEntropyObjective(cfg.train.label_smoothing)
 
     def evaluate(self, cfg: Config, model: nn.Module, batches: Any, device: torch.device,
-                 dataset: Any) -> dict[str, float]:
-        """Top-1 / top-5 / loss over the validation batches."""
-        return evaluate(model, batches, device, cfg.train.channels_last)
+                 dataset: Any, network: Any = None) -> dict[str, float]:
+        """Top-1 / top-5 / loss over the validation batches (``network``: an exported model's runner
+        computes the logits instead of ``model``)."""
+        return evaluate(model, batches, device, cfg.train.channels_last, network=network)
 
     def describe(self, metrics: dict[str, float]) -> str:
         """One line of the main metrics."""
@@ -125,15 +126,16 @@ class DetectionTask:
                                   label_smoothing=d.label_smoothing, match_threshold=d.match_threshold)
 
     def evaluate(self, cfg: Config, model: nn.Module, batches: Any, device: torch.device,
-                 dataset: Any) -> dict[str, float]:
-        """COCO AP / AR (percent) over the validation set."""
+                 dataset: Any, network: Any = None) -> dict[str, float]:
+        """COCO AP / AR (percent) over the validation set (``network``: an exported model's runner
+        computes the raw outputs; ``model``'s anchors and NMS post-process them)."""
         from effml.train.detection import evaluate_detection
 
         d = cfg.detect
         return evaluate_detection(model, batches, device, dataset, channels_last=cfg.train.channels_last,
                                   backend=d.eval_backend, max_candidates=d.max_candidates,
                                   iou_threshold=d.iou_threshold, max_detections=d.max_detections,
-                                  soft_nms_sigma=d.soft_nms_sigma)
+                                  soft_nms_sigma=d.soft_nms_sigma, network=network)
 
     def describe(self, metrics: dict[str, float]) -> str:
         """One line of the main metrics, in percent with one decimal as the papers print AP (33.8)."""
