@@ -221,6 +221,30 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch)
     assert any("failed" in line for line in lines)
 
 
+def test_int8_agreement_is_measured_after_the_proxy_and_constrains_the_reward(tmp_path):
+    from effml.search.spaces.search_space import Sample
+    from effml.search.study.cost import LatencyModel
+    from effml.search.study.proxy import Accuracy, evaluate_sample, proxy_training
+
+    cfg = load_search_config(_config(tmp_path, workers=1), ["objective.int8_min_agreement=0.9"])
+    scored = proxy_training(cfg, Sample({}, TINY), TINY, seed=0)
+    assert 0.0 <= scored.metrics["int8_agreement"] <= 1.0  # the trained network's int8 model, on held-out images
+    latency, network = LatencyModel(cfg.objective), TINY
+
+    def scored_with(agreement: float):
+        return lambda *args: Accuracy(0.8, {"int8_agreement": agreement})
+
+    ships = evaluate_sample(cfg, Sample({}, TINY), network, 0, latency, accuracy=scored_with(0.95))
+    assert ships.values == [pytest.approx(mnasnet_reward(0.8, latency(network), 0.2))]
+    fails = evaluate_sample(cfg, Sample({}, TINY), network, 0, latency, accuracy=scored_with(0.85))
+    assert fails.values == [0.0] and fails.metrics["accuracy"] == 0.8 and fails.metrics["int8_agreement"] == 0.85
+    with pytest.raises(SearchError, match="int8_min_agreement"):
+        from effml.search.study.proxy import check_proxy
+
+        check_proxy(load_search_config(_config(tmp_path, workers=1), ["objective.int8_min_agreement=0.9",
+                                                                     "objective.accuracy=supernet"]))
+
+
 def test_too_many_failures_in_a_row_stop_the_study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_search_config(_config(tmp_path, workers=1, max_failures=1), ["proxy.optim.lr=1.0e12"])

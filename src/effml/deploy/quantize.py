@@ -28,14 +28,15 @@ from effml.deploy.runtime import OnnxRunner
 from effml.errors import ExportError, InputError
 from effml.files import fsync_dir, fsync_file, os_error, remove_empty_dirs
 from effml.measure.int8 import (  # noqa: F401  (has_vnni and quantize_onnx: re-exported)
+    CONFIDENT,
     check_calibration_count,
     has_vnni,
     quantize_onnx,
+    top1_agreement,
 )
 from effml.measure.latency import time_interleaved
 
 DEFAULT_MIN_AGREEMENT = 0.99
-CONFIDENT = 0.5  # fp32 top-1 probability above which an image counts as unambiguous
 DETECTION_GT_SCORE = 0.3  # fp32 detections at or above this score are the reference boxes
 
 
@@ -82,14 +83,6 @@ class Int8Report:
     def as_dict(self) -> dict[str, object]:
         """The report as a JSON-ready dict."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float | None, int]:
-    """(top-1 agreement, agreement on images the reference is >= 50% sure of, their count)."""
-    same = reference.argmax(1) == other.argmax(1)
-    confident = reference.softmax(1).amax(1) >= CONFIDENT
-    n = int(confident.sum())
-    return float(same.float().mean()), (float(same[confident].float().mean()) if n else None), n
 
 
 def ap50_against(reference: list, other: list, num_classes: int, height: int, width: int) -> float:

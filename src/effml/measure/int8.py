@@ -35,6 +35,7 @@ from effml.errors import InputError
 from effml.measure.onnx import INPUT_NAME
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+CONFIDENT = 0.5  # fp32 top-1 probability above which an image counts as unambiguous
 # The fewest calibration images each method is given. Percentile (99.99th) and entropy (KL) ranges
 # come from the tails of each activation's histogram, which a few images do not fill: effml's rule
 # of thumb, not a measured threshold (TFLite's and ORT's examples calibrate on 100 or more images).
@@ -132,6 +133,39 @@ def check_calibration_count(method: str, count: int, source: str = "the calibrat
             f"calibration method {method} needs at least {need} calibration images (it sets each activation's "
             f"range from the tail of its histogram over them); got {count} from {source}. Give {need} or more images "
             f"like the deployment data" + (f", or use --calibration-method {others}" if others else ""))
+
+
+def top1_agreement(reference: torch.Tensor, other: torch.Tensor) -> tuple[float, float | None, int]:
+    """(top-1 agreement, agreement on images the reference is >= 50% sure of, their count)."""
+    same = reference.argmax(1) == other.argmax(1)
+    confident = reference.softmax(1).amax(1) >= CONFIDENT
+    n = int(confident.sum())
+    return float(same.float().mean()), (float(same[confident].float().mean()) if n else None), n
+
+
+def int8_top1_agreement(model: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor, *,
+                        threads: int = 1, batch: int = 64) -> float:
+    """Top-1 agreement of a classifier's int8 model (this module's recipe, calibrated on
+    ``calibration``) with its fp32 ONNX model on ``images``: what ``effml export --int8`` checks,
+    without writing anything (a search's ``objective.int8_min_agreement``)."""
+    from effml.measure.onnx import onnx_program, onnx_session
+
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="effml-int8-agreement-") as tmp:
+            fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            example = images[:2] if len(images) >= 2 else images.expand(2, *images.shape[1:])
+            onnx_program(model, example.contiguous(), ["logits"]).save(fp32_path, external_data=False)
+            quantize_onnx(fp32_path, int8_path, calibration)
+            outputs = []
+            for path in (fp32_path, int8_path):
+                session = onnx_session(path, threads)
+                outputs.append(torch.cat([torch.from_numpy(session.run(None, {INPUT_NAME: x.float().numpy()})[0])
+                                          for x in images.split(batch)]))
+    finally:
+        model.train(was_training)
+    return top1_agreement(outputs[0], outputs[1])[0]
 
 
 def random_calibration(chw: Sequence[int], count: int = 8) -> torch.Tensor:

@@ -134,6 +134,12 @@ class ObjectiveConfig:
     metric: Literal["top1", "AP", "AP50", "AP75"] | None = None
     """what ACC is: top-1 (classification), or COCO box AP, AP50, AP75 of a detector (each reported
     in percent, ACC is it / 100); null: top1, or AP50 with search.detector"""
+    int8_min_agreement: Annotated[float, Field(gt=0, le=1)] | None = None
+    """a constraint for the model that ships in int8: after its proxy training, each sample's int8
+    model (the recipe of `effml export --int8`, calibrated on 32 training images) is compared with
+    its fp32 model on the held-out images; below this top-1 agreement (a fraction) the sample scores
+    0 (reward, or accuracy of kind multi), its measured accuracy kept in the trial's metrics.
+    Classifiers trained by the proxy only (not with search.detector or accuracy: supernet)"""
 
 
 @dataclass(config=CONFIG_SCHEMA)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from effml.errors import SearchError
 from effml.search.spaces.search_space import Sample
 from effml.search.study.config import SearchConfig
@@ -55,6 +57,9 @@ def proxy_config(cfg: SearchConfig, sample: Sample, seed: int) -> Any:
 def check_proxy(cfg: SearchConfig) -> None:
     """The proxy can score what the objective asks for, on the task the searched networks have."""
     check_task(cfg)
+    if cfg.objective.int8_min_agreement is not None and (cfg.search.detector or cfg.objective.accuracy == "supernet"):
+        raise SearchError("objective.int8_min_agreement compares the top-1 of a classifier's int8 and fp32 models "
+                          "after its proxy training: drop it with search.detector or objective.accuracy=supernet")
     if cfg.objective.accuracy == "holdout" and not cfg.proxy.data.holdout:
         raise SearchError("objective.accuracy=holdout needs proxy.data.holdout > 0 (e.g. 0.2): the "
                           "reward is measured on training images kept out of training, never on val")
@@ -90,13 +95,16 @@ def evaluate_sample(cfg: SearchConfig, sample: Sample, network: Any, seed: int, 
     scored = (accuracy or proxy_training)(cfg, sample, network, seed, report)
     metrics["accuracy"] = scored.value
     metrics.update(scored.metrics)
+    # the int8 constraint: a sample whose int8 model disagrees with its fp32 one would not ship
+    ships = o.int8_min_agreement is None or metrics.get("int8_agreement", 1.0) >= o.int8_min_agreement
+    value = scored.value if ships else 0.0
     if o.kind == "reward":
         alpha, beta = reward_exponents(o)
-        metrics["reward"] = mnasnet_reward(scored.value, lat, o.target, alpha, beta)
+        metrics["reward"] = mnasnet_reward(value, lat, o.target, alpha, beta)
         values = [metrics["reward"]]
     else:
         metrics["reward"] = None
-        values = [scored.value, lat]
+        values = [value, lat]
     return TrialOutcome(values, metrics, time.monotonic() - start, pruned=scored.pruned, history=scored.history)
 
 
@@ -117,6 +125,11 @@ def proxy_training(cfg: SearchConfig, sample: Sample, network: Any, seed: int,
         return bool(report and report(epoch, acc))
 
     proxy = proxy_config(cfg, sample, seed)
+    int8 = cfg.objective.int8_min_agreement is not None
+    if int8 and not isinstance(network, nn.Module):
+        from effml.zoo import create_model
+
+        network = create_model(network)  # trained in place: its weights are quantized afterwards
     result = fit(proxy, model=network, on_epoch=on_epoch, write_run=False, quiet=True)
     final = {"holdout": result.ema_holdout or result.holdout, "val": result.ema_val or result.val}[key]
     accuracy = score(final, metric)
@@ -125,7 +138,35 @@ def proxy_training(cfg: SearchConfig, sample: Sample, network: Any, seed: int,
     metrics: dict[str, Any] = {"val_accuracy": score(result.ema_val or result.val, metric)}
     if metric != "top1":
         metrics["metric"] = metric  # what 'accuracy' is, when not top-1
+    if int8 and not result.stopped:
+        metrics["int8_agreement"] = int8_agreement(proxy, network, key)
     return Accuracy(accuracy, metrics, pruned=result.stopped, history=history)
+
+
+INT8_CALIBRATION_IMAGES = 32  # training images that calibrate a sample's int8 model
+INT8_CHECK_IMAGES = 512  # at most this many held-out (or val) images compare it with fp32
+
+
+def int8_agreement(proxy: Any, network: Any, key: str) -> float:
+    """Top-1 agreement of the trained ``network``'s int8 model with its fp32 model (its raw weights,
+    as `effml export --int8` of the run would quantize them) on the proxy's ``key`` images
+    ("holdout" or "val"), calibrated on training images."""
+    import torch
+
+    from effml.measure.int8 import int8_top1_agreement
+    from effml.train.data import build_datasets
+    from effml.train.resolve import resolve_model
+
+    bundle = build_datasets(proxy, resolve_model(network).preprocess)
+    checked = bundle.holdout if key == "holdout" else bundle.val
+    if checked is None:
+        raise SearchError("objective.int8_min_agreement needs the held-out images (proxy.data.holdout)")
+
+    def first(dataset: Any, n: int) -> Any:
+        return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
+
+    return int8_top1_agreement(network, first(bundle.train, INT8_CALIBRATION_IMAGES),
+                               first(checked, INT8_CHECK_IMAGES), threads=proxy.train.threads or 1)
 
 
 def _accuracy(row: dict[str, Any], key: str, metric: str = "top1") -> float:
