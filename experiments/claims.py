@@ -292,7 +292,7 @@ def bignas(r: dict[str, Any]) -> list[Row]:
     runs = list(r["seeds"].values())
     for variant, what in ablated.items():
         if variant in r["settings"]["variants"]:
-            rows.append(Row(f"{what} improves the children ({data}, child at {target})", seed_text, **floor,
+            rows.append(Row(f"the children improve with {what} ({data}, child at {target})", seed_text, **floor,
                             **paired([s["ablations"]["full"]["target_child_val_top1"] for s in runs],
                                      [s["ablations"][variant]["target_child_val_top1"] for s in runs])))
     return rows

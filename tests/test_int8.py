@@ -187,6 +187,18 @@ def test_a_calibration_set_too_small_for_the_method_says_how_many_images_it_need
     assert not list(tmp_path.iterdir())
 
 
+def test_histogram_calibration_takes_tf_same_max_pooling(tmp_path):
+    """A 'SAME' max pool whose size PyTorch's pooling cannot pad (3x3 on 2 pixels, EfficientDet's
+    top levels at small inputs) is padded explicitly; with -inf that activation's histogram had an
+    infinite range and percentile calibration failed (ORT: "autodetected range ... is not finite")."""
+    from effml.layers.padding import MaxPool2dSame
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), MaxPool2dSame(3, 2)).eval()
+    export_onnx(model, tmp_path / "pool.onnx", input_size=2)
+    quantize_onnx(tmp_path / "pool.onnx", tmp_path / "pool.int8.onnx", _images(32, 0, size=2), method="percentile")
+    assert "QuantizeLinear" in _op_types(tmp_path / "pool.int8.onnx")
+
+
 def test_reduce_range_defaults_to_the_cpu_s_int8_instructions(monkeypatch):
     assert isinstance(int8_recipe.has_vnni(), bool)
     seen = {}

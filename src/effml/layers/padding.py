@@ -112,7 +112,10 @@ class MaxPool2dSame(nn.MaxPool2d):
 
     Pads ``(p, p)`` are the pool's own (-inf) padding and ``(p, p + 1)`` that plus ``ceil_mode``,
     whose last window may run one pixel past the end: no copy of the input. Sizes where PyTorch's
-    pooling rules give another output size (a 2-pixel input to a 3x3 pool) take an explicit pad.
+    pooling rules give another output size (a 2-pixel input to a 3x3 pool) take an explicit pad
+    that repeats the edge pixels: every 'SAME' window holds the edge pixel a padded one repeats, so
+    the max is unchanged, and unlike a -inf pad the exported graph holds only finite values (int8
+    calibration by percentile or entropy builds histograms of every activation).
     """
 
     def __init__(self, kernel_size: int, stride: int) -> None:
@@ -126,7 +129,7 @@ class MaxPool2dSame(nn.MaxPool2d):
             if all(_pool_size(n, self.kernel_size, self.stride, top, ceil) == same_output_size(n, self.stride)
                    for n in x.shape[-2:]):
                 return F.max_pool2d(x, self.kernel_size, self.stride, top, ceil_mode=ceil)
-        x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        x = F.pad(x, (left, right, top, bottom), mode="replicate")
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
 
