@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.targets, args.ablation_target = args.seeds[:1], "1.5M,3M", "1.5M"
         args.variants = ["full", "no_sandwich"]
-        extra += ["train.max_steps=6", "train.epochs=1", "supernet.calibration_batches=2"]
+        extra += ["train.max_steps=6", "train.epochs=1", "supernet.calibration_batches=2", "data.limit_val=500"]
         selection = {"coarse_top": 2, "mutations": 2}
     targets = [parse_macs(t) for t in args.targets.split(",")]
     ablation_target = parse_macs(args.ablation_target)
