@@ -4,8 +4,9 @@ MnasNet (arXiv 1807.11626, Sec. 3 and 5) optimises the latency measured on the t
 rather than a proxy such as FLOPs; this module is that measurement for the user's CPU, of the model
 that will ship: eager PyTorch, ONNX Runtime fp32 (``onnxruntime``), ONNX Runtime int8 (``int8``:
 the QDQ graph ``effml export --int8`` writes, ``effml.measure.int8``, calibrated on random input,
-which changes its values but not its kernels) or OpenVINO fp32 (``openvino``, an optional extra). ``effml.deploy.benchmark`` times with the same primitives, and the latency
-tables (``effml.measure.latency_table``) time each layer with them, so all three agree on what "ms" means.
+which changes its values but not its kernels) or OpenVINO fp32 (``openvino``, an optional extra).
+``effml.deploy.benchmark`` times with the same primitives, and the latency tables
+(``effml.measure.latency_table``) time each layer with them, so all three agree on what "ms" means.
 
 With one thread the default clock is the calling thread's CPU time, not the wall clock: all the work
 runs on that thread, so on an idle core the two agree, while on a shared machine the wall clock also
