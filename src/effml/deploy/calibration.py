@@ -81,10 +81,6 @@ def pair(calibration: Sequence[torch.Tensor], holdout: Sequence[torch.Tensor], s
     return CalibrationSet(torch.stack(list(calibration)), torch.stack(list(holdout)), source)
 
 
-def _order(n: int, seed: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
 def folder_images(folder: str | Path, preprocess: Preprocess, task: str, *, calibration: int,
                   holdout: int, seed: int = 0) -> CalibrationSet:
     """Images under ``folder`` (recursively), shuffled by ``seed``: ``holdout`` held out, up to
@@ -97,27 +93,18 @@ def folder_images(folder: str | Path, preprocess: Preprocess, task: str, *, cali
     if not files:
         raise InputError(f"calibration folder {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     transform = image_transform(preprocess, task)
-    chosen = [files[i] for i in _order(len(files), seed)[:calibration + holdout]]
+    from effml.train.data import shuffled_order
+
+    chosen = [files[i] for i in shuffled_order(len(files), seed)[:calibration + holdout]]
     return split([transform(load_image(p)) for p in chosen], holdout, f"{root} ({len(files)} images)", calibration)
-
-
-def _take(dataset: Dataset, count: int, seed: int) -> list[torch.Tensor]:
-    """Up to ``count`` images of an effml data set (samples ``(image, target, index)``; None =
-    unreadable, skipped), in an order shuffled by ``seed``."""
-    images: list[torch.Tensor] = []
-    for i in _order(len(dataset), seed):  # type: ignore[arg-type]
-        if len(images) == count:
-            break
-        sample = dataset[i]
-        if sample is not None:
-            images.append(sample[0])
-    return images
 
 
 def dataset_images(dataset: Dataset, *, calibration: int, holdout: int, source: str,
                    seed: int = 0) -> CalibrationSet:
     """Images of an effml data set, split into calibration and held-out images."""
-    return split(_take(dataset, calibration + holdout, seed), holdout, source, calibration)
+    from effml.train.data import take_images
+
+    return split(take_images(dataset, calibration + holdout, seed), holdout, source, calibration)
 
 
 def run_images(run_dir: str | Path, preprocess: Preprocess, *, calibration: int, holdout: int,
@@ -125,15 +112,15 @@ def run_images(run_dir: str | Path, preprocess: Preprocess, *, calibration: int,
     """A run's own images, as its evaluation reads them: training images calibrate (the data the
     model was fitted to, never the images it is scored on), validation images check, so that
     ``effml eval RUN --onnx`` then scores the int8 model on images its calibration never saw."""
-    from effml.train.data import build_datasets
+    from effml.train.data import build_datasets, take_images
     from effml.train.run_dir import read_run_config
 
     cfg = read_run_config(run_dir)
     # data.holdout gives training images under the evaluation transform (no augmentation)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, holdout=0.5))
     bundle = build_datasets(cfg, preprocess)
-    assert bundle.holdout is not None
-    return pair(_take(bundle.holdout, calibration, seed), _take(bundle.val, holdout, seed),
+    training = bundle.holdout if bundle.holdout is not None else bundle.train
+    return pair(take_images(training, calibration, seed), take_images(bundle.val, holdout, seed),
                 f"run {run_dir} (training images calibrate, validation images check)")
 
 

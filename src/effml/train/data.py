@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -123,6 +124,26 @@ def build_datasets(cfg: Config, preprocess: Preprocess) -> DataBundle:
         keep, held = holdout_split(len(train), d.holdout, seed)
         train, holdout = IndexSubset(train, keep), IndexSubset(train_split(val_tf), held)
     return _bundle(train, val, d.batch_size, holdout)
+
+
+def shuffled_order(n: int, seed: int) -> list[int]:
+    """0..n-1 in an order fixed by ``seed``."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def take_images(dataset: Any, count: int, seed: int | None = None) -> list[torch.Tensor]:
+    """Up to ``count`` images of an effml data set (samples ``(image, target, ...)``; None =
+    unreadable, skipped): in order, or in an order shuffled by ``seed``."""
+    n = len(dataset)
+    order = range(n) if seed is None else shuffled_order(n, seed)
+    images: list[torch.Tensor] = []
+    for i in order:
+        if len(images) == count:
+            break
+        sample = dataset[i]
+        if sample is not None:
+            images.append(sample[0])
+    return images
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

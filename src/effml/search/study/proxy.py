@@ -148,25 +148,22 @@ INT8_CHECK_IMAGES = 512  # at most this many held-out (or val) images compare it
 
 
 def int8_agreement(proxy: Any, network: Any, key: str) -> float:
-    """Top-1 agreement of the trained ``network``'s int8 model with its fp32 model (its raw weights,
-    as `effml export --int8` of the run would quantize them) on the proxy's ``key`` images
-    ("holdout" or "val"), calibrated on training images."""
+    """Top-1 agreement of the trained ``network``'s int8 model with its fp32 model on the proxy's
+    ``key`` images ("holdout" or "val"), calibrated on training images. These are its raw weights:
+    with EMA, `effml export --int8` of a run would quantize the EMA weights instead."""
     import torch
 
     from effml.measure.int8 import int8_top1_agreement
-    from effml.train.data import build_datasets
+    from effml.train.data import build_datasets, take_images
     from effml.train.resolve import resolve_model
 
     bundle = build_datasets(proxy, resolve_model(network).preprocess)
     checked = bundle.holdout if key == "holdout" else bundle.val
     if checked is None:
         raise SearchError("objective.int8_min_agreement needs the held-out images (proxy.data.holdout)")
-
-    def first(dataset: Any, n: int) -> Any:
-        return torch.stack([dataset[i][0] for i in range(min(n, len(dataset)))])
-
-    return int8_top1_agreement(network, first(bundle.train, INT8_CALIBRATION_IMAGES),
-                               first(checked, INT8_CHECK_IMAGES), threads=proxy.train.threads or 1)
+    calibration = torch.stack(take_images(bundle.train, INT8_CALIBRATION_IMAGES))
+    return int8_top1_agreement(network, calibration, torch.stack(take_images(checked, INT8_CHECK_IMAGES)),
+                               threads=proxy.train.threads or 1)
 
 
 def _accuracy(row: dict[str, Any], key: str, metric: str = "top1") -> float:
