@@ -143,8 +143,10 @@ def test_a_search_with_runtime_int8_ranks_members_by_their_int8_latency():
     from effml.search.study.reward import mnasnet_reward
 
     members = {k: _shipped_member(k) for k in ("se_swish", "relu_wide")}
-    ms = {rt: {k: LatencyModel(ObjectiveConfig(latency="measured", runtime=rt))(s) for k, s in members.items()}
-          for rt in ("onnxruntime", "int8")}
+    # int8: the least of 3 measurements (a busy machine, the other test worker, only ever adds time;
+    # one CI run measured the wide member's int8 at 0.34 ms once); fp32's margin is 1.6x or more
+    ms = {rt: {k: min(LatencyModel(ObjectiveConfig(latency="measured", runtime=rt))(s) for _ in range(repeats))
+               for k, s in members.items()} for rt, repeats in (("onnxruntime", 1), ("int8", 3))}
     # measured on AMD EPYC (AVX-512 VNNI), 1 thread: fp32 0.23 vs 0.37 ms, int8 0.34 vs 0.23 ms
     assert ms["onnxruntime"]["se_swish"] * 1.2 < ms["onnxruntime"]["relu_wide"], ms
     assert ms["int8"]["relu_wide"] * 1.2 < ms["int8"]["se_swish"], ms
