@@ -103,7 +103,7 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
                  threads: int | None, fallback: bool, atol: float, rtol: float) -> None:
     from effml.cli._common import warn
     from effml.deploy import calibration as cal
-    from effml.deploy.quantize import check_calibration_count, export_int8
+    from effml.deploy.quantize import check_calibration_count, export_int8, qat_command
 
     check_calibration_count(method, calibration_images, "--calibration-images")  # before reading any image
     counts = {"calibration": calibration_images, "holdout": holdout_images}
@@ -120,9 +120,12 @@ def _export_int8(resolved, onnx: Path, calibration: str | None, calibration_imag
     check_calibration_count(method, len(images.calibration), images.source)
     echo(f"calibrating on {len(images.calibration)} and checking on {len(images.holdout)} images "
          f"from {images.source}")
+    qat = (qat_command(resolved.run_dir, resolved.weights)
+           if resolved.run_dir is not None and task == "classify" else None)
     report = export_int8(resolved.net, onnx, input_size=pre.input_size, calibration=images.calibration,
                          holdout=images.holdout, min_agreement=min_agreement, method=method,
-                         reduce_range=reduce_range, threads=threads, fallback=fallback, atol=atol, rtol=rtol)
+                         reduce_range=reduce_range, threads=threads, fallback=fallback, atol=atol, rtol=rtol,
+                         qat_command=qat)
     echo(f"int8 {report.metric}: {report.agreement_text()} (required {min_agreement:.1%})")
     if report.fp32_layers:
         echo(report.fallback_text())

@@ -25,7 +25,7 @@ from torch import nn
 from effml.deploy.int8_fallback import FALLBACK_STEPS, LayerError, layer_errors
 from effml.deploy.onnx_export import export_onnx, prepare_output
 from effml.deploy.runtime import OnnxRunner
-from effml.errors import ExportError, InputError
+from effml.errors import EffmlError, ExportError, InputError
 from effml.files import fsync_dir, fsync_file, os_error, remove_empty_dirs
 from effml.measure.int8 import (  # noqa: F401  (has_vnni and quantize_onnx: re-exported)
     CONFIDENT,
@@ -38,6 +38,7 @@ from effml.measure.latency import time_interleaved
 
 DEFAULT_MIN_AGREEMENT = 0.99
 DETECTION_GT_SCORE = 0.3  # fp32 detections at or above this score are the reference boxes
+QAT_EPOCHS, QAT_LR_FACTOR = 1, 0.1  # the quantization-aware fine-tuning a refusal proposes (qat_command)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ def export_int8(
     fallback: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-5,
+    qat_command: str | None = None,
 ) -> Int8Report:
     """Export ``model`` as an int8 ONNX model at ``path`` if it agrees with fp32 on ``holdout``.
 
@@ -142,6 +144,8 @@ def export_int8(
     agrees. Raises ``ExportError`` (nothing written) when the agreement stays below
     ``min_agreement``; the message gives the measured figures. Speed is ORT fp32 vs int8 at batch 1
     on this machine. ``atol``, ``rtol``: the fp32 export's check against PyTorch (``export_onnx``).
+    ``qat_command``: the command that fine-tunes the model for int8 (``qat_command``), which a
+    refusal names as the next step.
     """
     if not 0.0 <= min_agreement <= 1.0:
         raise InputError(f"min_agreement must be in [0, 1], got {min_agreement}")
@@ -195,7 +199,7 @@ def export_int8(
             fp32_layers=kept, tries=tuple(tries),
         )
         if not ok:
-            raise Int8RefusedError(report)
+            raise Int8RefusedError(report, qat_command)
         fsync_file(int8_path)
         os.replace(int8_path, final)
         fsync_dir(final.parent)
@@ -213,10 +217,12 @@ def export_int8(
 
 
 class Int8RefusedError(ExportError):
-    """The int8 model disagreed with fp32 more than allowed; ``report`` holds the figures."""
+    """The int8 model disagreed with fp32 more than allowed; ``report`` holds the figures.
+    ``qat_command``: the quantization-aware fine-tuning to try next, named in the message."""
 
-    def __init__(self, report: Int8Report) -> None:
+    def __init__(self, report: Int8Report, qat_command: str | None = None) -> None:
         self.report = report
+        self.qat_command = qat_command
         r = report
         super().__init__(
             f"int8 {r.metric} with fp32 on {r.holdout_images} held-out images is {r.agreement_text()}, below the "
@@ -226,4 +232,31 @@ class Int8RefusedError(ExportError):
                if len(r.tries) > 1 else "")
             + f"int8 ran {r.speedup:.2f}x ONNX Runtime fp32 at batch 1. Calibrate on more images like "
             f"the deployment data, try --calibration-method percentile, or accept this with "
-            f"--min-agreement {max(r.agreement - 0.005, 0.0):.3f}")
+            f"--min-agreement {max(r.agreement - 0.005, 0.0):.3f}"
+            + (f". If post-training quantization stays short, fine-tune the run for int8 (quantization-aware "
+               f"training, effml.train.qat), then export the new run with --int8: {qat_command}"
+               if qat_command else ""))
+
+
+def qat_command(run_dir: str | Path, weights: str | Path | None = None) -> str | None:
+    """The ``effml train`` command that fine-tunes a classifier run for int8 (``train.qat``) from
+    ``weights`` (default: the run's shipped weights), into ``RUN-qat`` beside it; None when the run
+    has no plain training config to start from."""
+    import shlex
+
+    from effml.train.config import load_config
+    from effml.train.run_dir import read_run_info, weights_file
+
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    try:
+        cfg = load_config(config)
+        weights = weights if weights is not None else weights_file(run_dir, read_run_info(run_dir))
+    except (EffmlError, OSError, ValueError):
+        return None
+    out = run_dir.with_name(run_dir.name + "-qat")
+    # one epoch at a tenth of the run's peak rate, no warm-up: a fine-tuning, not a new training
+    lr = QAT_LR_FACTOR * cfg.optim.lr
+    return (f"effml train {shlex.quote(str(config))} model.weights={shlex.quote(str(weights))} "
+            f"run.dir={shlex.quote(str(out))} train.qat=true train.epochs={QAT_EPOCHS} "
+            f"schedule.warmup_epochs=0 optim.lr={lr:.3g}")

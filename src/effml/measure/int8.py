@@ -33,6 +33,8 @@ import torch
 
 from effml.errors import InputError
 from effml.measure.onnx import INPUT_NAME
+# has_vnni lives with QAT (train, below measure), which simulates this recipe's weight grid
+from effml.train.qat import has_vnni
 
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 CONFIDENT = 0.5  # fp32 top-1 probability above which an image counts as unambiguous
@@ -48,16 +50,6 @@ def check_calibration_method(method: str) -> None:
     """Refuse a calibration method ORT's quantizer does not have."""
     if method not in CALIBRATION_METHODS:
         raise InputError(f"calibration method {method!r} is unknown; choose from {', '.join(CALIBRATION_METHODS)}")
-
-
-def has_vnni() -> bool:
-    """True when this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
 
 
 @contextlib.contextmanager

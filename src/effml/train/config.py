@@ -232,6 +232,16 @@ class TrainConfig:
     worst with small batches and a short run). BNs kept frozen by model.freeze_bn stay as they are."""
     threads: Annotated[int, Field(ge=1)] | None = None
     """torch intra-op threads"""
+    qat: bool = False
+    """quantization-aware fine-tuning for `effml export --int8` (classifiers): train through int8 fake
+    quantization of weights and activations as ONNX Runtime's recipe quantizes them (effml.train.qat);
+    start from a trained run's weights (model.weights=RUN/weights_ema.safetensors) with a small optim.lr.
+    The checkpoints and weights stay plain fp32"""
+    qat_freeze_bn: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """train.qat: the fraction of the steps after which BatchNorm statistics stay frozen (0: from the start)"""
+    qat_reduce_range: bool | None = None
+    """train.qat: simulate 7-bit weights (`effml export --int8 --reduce-range`); null: as the export's default
+    on this CPU (7-bit without VNNI)"""
 
 
 @dataclass(config=CONFIG_SCHEMA)

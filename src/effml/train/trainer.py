@@ -143,6 +143,8 @@ class Trainer:
         net = net.to(self.device)
         if cfg.train.channels_last:
             net = net.to(memory_format=torch.channels_last)
+        if cfg.train.qat:
+            net = self._prepare_qat(net)
         self.model: nn.Module = net
         self.ema = create_ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.net = distributed.wrap(self.model, self.ctx, cfg.train.sync_bn)
@@ -153,6 +155,8 @@ class Trainer:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, self.steps_per_epoch, self.total_steps)
+        # train.qat: BatchNorm statistics freeze from this step on (None: never)
+        self.bn_freeze_step = round(cfg.train.qat_freeze_bn * self.total_steps) if cfg.train.qat else None
         self.objective = objective or self.task.objective(cfg, self.net, self.spec, self.preprocess,
                                                           len(self.bundle.train), self.device)
         self.mixer = self.task.mixer(cfg, self.num_classes)
@@ -191,10 +195,30 @@ class Trainer:
         """Number of model parameters."""
         return sum(p.numel() for p in self.model.parameters())
 
+    def _prepare_qat(self, net: nn.Module) -> nn.Module:
+        """``train.qat``: the classifier made quantization-aware (``effml.train.qat``)."""
+        from effml.train.qat import prepare_qat
+
+        if self.task.name != "classify":
+            raise InputError(f"train.qat=true: quantization-aware training is for classifiers; {self.model_name} is "
+                             f"a {self.task.name} model (export it with `effml export --int8`, whose per-layer fp32 "
+                             f"fallback covers detectors); set train.qat=false")
+        if self.cfg.advprop.enabled:
+            raise InputError("train.qat=true with advprop.enabled=true: fine-tune for int8 without AdvProp "
+                             "(set advprop.enabled=false)")
+        return prepare_qat(net, reduce_range=self.cfg.train.qat_reduce_range)
+
     # -- training ------------------------------------------------------------------------------
+    def _bn_frozen(self) -> bool | str:
+        """``model.freeze_bn``, or True once ``train.qat`` has frozen the BatchNorm statistics."""
+        if self.bn_freeze_step is not None and self.global_step >= self.bn_freeze_step:
+            return True
+        return self.cfg.model.freeze_bn
+
     def train_mode(self) -> None:
-        """Put the network in training mode (BatchNorms stay in eval mode under ``model.freeze_bn``)."""
-        _set_train_mode(self.net, self.cfg.model.freeze_bn)
+        """Put the network in training mode (BatchNorms stay in eval mode under ``model.freeze_bn``,
+        and under ``train.qat`` after ``train.qat_freeze_bn`` of the steps)."""
+        _set_train_mode(self.net, self._bn_frozen())
 
     def _epoch_batches(self) -> Iterator:
         train, bs = self.bundle.train, self.cfg.data.batch_size
@@ -296,6 +320,8 @@ class Trainer:
             batch = self._next_batch(cross_epochs)
             if batch is None:
                 return None
+            if self.global_step == self.bn_freeze_step:
+                self.train_mode()  # train.qat: the BatchNorm statistics freeze here
             out = self.step_fn(self, batch)
         except TrainingDiverged as e:
             self._batches = None  # a retry starts again at this batch
@@ -392,7 +418,7 @@ class Trainer:
         The batches are the same on every process (the first of a permutation fixed by the seed),
         drawn without touching the global RNGs, so training and a resume go on exactly as without it.
         """
-        if self.cfg.model.freeze_bn is True or num_batches <= 0:
+        if self._bn_frozen() is True or num_batches <= 0:
             return 0
         training = self.net.training
         with preserved_global_state():
@@ -426,7 +452,17 @@ class Trainer:
             "global_step": self.global_step, "skipped": self.skipped, "config": config_to_dict(self.cfg),
             # a step with state of its own (AutoHAS's controller) keeps it in the checkpoint
             "step": self.step_fn.state_dict() if isinstance(self.step_fn, StatefulStep) else None,
+            # train.qat: the activation ranges, which the (plain) model state leaves out
+            "qat": self._observer_state() if self.cfg.train.qat else None,
         }
+
+    def _observer_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        from effml.train.qat import observer_state
+
+        state = {"model": observer_state(self.model)}
+        if self.ema is not None:
+            state["ema"] = observer_state(self.ema.module)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue exactly where ``state`` (from ``state_dict``) left off; the RNGs included."""
@@ -440,6 +476,12 @@ class Trainer:
         self._batches = None
         if state.get("step") is not None and isinstance(self.step_fn, StatefulStep):
             self.step_fn.load_state_dict(state["step"])
+        if self.cfg.train.qat and state.get("qat") is not None:
+            from effml.train.qat import load_observer_state
+
+            load_observer_state(self.model, state["qat"]["model"])
+            if self.ema is not None and "ema" in state["qat"]:
+                load_observer_state(self.ema.module, state["qat"]["ema"])
         set_rng_state(state["rng"])
 
     def save_checkpoint(self, path: str | Path) -> None:
