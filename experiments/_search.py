@@ -1,9 +1,11 @@
 """What the search experiments share: a search of ``configs/search_fashion_mnist.yaml`` with
-overrides, its finished trials as rows, the latency target T of a space's reference network,
-latencies measured again one after another, and the full training recipe of the winners.
+overrides, its finished trials as rows, one TuNAS search run (reused or resumed), the latency
+target T of a space's reference network, latencies measured again one after another, and the full
+training recipe of the winners.
 
 Not an experiment itself; the search experiments (``experiments/mnasnet_search.py``, ``akd.py``,
-``mixnet_kernels.py``, ``mobiledet_search.py``, ``spinenet_search.py``) import it.
+``mixnet_kernels.py``, ``mobiledet_search.py``, ``mobiledet_tunas.py``, ``spinenet_search.py``,
+``tunas_search.py``) import it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, minutes, shipped_top1, spread, train, write_json
+from _common import ROOT, effml, minutes, run, shipped_top1, spread, train, write_json
 
 SEARCH_CONFIG = ROOT / "configs" / "search_fashion_mnist.yaml"
 RECIPE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -84,6 +86,18 @@ def search_rows(cfg: Any, name: str) -> list[dict[str, Any]]:
                      "params": m["params"], "latency_ms": m.get("latency_ms"), "spec": t.user_attrs["spec"],
                      "duration_s": t.user_attrs["duration_s"]})
     return sorted(rows, key=lambda r: r["number"])
+
+
+def tunas_run(config: Path, run_dir: Path, overrides: list[str]) -> Path:
+    """One TuNAS search, ``effml search CONFIG OVERRIDES``, into ``run_dir`` (its study database
+    ``RUN_DIR.db`` and log ``RUN_DIR.log`` beside it, one torch thread): reused when finished (its
+    ``tunas.json``), resumed from its last checkpoint when cut short."""
+    if not (run_dir / "tunas.json").is_file():
+        args = [config, *overrides, "proxy.train.threads=1", f"proxy.run.dir={run_dir}",
+                f"search.storage={run_dir.with_name(run_dir.name + '.db')}"]
+        resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
+        run(effml("search", *args, *resume), run_dir.with_name(run_dir.name + ".log"))
+    return run_dir
 
 
 def best_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -48,8 +48,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, effml, fmt, publish, run, save_figure, spread
-from _search import detection_recipe, save_spec, search_config, train_detectors
+from _common import ROOT, fmt, publish, save_figure, spread
+from _search import detection_recipe, save_spec, search_config, train_detectors, tunas_run
 from mobiledet_search import SPACES, layer_kinds
 
 CONFIG = ROOT / "configs" / "search_tunas_mobiledet_shapes.yaml"
@@ -62,14 +62,9 @@ QUICK = ["proxy.data.image_size=32", "proxy.detect.shapes_size=32", "proxy.detec
 
 def search(name: str, seed: int, args: argparse.Namespace) -> Path:
     """One TuNAS search (run directory ``OUT/NAME_sSEED``), continued when it was cut short."""
-    run_dir = args.out / f"{name}_s{seed}"
-    if not (run_dir / "tunas.json").is_file():
-        overrides = [f"search.space={SPACES[name]}", f"search.seed={seed}", f"proxy.train.seed={seed}",
-                     f"proxy.run.dir={run_dir}", f"search.storage={args.out / f'{name}_s{seed}.db'}",
-                     f"search.study={name}_s{seed}", "proxy.train.threads=1", *args.search_overrides]
-        resume = ["--resume"] if (run_dir / "checkpoints" / "last.pt").is_file() else []
-        run(effml("search", CONFIG, *overrides, *resume), args.out / f"{name}_s{seed}.log")
-    return run_dir
+    return tunas_run(CONFIG, args.out / f"{name}_s{seed}",
+                     [f"search.space={SPACES[name]}", f"search.seed={seed}", f"proxy.train.seed={seed}",
+                      f"search.study={name}_s{seed}", *args.search_overrides])
 
 
 def search_and_train(name: str, seed: int, args: argparse.Namespace, recipe: Path,

@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from _common import ROOT, effml, fmt, minutes, run, save_figure, shipped_top1, spread, train, write_json
-from _search import full_recipe
+from _common import ROOT, fmt, minutes, save_figure, shipped_top1, spread, train, write_json
+from _search import full_recipe, tunas_run
 
 CONFIG = ROOT / "configs" / "search_tunas_fashion_mnist.yaml"
 STANDALONE = ROOT / "configs" / "fashion_mnist.yaml"
@@ -63,13 +63,7 @@ def search(seed: int, out: Path, extra: list[str], variant: str = "") -> Path:
     """One TuNAS search (reused when finished, resumed when killed); its run directory,
     ``tunas_s<seed>`` (``tunas_<variant>_s<seed>`` for a variant's)."""
     name = f"tunas_{variant}_s{seed}" if variant else f"tunas_s{seed}"
-    run_dir = out / name
-    if not (run_dir / "tunas.json").is_file():
-        args = [CONFIG, *extra, f"search.seed={seed}", f"proxy.train.seed={seed}", "proxy.train.threads=1",
-                f"proxy.run.dir={run_dir}", f"search.storage={out / f'{name}.db'}"]
-        resume = ["--resume"] if (run_dir / "checkpoints").is_dir() else []
-        run(effml("search", *args, *resume), out / f"{name}.log")
-    return run_dir
+    return tunas_run(CONFIG, out / name, [*extra, f"search.seed={seed}", f"proxy.train.seed={seed}"])
 
 
 def parse_variants(texts: list[str], default_seeds: list[int]) -> dict[str, tuple[list[str], list[int]]]:

@@ -250,11 +250,14 @@ def other_experiments() -> dict[str, dict]:
             "members": [ensemble_row("member", t) | {"seed": i} for i, t in enumerate([99.16, 99.16, 98.89])],
             "ensembles": [], "ensemble": ensemble_row("ensemble of 3", 99.16), "big": ensemble_row("big", 99.72)},
         "experiment_mixnet_kernels": {
-            "settings": {"trials": 16, "seed": 0, "seeds": [0, 1], "epochs": 3, "train_images": 8000,
+            "settings": {"searches": ["tunas", "flops"], "search_seeds": [0, 1, 2], "trials": 16, "seed": 0,
+                         "seeds": [0, 1, 2], "epochs": 3, "train_images": 8000, "search_overrides": [],
                          "budget_kernel": 5, "quick": False},
             "target": {}, "searches": {},
-            "final": {"best_flops": net([57.47, 61.54], 11.8), "single_k5": net([62.68, 63.14], 8.5),
-                      "mixnet_s": net([56.29, 63.75], 11.4)}},
+            "final": {name: net(top1, 9.0) | {"seeds": seeds} for name, top1, seeds in (
+                ("best_flops", [57.0, 61.0, 60.0], [0, 1, 2]), ("single_k5", [62.0, 63.0, 62.5], [0, 1, 2]),
+                ("mixnet_s", [56.0, 63.5, 60.0], [0, 1, 2]), ("tunas_s0", [64.0], [0]), ("tunas_s1", [64.5], [1]),
+                ("tunas_s2", [63.0], [2]))}},
         "experiment_akd": {
             "settings": {"trials": 16, "seed": 0, "seeds": [0, 1], "epochs": 3, "train_images": 10000,
                          "teacher_epochs": 5, "teacher_images": 10000, "quick": False},
@@ -308,7 +311,10 @@ def test_every_other_extractor_reads_its_scripts_results(tmp_path, capsys):
     assert verdicts == {
         ("EfficientNet compound scaling", claims.EXTRACTORS["compound_scaling"].claim): "not reproduced",
         ("Ensembles on the digits", claims.EXTRACTORS["ensembles"].claim): "not reproduced",
-        ("MixNet kernels", claims.EXTRACTORS["mixnet_kernels"].claim): "not reproduced",
+        ("MixNet kernels", claims.EXTRACTORS["mixnet_kernels"].claim + " (REINFORCE's winner, flops reward)"):
+            "not reproduced",
+        ("MixNet kernels", claims.EXTRACTORS["mixnet_kernels"].claim + " (TuNAS's network)"): "reproduced",
+        ("MixNet kernels", "MixNet-S as published beats the all-5x5 network at about its FLOPs"): "not reproduced",
         ("AKD", claims.EXTRACTORS["akd"].claim): "not reproduced",
         ("AKD", "different teachers prefer different students"): "not reproduced",
         ("MobileDet search", claims.EXTRACTORS["mobiledet_search"].claim): "not reproduced",
@@ -317,13 +323,21 @@ def test_every_other_extractor_reads_its_scripts_results(tmp_path, capsys):
         ("BigNAS", "the children improve with the sandwich rule (section 3.1) (fashion_mnist, child at 2M)"): "reproduced",
         ("AutoHAS", claims.EXTRACTORS["autohas"].claim + " (fashion_mnist)"): "not reproduced",
     }
-    effects = {key[0] + ("/2" if "teachers" in key[1] or "sandwich" in key[1] else ""): r.effects
-               for key, r in rows.items()}
+    second = ("teachers", "sandwich", "TuNAS")  # the experiment's second claim, keyed NAME/2
+    effects = {key[0] + ("/2" if any(w in key[1] for w in second) else ""): r.effects
+               for key, r in rows.items() if "MixNet-S" not in key[1]}
     # compound: at 2x the compound point is width only (0), at 4x resolution is best: half of each gap
     assert effects["EfficientNet compound scaling"] == pytest.approx((-0.31, -0.08))
     assert rows[("EfficientNet compound scaling", claims.EXTRACTORS["compound_scaling"].claim)].note == (
         "best single: width at 2x, resolution at 4x")
     assert effects["Ensembles on the digits"] == pytest.approx((-0.56,))
+    # MixNet: paired with the all-5x5 network of the same training seed (TuNAS's: the seed of its search)
+    assert effects["MixNet kernels"] == pytest.approx((-5.0, -2.0, -2.5))
+    assert effects["MixNet kernels/2"] == pytest.approx((2.0, 1.5, 0.5))
+    mix = rows[("MixNet kernels", claims.EXTRACTORS["mixnet_kernels"].claim + " (TuNAS's network)")]
+    assert mix.noise_floor == pytest.approx(1.0) and mix.seeds.startswith("3 search seeds (0, 1, 2)")
+    assert mix.command == ("python experiments/mixnet_kernels.py --searches tunas flops --search-seeds 0 1 2 "
+                           "--trials 16 --seed 0 --seeds 0 1 2 --epochs 3 --train-images 8000")
     assert effects["AKD"] == pytest.approx((-1.155, -1.42))
     assert effects["AKD/2"] == pytest.approx((-0.5, -0.3))  # (own pairings) - (crossed), as akd.py's interaction
     assert effects["MobileDets searched by TuNAS"] == pytest.approx((5, 5, 2))
