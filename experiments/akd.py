@@ -21,11 +21,12 @@ target; (2) different teachers prefer different students.
    students and teachers.
 
 The defaults (12 trials per search, teachers trained 3 epochs, each student distilled for 2
-epochs on 10,000 images with seeds 0-2) are cut to fit the 45 minutes asked of an experiment on 2
-cores. The first run (16 trials, teachers 5 epochs, students 3 epochs, seeds 0-1) took about 100
-minutes on a machine shared with two other experiments; by its parts on a quiet machine (a
-proxy trial about 0.6 CPU minutes, a distillation about 3 at 3 epochs) the defaults come to about
-40 minutes: teachers 7, searches 12, 18 distillations 20 [estimate, not rerun].
+epochs on 10,000 images with seeds 0-2) were cut to fit the 45 minutes asked of an experiment on 2
+cores; the first run (16 trials, teachers 5 epochs, students 3 epochs, seeds 0-1) took about 100
+minutes on a shared machine. Rerun with the defaults (AMD EPYC, 2 cores, other work on them for
+part of the run), they took 55.4 minutes: teachers 4.4, searches 19, the 18 distillations 27. And
+2 epochs leave the students under-trained: one student under one teacher spreads over up to 13
+points across seeds (0.3-2.6 at 3 epochs), more than any effect the claims are about (README, AKD).
 
 Writes ``results.json``, ``akd.png``, the search databases (``effml search report
 OUT/nas.db``) and the winners as specs (``best_nas.json``, ``best_akd_mbconv.json``, ...;
