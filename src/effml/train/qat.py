@@ -11,8 +11,11 @@ the int8 model will do. ``prepare_qat`` simulates the recipe of ``effml.measure.
   ``reduce_range``, as ORT's ``get_qmin_qmax_for_qType`` gives. The scale is max|w| / 127 of each
   channel. It is a ``torch.nn.utils.parametrize`` parametrization, so the optimizer keeps
   updating the float weight.
-- activations: the input of each of those layers, per tensor, asymmetric uint8 [0, 255], over a
-  range that always includes 0. In training mode the range is a moving-average min/max of the
+- activations: per tensor, asymmetric uint8 [0, 255], over a range that always includes 0, where
+  ORT's QDQ graph quantizes them (``_activation_points``): the input of each of those layers, the
+  output of each BatchNorm (the output of the conv ORT folds it into; a ReLU or ReLU6 after it is
+  fused, and the next layer's input quantizes it), and the outputs of Sigmoid and of SiLU (exported as x * Sigmoid(x): both the
+  Sigmoid and the Mul). In training mode the range is a moving-average min/max of the
   batches (averaging constant 0.01, as torch's ``MovingAverageMinMaxObserver``). In eval mode
   it is frozen. ``calibrating`` takes the plain min/max over the batches instead, as ORT's
   MinMax calibration does.
@@ -23,10 +26,10 @@ scaling an output channel: for any c != 0, fq(c * w) = c * fq(w), because the ch
 scale becomes |c| times larger and round(c * w / (|c| s)) = sign(c) round(w / s). The folded
 weight is w * gamma / sqrt(var + eps), one factor per output channel, so quantizing it lands
 on the folded grid of the unfolded weight (tests/test_qat.py checks this numerically). The
-activations are a partial simulation. ORT also quantizes the tensors between a conv and the
-next one: the folded conv's output, Sigmoid, Mul (swish, squeeze-excite), Add, ReduceMean.
-Only the conv and linear inputs are simulated here. tests/test_qat.py measures how closely
-the eval-mode QAT model follows ORT's int8 model.
+activations are a partial simulation: the outputs of residual Adds, squeeze-excite's Mul and
+ReduceMean, and Hardswish / Hardsigmoid are not quantized here. tests/test_qat.py measures how
+closely the eval-mode QAT model follows ORT's int8 model (mean logit gap 0.029 against fp32's
+0.083 on its small network; with the conv and linear inputs alone it was 0.074).
 
 BatchNorm statistics are frozen for the last part of a run: ``train.qat_freeze_bn``, a
 fraction of the steps, applied by the Trainer. The freeze follows Krishnamoorthi, arXiv
