@@ -194,9 +194,19 @@ def ensembles(r: dict[str, Any]) -> list[Row]:
                 threshold_source=f"the member over {len(members)} seeds")]
 
 
+def mixnet_settings(r: dict[str, Any]) -> dict[str, Any]:
+    """The MixNet run's settings, less the REINFORCE options (trials, seed) when it ran TuNAS alone."""
+    s = dict(r["settings"])
+    if s.get("searches") == ["tunas"]:
+        for key in ("trials", "seed"):
+            s.pop(key, None)
+    return s
+
+
 @extractor("mixnet_kernels", "MixNet kernels (arXiv 1907.09595)",
            "mixing kernel sizes per layer beats one size at equal FLOPs",
-           ("searches", "search_seeds", "trials", "seed", "seeds", "epochs", "train_images", "search_overrides"))
+           ("searches", "search_seeds", "trials", "seed", "seeds", "epochs", "train_images", "search_overrides"),
+           settings=mixnet_settings)
 def mixnet_kernels(r: dict[str, Any]) -> list[Row]:
     """Effects against the all-5x5 network (the searches' T), paired by training seed: TuNAS's network
     of each search seed (trained with that seed), each REINFORCE winner (over the training seeds) and
