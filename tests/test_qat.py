@@ -28,6 +28,8 @@ from effml.train.qat import (
     WeightFakeQuant,
     calibrating,
     is_qat,
+    load_observer_state,
+    observer_state,
     prepare_qat,
     remove_qat,
 )
@@ -127,6 +129,26 @@ def test_qat_keeps_plain_state_dicts_and_comes_off_without_a_trace():
     with torch.no_grad():
         assert torch.equal(model(x), reference)
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in plain.named_parameters()]
+
+
+def test_observed_ranges_survive_a_checkpoint_and_a_mismatch_is_refused():
+    """The ranges are left out of the state_dict, so a checkpoint carries them (observer_state): a
+    resumed run's fresh model must quantize with the same ranges, not with none."""
+    torch.manual_seed(0)
+    trained, fresh = (prepare_qat(effml.create_model(TINY), reduce_range=False) for _ in range(2))
+    trained.train()
+    for _ in range(3):
+        trained(torch.randn(4, 3, 32, 32))
+    fresh.load_state_dict(trained.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    trained.eval(), fresh.eval()
+    assert not torch.equal(trained(x), fresh(x))  # fresh observers: activations pass unquantized
+    load_observer_state(fresh, observer_state(trained))
+    assert torch.equal(trained(x), fresh(x))
+    state = observer_state(trained)
+    assert state and all(not torch.equal(v, torch.zeros_like(v)) for k, v in state.items() if k.endswith("observed"))
+    with pytest.raises(InputError, match="does not fit the model"):
+        load_observer_state(fresh, {k: v for k, v in state.items() if not k.startswith("conv_stem.")})
 
 
 def test_gradients_pass_straight_through_to_the_float_weights():

@@ -310,16 +310,19 @@ def reset_ranges(model: nn.Module) -> None:
             m.observed.fill_(False)
 
 
+def _observer_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": buf for name, m in model.named_modules()
+            if isinstance(m, ActivationFakeQuant) for key, buf in m.named_buffers(recurse=False)}
+
+
 def observer_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The observers' ranges by layer name (for a checkpoint: the state_dict leaves them out)."""
-    return {f"{name}.{key}": buf.detach().clone() for name, m in model.named_modules()
-            if isinstance(m, ActivationFakeQuant) for key, buf in m.named_buffers(recurse=False)}
+    return {key: buf.detach().clone() for key, buf in _observer_buffers(model).items()}
 
 
 def load_observer_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Restore ranges written by ``observer_state``; the layers must match."""
-    buffers = {f"{name}.{key}": buf for name, m in model.named_modules()
-               if isinstance(m, ActivationFakeQuant) for key, buf in m.named_buffers(recurse=False)}
+    buffers = _observer_buffers(model)
     if buffers.keys() != state.keys():
         missing, extra = sorted(buffers.keys() - state.keys()), sorted(state.keys() - buffers.keys())
         raise InputError(f"the QAT observer state does not fit the model (missing {missing[:3]}, "
